@@ -1,0 +1,53 @@
+# One entry point for people and CI. Every target sets itself up.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv prereqs test test-fast lint fmt clean
+
+help:
+	@echo "make demo   run the whole pipeline end to end on the local stack"
+	@echo "make test   lint, static infra checks and every test (unit, emulators, end to end)"
+	@echo "make up | down | status   manage the local stack"
+
+prereqs:
+	@bash infra/local/check_prereqs.sh $(PREREQS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt functions/requirements.txt gpu_service/requirements.txt
+	@bash infra/local/check_prereqs.sh python
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	@touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) $(CHECKOV_STAMP)
+	@bash infra/local/check_prereqs.sh test
+	$(VENV)/bin/ruff check .
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache

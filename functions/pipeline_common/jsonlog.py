@@ -1,0 +1,86 @@
+"""Structured JSON logs that Cloud Logging parses (one object per line on stdout).
+
+Fields bound with :func:`bind` (bucket, object, generation, correlation id, trace)
+are added to every line written in the same context, so one upload can be
+followed from the function to the webhook. Callers must never pass patient
+data: use object paths and :func:`pipeline_common.naming.hash_uid`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
+
+TRACE_KEY = "logging.googleapis.com/trace"
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+
+
+class CloudLoggingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        entry.update(_context.get() or {})
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def setup(level: str | None = None) -> None:
+    """Route the root logger to stdout as JSON; idempotent."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, CloudLoggingFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(CloudLoggingFormatter())
+    root.handlers = [handler]
+    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def trace_field(header: str | None, project: str | None) -> dict[str, str]:
+    """Cloud Logging trace field from an ``X-Cloud-Trace-Context`` or ``traceparent`` header."""
+    if not header or not project:
+        return {}
+    if header.startswith("00-"):  # W3C traceparent: 00-TRACEID-SPANID-FLAGS
+        parts = header.split("-")
+        trace_id = parts[1] if len(parts) > 2 else ""
+    else:
+        trace_id = header.split("/")[0]
+    return {TRACE_KEY: f"projects/{project}/traces/{trace_id}"} if trace_id else {}
+
+
+@contextlib.contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (thread- and task-local)."""
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def log(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+    """Log ``message`` with structured ``fields`` (never patient data)."""
+    logger.log(level, message, extra={"fields": fields})

@@ -1,0 +1,76 @@
+"""Where the pipeline writes its outputs, how it marks them, and how it names one upload.
+
+Both components must agree on these rules, otherwise the ingest function would
+re-ingest the service's own outputs (a trigger loop) or the service would
+write next to the wrong object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Custom object metadata carried by every object the pipeline writes.
+MARKER_KEY = "dicom-pipeline-output"
+# Suffixes of the pipeline's own outputs, next to ``STEM``.
+PREVIEW_SUFFIX = ".png"
+MASK_SUFFIX = ".lime.png"
+OVERLAY_SUFFIX = ".overlay.png"
+RESULT_SUFFIX = ".result.json"
+REJECTION_SUFFIX = ".rejected.json"
+OUTPUT_SUFFIXES: tuple[str, ...] = (
+    MASK_SUFFIX,
+    OVERLAY_SUFFIX,
+    RESULT_SUFFIX,
+    REJECTION_SUFFIX,
+    PREVIEW_SUFFIX,
+)
+
+_DCM = re.compile(r"\.dcm$", re.IGNORECASE)
+
+
+def stem(object_name: str) -> str:
+    """The object name without a trailing ``.dcm`` (any case): outputs are ``STEM + suffix``."""
+    return _DCM.sub("", object_name)
+
+
+def output_name(object_name: str, suffix: str, prefix: str = "") -> str:
+    """Name of an output for ``object_name``; ``prefix`` relocates it (read-only upload buckets)."""
+    base = stem(object_name)
+    if prefix:
+        base = prefix.rstrip("/") + "/" + base.lstrip("/")
+    return base + suffix
+
+
+def is_pipeline_output(
+    object_name: str,
+    metadata: dict[str, str] | None,
+    suffixes: tuple[str, ...] = OUTPUT_SUFFIXES,
+    marker_key: str = MARKER_KEY,
+) -> bool:
+    """True for objects the pipeline wrote itself; they must never trigger work again."""
+    if metadata and marker_key in metadata:
+        return True
+    lowered = object_name.lower()
+    return any(lowered.endswith(s.lower()) for s in suffixes)
+
+
+def object_key(bucket: str, name: str, generation: str | int) -> str:
+    """The deduplication key of one upload: ``bucket/name#generation``."""
+    return f"{bucket}/{name}#{generation}"
+
+
+def correlation_id(bucket: str, name: str, generation: str | int) -> str:
+    """Deterministic id of one upload, so every redelivery and retry shares it."""
+    return hashlib.sha256(object_key(bucket, name, generation).encode()).hexdigest()[:32]
+
+
+def hash_uid(uid: str | None) -> str | None:
+    """A UID made safe for logs: UIDs can embed dates and site identifiers."""
+    if not uid:
+        return None
+    return hashlib.sha256(uid.encode()).hexdigest()[:16]
+
+
+def gs_uri(bucket: str, name: str) -> str:
+    return f"gs://{bucket}/{name}"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Checks what the local stack and the tests need before anything starts, and says how to fix it.
+# Usage: check_prereqs.sh [python|test|stack] ...
+set -uo pipefail
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(python)
+fail=0
+say() { echo "prerequisite missing: $*" >&2; fail=1; }
+
+need_python() {
+  local py=${PYTHON:-python3.11}
+  if ! command -v "$py" >/dev/null 2>&1; then
+    say "$py not found. Install Python 3.11+ (Debian: apt-get install python3.11 python3.11-venv) or run with PYTHON=/path/to/python3.11+"
+    return
+  fi
+  "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+    || say "$py is older than 3.11. Install Python 3.11+ or pass PYTHON=/path/to/python3.11+"
+  "$py" -c 'import venv, ensurepip' 2>/dev/null \
+    || say "$py lacks venv/ensurepip (Debian: apt-get install python3.11-venv)"
+}
+
+need_emulators() {
+  command -v java >/dev/null 2>&1 \
+    || say "java not found: the Pub/Sub emulator needs a Java 11+ runtime (Debian: apt-get install default-jre-headless)"
+  if ! command -v gcloud >/dev/null 2>&1; then
+    say "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then: gcloud components install beta pubsub-emulator (Debian package: google-cloud-cli-pubsub-emulator)"
+    return
+  fi
+  local root
+  root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)
+  if [ -z "$root" ] || [ ! -x "$root/platform/pubsub-emulator/bin/cloud-pubsub-emulator" ]; then
+    say "the Pub/Sub emulator component is not installed: gcloud components install beta pubsub-emulator (Debian package: google-cloud-cli-pubsub-emulator)"
+  fi
+  command -v gsutil >/dev/null 2>&1 || say "gsutil not found: it ships with the Google Cloud CLI (gcloud components install gsutil)"
+}
+
+for w in "${want[@]}"; do
+  case "$w" in
+    python) need_python ;;
+    test|stack) need_python; need_emulators ;;
+    *) echo "check_prereqs.sh: unknown check $w" >&2; exit 2 ;;
+  esac
+done
+exit $fail

@@ -1,0 +1,57 @@
+"""Session-wide real emulators: Google's Pub/Sub emulator and fake-gcs-server on loopback.
+
+Tests create their own uniquely named buckets, topics and subscriptions, so
+they share one emulator of each kind without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from infra.local.emulators import FakeGcsServer, PubSubEmulator
+
+PROJECT = "test-project"
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory) -> Iterator[PubSubEmulator]:
+    emulator = PubSubEmulator(project=PROJECT, workdir=tmp_path_factory.mktemp("pubsub")).start()
+    old = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+    os.environ.setdefault("GOOGLE_CLOUD_PROJECT", PROJECT)
+    yield emulator
+    emulator.stop()
+    if old is None:
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    else:
+        os.environ["PUBSUB_EMULATOR_HOST"] = old
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory) -> Iterator[FakeGcsServer]:
+    server = FakeGcsServer(workdir=tmp_path_factory.mktemp("gcs")).start()
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.endpoint
+    os.environ.setdefault("GOOGLE_CLOUD_PROJECT", PROJECT)
+    yield server
+    server.stop()
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+@pytest.fixture
+def bucket_name(gcs_server: FakeGcsServer) -> str:
+    """A fresh, empty bucket in fake-gcs-server."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcs_server.create_bucket(name)
+    return name
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

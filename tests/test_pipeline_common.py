@@ -1,0 +1,54 @@
+import pytest
+
+from pipeline_common import naming
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a/b/img.dcm", "a/b/img"),
+        ("IMG.DCM", "IMG"),
+        ("x.Dcm", "x"),
+        ("noext", "noext"),
+        ("a.dcm.bak", "a.dcm.bak"),
+    ],
+)
+def test_stem_strips_only_trailing_dcm(name, expected):
+    assert naming.stem(name) == expected
+
+
+def test_output_name_with_prefix():
+    assert naming.output_name("a/img.dcm", naming.MASK_SUFFIX) == "a/img.lime.png"
+    assert naming.output_name("a/img.dcm", naming.RESULT_SUFFIX, prefix="out/") == "out/a/img.result.json"
+
+
+def test_loop_guard_by_suffix_and_marker():
+    assert naming.is_pipeline_output("a/img.lime.png", None)
+    assert naming.is_pipeline_output("a/img.REJECTED.json", {})
+    assert naming.is_pipeline_output("a/img.dcm", {naming.MARKER_KEY: "result"})
+    assert not naming.is_pipeline_output("a/img.dcm", {"other": "x"})
+
+
+def test_correlation_id_is_stable_per_generation():
+    a = naming.correlation_id("b", "n.dcm", "1")
+    assert a == naming.correlation_id("b", "n.dcm", 1)
+    assert a != naming.correlation_id("b", "n.dcm", "2")
+
+
+def test_emulators_round_trip(pubsub_emulator, gcs_server, bucket_name):
+    """The shared fixtures start real emulators that the client libraries reach."""
+    from google.cloud import storage
+
+    from infra.local.emulators import create_subscription, create_topic, pull
+
+    client = storage.Client(project="test-project")
+    client.bucket(bucket_name).blob("x.txt").upload_from_string(b"hello")
+    assert client.bucket(bucket_name).blob("x.txt").download_as_bytes() == b"hello"
+    create_topic(pubsub_emulator.host, "test-project", "t-roundtrip")
+    create_subscription(pubsub_emulator.host, "test-project", "s-roundtrip", "t-roundtrip")
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    publisher.publish("projects/test-project/topics/t-roundtrip", b"payload", k="v").result(timeout=30)
+    messages = pull(pubsub_emulator.host, "test-project", "s-roundtrip")
+    assert [m["attributes"] for m in messages] == [{"k": "v"}]

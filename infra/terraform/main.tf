@@ -1,0 +1,115 @@
+# DICOM upload -> ingest function -> Pub/Sub push -> GPU inference service -> webhook.
+# One file per concern: storage.tf, registry.tf, pubsub.tf, function.tf, service.tf, job.tf,
+# secrets.tf, iam.tf (every grant, in one place for review), outputs.tf.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  prefix          = var.name_prefix
+  bucket_location = coalesce(var.bucket_location, var.region)
+  upload_bucket   = coalesce(var.upload_bucket_name, "${var.project_id}-${var.name_prefix}-uploads")
+  models_bucket   = "${var.project_id}-${var.name_prefix}-models"
+  source_bucket   = "${var.project_id}-${var.name_prefix}-fn-source"
+  output_bucket   = coalesce(var.output_bucket, local.upload_bucket)
+
+  function_name = "${local.prefix}-ingest"
+  service_name  = "${local.prefix}-inference"
+  job_name      = "${local.prefix}-backfill"
+  push_audience = coalesce(var.push_audience, "${local.prefix}-inference-push")
+
+  image = coalesce(
+    var.image,
+    "${var.region}-docker.pkg.dev/${var.project_id}/${var.repository_id}/${var.image_name}:${var.image_tag}",
+  )
+
+  labels = merge({ app = "dicom-pipeline", managed-by = "terraform" }, var.labels)
+
+  # Pub/Sub's service agent mints push tokens and forwards dead letters; its grants depend on
+  # google_project_service_identity.pubsub so they come after the agent exists.
+  pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # Plain settings of the inference service and the backfill job (gpu_service/settings.py).
+  # Empty values are left out so the code's own defaults apply.
+  inference_env = {
+    for k, v in merge({
+      GOOGLE_CLOUD_PROJECT = var.project_id
+      MODEL_URI            = var.model_uri
+      WEBHOOK_URL          = var.webhook_url
+      OUTPUT_BUCKET        = var.output_bucket == null ? "" : var.output_bucket
+      OUTPUT_PREFIX        = var.output_prefix
+      LOG_LEVEL            = var.log_level
+    }, var.service_extra_env) : k => v if v != null && v != ""
+  }
+
+  # Only the push endpoint verifies Pub/Sub's OIDC token; the job has no HTTP surface.
+  # CONCURRENCY sizes the server's worker threads to the requests Cloud Run sends at once.
+  service_env = merge(local.inference_env, {
+    PUSH_AUDIENCE        = local.push_audience
+    PUSH_SERVICE_ACCOUNT = google_service_account.push_invoker.email
+    CONCURRENCY          = tostring(var.service_concurrency)
+  })
+
+  # Settings of the ingest function (functions/dicom_ingest/settings.py).
+  function_env = {
+    for k, v in merge({
+      GOOGLE_CLOUD_PROJECT = var.project_id
+      INFERENCE_TOPIC      = google_pubsub_topic.inference.id
+      ALLOWED_MODALITIES   = var.allowed_modalities
+      MAX_PIXELS           = var.max_pixels == null ? "" : tostring(var.max_pixels)
+      LOG_LEVEL            = var.log_level
+    }, var.function_extra_env) : k => v if v != null && v != ""
+  }
+
+  apis = setunion([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "eventarc.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ], var.kms_key_name == null ? [] : ["cloudkms.googleapis.com"])
+}
+
+resource "google_project_service" "enabled" {
+  for_each = var.enable_apis ? local.apis : toset([])
+
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
+}
+
+# Google-managed service agents that need grants (iam.tf). These resources make sure each agent
+# exists before it is granted anything; the grants name the agents by their documented address,
+# because generateServiceIdentity does not return the email for every service.
+# google-beta: the GA provider has no google_project_service_identity resource.
+resource "google_project_service_identity" "pubsub" {
+  provider   = google-beta
+  project    = var.project_id
+  service    = "pubsub.googleapis.com"
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_service_identity" "secretmanager" {
+  provider   = google-beta
+  project    = var.project_id
+  service    = "secretmanager.googleapis.com"
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_service_identity" "artifactregistry" {
+  provider   = google-beta
+  project    = var.project_id
+  service    = "artifactregistry.googleapis.com"
+  depends_on = [google_project_service.enabled]
+}
+
+data "google_storage_project_service_account" "gcs" {
+  project    = var.project_id
+  depends_on = [google_project_service.enabled]
+}

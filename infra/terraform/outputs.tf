@@ -1,0 +1,76 @@
+output "upload_bucket" {
+  description = "Upload DICOM files here: gcloud storage cp file.dcm gs://<bucket>/<path>."
+  value       = google_storage_bucket.uploads.name
+}
+
+output "models_bucket" {
+  description = "Bucket for model versions (model.keras with its model.json sidecar)."
+  value       = google_storage_bucket.models.name
+}
+
+output "image_repository" {
+  description = "Docker repository for the inference image."
+  value       = "${google_artifact_registry_repository.images.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+}
+
+output "deployed_image" {
+  description = "Image the service and the job run."
+  value       = local.image
+}
+
+output "inference_topic" {
+  description = "Topic the function publishes inference requests to."
+  value       = google_pubsub_topic.inference.id
+}
+
+output "push_subscription" {
+  description = "Push subscription that feeds the service."
+  value       = google_pubsub_subscription.inference_push.id
+}
+
+output "dead_letter_subscription" {
+  description = "Subscription keeping requests that failed every delivery; replay with the backfill job (--subscription)."
+  value       = google_pubsub_subscription.dead_letter.id
+}
+
+output "function_name" {
+  description = "Ingest function."
+  value       = google_cloudfunctions2_function.ingest.name
+}
+
+output "service_name" {
+  description = "GPU inference service."
+  value       = google_cloud_run_v2_service.inference.name
+}
+
+output "service_uri" {
+  description = "URL of the service (internal ingress by default)."
+  value       = google_cloud_run_v2_service.inference.uri
+}
+
+output "latest_ready_revision" {
+  description = "Newest serving revision: the one to pin before a canary."
+  value       = google_cloud_run_v2_service.inference.latest_ready_revision
+}
+
+output "job_name" {
+  description = "Backfill job."
+  value       = google_cloud_run_v2_job.backfill.name
+}
+
+output "webhook_secret" {
+  description = "Secret Manager secret that holds the webhook signing key."
+  value       = google_secret_manager_secret.webhook.id
+}
+
+output "service_accounts" {
+  description = "One identity per component."
+  value = {
+    ingest_function  = google_service_account.ingest.email
+    function_build   = google_service_account.function_build.email
+    eventarc_trigger = google_service_account.eventarc_trigger.email
+    inference        = google_service_account.inference.email
+    backfill         = google_service_account.backfill.email
+    push_invoker     = google_service_account.push_invoker.email
+  }
+}

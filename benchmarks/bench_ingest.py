@@ -1,0 +1,144 @@
+"""Cost of one ingest event: header-only ranged reads vs downloading the whole object.
+
+Starts its own fake-gcs-server, uploads a small real DICOM (pydicom's CT_small.dcm)
+and a 50 MB radiograph-sized one, then measures side by side, in one run:
+
+- header-only: what ``ingest_dicom`` does per event (ranged reads at the event's
+  generation, header parse, policy check, message body), without the Pub/Sub publish,
+  which costs the same in both paths;
+- naive: ``download_as_bytes()`` of the whole object and ``pydicom.dcmread`` on it,
+  then the same fields.
+
+Prints bytes read against object size and the median latency per event.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--repeat 30] [--naive-repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from dicom_ingest import header as hdr  # noqa: E402
+from dicom_ingest import message  # noqa: E402
+from dicom_ingest.reader import RangedReader  # noqa: E402
+from dicom_ingest.settings import IMAGE_MODALITIES  # noqa: E402
+from infra.local.emulators import FakeGcsServer  # noqa: E402
+
+INITIAL, MAXIMUM = 64 * 1024, 1024 * 1024
+
+
+def radiograph_50mb() -> bytes:
+    """A 5000 x 5000 16-bit DX image: 50 MB of Pixel Data, like a large chest radiograph."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.BodyPartExamined, ds.ViewPosition = "DX", "BENCH-1", "CHEST", "PA"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 5000
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    rng = np.random.default_rng(0)
+    ds.PixelData = rng.integers(0, 4096, size=(5000, 5000), dtype=np.uint16).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def header_only(client, bucket: str, name: str, generation: str, size: int) -> int:
+    reader = RangedReader(client, bucket, name, generation)
+    read = hdr.read_header(reader.fetch, size, initial_bytes=INITIAL, max_bytes=MAXIMUM)
+    assert isinstance(read.result, hdr.DicomHeader), read.result
+    assert hdr.check(read.result, IMAGE_MODALITIES, 64 << 20) is None
+    upload = message.Upload(bucket, name, generation, size, "application/dicom", "bench", None)
+    message.inference_request(upload, read.result)
+    return reader.bytes_read
+
+
+def naive(client, bucket: str, name: str, generation: str, size: int) -> int:
+    data = client.bucket(bucket).blob(name, generation=int(generation)).download_as_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    _ = (ds.Modality, ds.Rows, ds.Columns, ds.get("PatientID"), ds.SOPInstanceUID)
+    return len(data)
+
+
+def measure(fn, repeat: int, *args) -> tuple[int, list[float]]:
+    fn(*args)  # warm the connection pool
+    times, nbytes = [], 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        nbytes = fn(*args)
+        times.append((time.perf_counter() - t0) * 1000)
+    return nbytes, times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=30, help="events per object, header-only path")
+    parser.add_argument("--naive-repeat", type=int, default=7, help="events per object, naive path")
+    args = parser.parse_args()
+
+    server = FakeGcsServer().start()
+    os.environ["STORAGE_EMULATOR_HOST"] = server.endpoint
+    try:
+        from google.cloud import storage
+
+        client = storage.Client(project="bench-project")
+        bucket = "bench-ingest"
+        server.create_bucket(bucket)
+        objects = {
+            "CT_small.dcm": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
+            "chest-50mb.dcm": radiograph_50mb(),
+        }
+        rows = []
+        for name, data in objects.items():
+            blob = client.bucket(bucket).blob(name)
+            blob.upload_from_string(data, content_type="application/dicom")
+            gen, size = str(blob.generation), len(data)
+            for label, fn, repeat in (
+                ("header-only", header_only, args.repeat),
+                ("naive full download", naive, args.naive_repeat),
+            ):
+                nbytes, times = measure(fn, repeat, client, bucket, name, gen, size)
+                rows.append((name, size, label, nbytes, statistics.median(times), repeat))
+    finally:
+        server.stop()
+
+    print(f"fake-gcs-server on loopback, initial range {INITIAL} B, header budget {MAXIMUM} B")
+    print(
+        f"{'object':<16}{'size (B)':>12}  {'path':<21}{'bytes read':>12}{'of size':>10}"
+        f"{'median ms/event':>17}{'events':>8}"
+    )
+    for name, size, label, nbytes, median, repeat in rows:
+        print(
+            f"{name:<16}{size:>12,}  {label:<21}{nbytes:>12,}{nbytes / size:>10.3%}{median:>17.2f}{repeat:>8}"
+        )
+    for name in objects:
+        h = next(r for r in rows if r[0] == name and r[2] == "header-only")
+        n = next(r for r in rows if r[0] == name and r[2] != "header-only")
+        print(
+            f"{name}: header-only reads {n[3] / h[3]:.0f}x fewer bytes and is "
+            f"{n[4] / h[4]:.1f}x faster per event (median)"
+        )
+
+
+if __name__ == "__main__":
+    main()

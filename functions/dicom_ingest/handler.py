@@ -1,0 +1,202 @@
+"""One storage event in, one inference request or one rejection record out.
+
+Failure policy: whatever is the file's fault (not DICOM, truncated, no pixels, ...)
+is recorded and logged, and the event succeeds, so Eventarc does not redeliver it.
+Whatever is not (storage or Pub/Sub errors, a bad deployment) raises, so Eventarc
+retries the event; every step is safe to repeat (see ``message`` for deduplication).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.abstract import AnyCloudEvent
+from google.cloud import pubsub_v1, storage
+
+from dicom_ingest import header as hdr
+from dicom_ingest import message, publisher, records
+from dicom_ingest.reader import ObjectGone, RangedReader
+from dicom_ingest.settings import Settings
+from pipeline_common import jsonlog, naming
+
+logger = logging.getLogger("dicom_ingest")
+
+FINALIZED = "google.cloud.storage.object.v1.finalized"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one event (returned for tests and benchmarks; the log says the same)."""
+
+    status: str  # accepted | rejected | ignored | gone | invalid_event
+    reason: str | None = None
+    message_id: str | None = None
+    record_name: str | None = None
+    bytes_read: int = 0
+    fetches: int = 0
+    object_size: int | None = None
+
+
+def _event_data(event: AnyCloudEvent) -> dict[str, Any]:
+    data = event.get_data()
+    if isinstance(data, bytes | str):
+        data = json.loads(data or "{}")
+    return data if isinstance(data, dict) else {}
+
+
+def _upload(event: AnyCloudEvent, data: dict[str, Any]) -> message.Upload | None:
+    bucket, name = data.get("bucket"), data.get("name")
+    if not bucket or not name:
+        return None
+    size = data.get("size")
+    return message.Upload(
+        bucket=str(bucket),
+        name=str(name),
+        generation=str(data.get("generation") or ""),
+        size=int(size) if size not in (None, "") else -1,
+        content_type=data.get("contentType"),
+        event_id=str(event["id"]),
+        event_time=event.get("time"),
+    )
+
+
+def handle(
+    event: AnyCloudEvent,
+    settings: Settings,
+    storage_client: storage.Client,
+    publisher_client: pubsub_v1.PublisherClient,
+) -> Outcome:
+    started = time.perf_counter()
+    if event["type"] != FINALIZED:
+        jsonlog.log(logger, logging.INFO, "event ignored: not an object finalize", event_type=event["type"])
+        return Outcome("ignored", reason="event_type")
+    data = _event_data(event)
+    upload = _upload(event, data)
+    if upload is None:
+        # A mis-wired trigger, not a file: retrying cannot help, so say it loudly and ack.
+        jsonlog.log(logger, logging.ERROR, "event without bucket/name", event_id=event["id"])
+        return Outcome("invalid_event", reason="invalid_event")
+
+    trace = jsonlog.trace_field(event.get("traceparent"), settings.project)
+    with jsonlog.bind(
+        bucket=upload.bucket,
+        object=upload.name,
+        generation=upload.generation,
+        correlation_id=upload.correlation_id,
+        event_id=upload.event_id,
+        **trace,
+    ):
+        if naming.is_pipeline_output(
+            upload.name, data.get("metadata") or {}, settings.output_suffixes, settings.marker_key
+        ):
+            jsonlog.log(logger, logging.INFO, "object ignored: written by the pipeline")
+            return Outcome("ignored", reason="pipeline_output")
+
+        reader = RangedReader(
+            storage_client,
+            upload.bucket,
+            upload.name,
+            upload.generation,
+            timeout_s=settings.storage_timeout_s,
+            retry_deadline_s=settings.storage_retry_deadline_s,
+        )
+        try:
+            if upload.size < 0:
+                upload = _with_size(upload, reader.size())
+            read = hdr.read_header(
+                reader.fetch,
+                upload.size,
+                initial_bytes=settings.header_initial_bytes,
+                max_bytes=settings.header_max_bytes,
+            )
+        except ObjectGone:
+            # Deleted or overwritten before we looked: the newer generation has its own event.
+            jsonlog.log(
+                logger, logging.WARNING, "object generation gone before it was read", reason="object_gone"
+            )
+            return Outcome("gone", reason="object_gone", bytes_read=reader.bytes_read)
+
+        cost = {
+            "bytes_read": reader.bytes_read,
+            "object_size": upload.size,
+            "read_ratio": round(reader.bytes_read / upload.size, 6) if upload.size > 0 else None,
+            "range_requests": reader.requests,
+        }
+        result = read.result
+        rejection = result if isinstance(result, hdr.Rejection) else None
+        if isinstance(result, hdr.DicomHeader):
+            rejection = hdr.check(result, settings.allowed_modalities, settings.max_pixels)
+        if rejection is not None:
+            return _reject(upload, rejection, settings, storage_client, cost, started)
+
+        assert isinstance(result, hdr.DicomHeader)
+        body, attributes = message.inference_request(upload, result)
+        message_id = publisher.publish(
+            publisher_client, settings.topic_path, body, attributes, settings.publish_timeout_s
+        )
+        jsonlog.log(
+            logger,
+            logging.INFO,
+            "inference request published",
+            outcome="accepted",
+            message_id=message_id,
+            modality=result.dicom.get("modality"),
+            sop_instance_uid_hash=naming.hash_uid(result.dicom.get("sop_instance_uid")),
+            transfer_syntax_uid=result.dicom.get("transfer_syntax_uid"),
+            pixel_data_offset=result.pixel_data_offset,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            **cost,
+        )
+        return Outcome(
+            "accepted",
+            message_id=message_id,
+            bytes_read=reader.bytes_read,
+            fetches=reader.requests,
+            object_size=upload.size,
+        )
+
+
+def _with_size(upload: message.Upload, size: int) -> message.Upload:
+    return message.Upload(**{**upload.__dict__, "size": size})
+
+
+def _reject(
+    upload: message.Upload,
+    rejection: hdr.Rejection,
+    settings: Settings,
+    storage_client: storage.Client,
+    cost: dict[str, Any],
+    started: float,
+) -> Outcome:
+    record = records.rejection_record(upload, rejection)
+    name = records.write_rejection(
+        storage_client,
+        upload,
+        record,
+        marker_key=settings.marker_key,
+        timeout_s=settings.storage_timeout_s,
+        retry_deadline_s=settings.storage_retry_deadline_s,
+    )
+    jsonlog.log(
+        logger,
+        logging.WARNING,
+        f"DICOM upload rejected: {rejection.reason}",
+        outcome="rejected",
+        reason=rejection.reason,
+        detail=rejection.message,  # built from codes and sizes only, never from patient data
+        rejection_record=naming.gs_uri(upload.bucket, name),
+        latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        **cost,
+    )
+    return Outcome(
+        "rejected",
+        reason=rejection.reason,
+        record_name=name,
+        bytes_read=cost["bytes_read"],
+        fetches=cost["range_requests"],
+        object_size=upload.size,
+    )

@@ -1,0 +1,60 @@
+"""PNG renderings of one result: the image as decoded, the LIME mask, and an overlay for people.
+
+Pure functions from arrays to PNG bytes. Browsers cannot show DICOM, so the web front
+end shows ``STEM.png``; the mask keeps the original resolution so it can be laid over
+that image pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from skimage.segmentation import find_boundaries
+
+OVERLAY_COLOR = (255, 64, 32)  # warm red: visible on grayscale radiographs
+BOUNDARY_COLOR = (255, 220, 0)
+OVERLAY_ALPHA = 0.35
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def preview_png(image_u8: np.ndarray) -> bytes:
+    """The 8-bit windowed image (HxW grayscale or HxWx3 RGB)."""
+    if image_u8.dtype != np.uint8 or image_u8.ndim not in (2, 3):
+        raise ValueError("preview needs an HxW or HxWx3 uint8 array")
+    return _png(np.ascontiguousarray(image_u8))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """Binary mask as 8-bit grayscale: 255 inside the explanation, 0 elsewhere."""
+    if mask.ndim != 2:
+        raise ValueError("mask must be HxW")
+    return _png(np.where(mask.astype(bool), 255, 0).astype(np.uint8))
+
+
+def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the explanation tinted and outlined; same HxW as the image."""
+    rgb = np.repeat(image_u8[..., None], 3, axis=2) if image_u8.ndim == 2 else image_u8[..., :3]
+    if rgb.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {rgb.shape[:2]}")
+    inside = mask.astype(bool)
+    out = rgb.astype(np.float32)
+    color = np.asarray(OVERLAY_COLOR, dtype=np.float32)
+    out[inside] = (1.0 - OVERLAY_ALPHA) * out[inside] + OVERLAY_ALPHA * color
+    # A line a few pixels wide stays visible when a large image is shown scaled down.
+    edges = find_boundaries(inside, mode="outer")
+    thickness = max(1, round(max(mask.shape) / 512))
+    for _ in range(thickness - 1):
+        edges = find_boundaries(edges | inside, mode="outer") | edges
+    out[edges] = np.asarray(BOUNDARY_COLOR, dtype=np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def overlay_png(image_u8: np.ndarray, mask: np.ndarray) -> bytes:
+    return _png(overlay_rgb(image_u8, mask))

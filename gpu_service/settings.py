@@ -1,0 +1,117 @@
+"""The inference service's settings, read once from the environment.
+
+One frozen object is passed to every stage, so a test can build the service with
+exactly the configuration it needs and nothing reads ``os.environ`` behind its back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip()
+    return int(raw) if raw else default
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "").strip()
+    return float(raw) if raw else default
+
+
+def _str(env: Mapping[str, str], key: str, default: str | None = None) -> str | None:
+    raw = env.get(key, "").strip()
+    return raw or default
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str | None = None
+    model_uri: str | None = None  # None: the bundled demo model
+    # Webhook to the Django server; no URL disables it (local runs without Django).
+    webhook_url: str | None = None
+    webhook_secret: str = field(default="", repr=False)
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 5
+    webhook_backoff_base_s: float = 0.5
+    webhook_backoff_max_s: float = 8.0
+    # Push authentication: on when an audience is set.
+    push_audience: str | None = None
+    push_service_account: str | None = None
+    push_certs_url: str = GOOGLE_CERTS_URL
+    # Outputs go next to the upload unless an output bucket/prefix relocates them.
+    output_bucket: str | None = None
+    output_prefix: str = ""
+    # LIME.
+    lime_num_samples: int = 1000
+    lime_num_features: int = 5
+    lime_segmentation: str | None = None  # None: the inference core's default
+    lime_seed: int = 0
+    lime_batch_size: int | None = None
+    # Shared batcher across concurrent requests.
+    batching: bool = True
+    batch_max_size: int = 256
+    batch_max_wait_ms: float = 10.0
+    # Requests handled at once by one instance (gunicorn threads = Cloud Run concurrency).
+    concurrency: int = 4
+    max_object_bytes: int = 512 * 1024 * 1024
+    # How long a push waits for the model to finish loading before answering 503.
+    ready_wait_s: float = 60.0
+    port: int = 8080
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            project=_str(env, "GOOGLE_CLOUD_PROJECT"),
+            model_uri=_str(env, "MODEL_URI"),
+            webhook_url=_str(env, "WEBHOOK_URL"),
+            webhook_secret=env.get("WEBHOOK_SECRET", ""),
+            webhook_timeout_s=_float(env, "WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_max_attempts=_int(env, "WEBHOOK_MAX_ATTEMPTS", 5),
+            webhook_backoff_base_s=_float(env, "WEBHOOK_BACKOFF_BASE_S", 0.5),
+            webhook_backoff_max_s=_float(env, "WEBHOOK_BACKOFF_MAX_S", 8.0),
+            push_audience=_str(env, "PUSH_AUDIENCE"),
+            push_service_account=_str(env, "PUSH_SERVICE_ACCOUNT"),
+            push_certs_url=_str(env, "PUSH_CERTS_URL", GOOGLE_CERTS_URL) or GOOGLE_CERTS_URL,
+            output_bucket=_str(env, "OUTPUT_BUCKET"),
+            output_prefix=(_str(env, "OUTPUT_PREFIX", "") or "").strip("/"),
+            lime_num_samples=_int(env, "LIME_NUM_SAMPLES", 1000),
+            lime_num_features=_int(env, "LIME_NUM_FEATURES", 5),
+            lime_segmentation=_str(env, "LIME_SEGMENTATION"),
+            lime_seed=_int(env, "LIME_SEED", 0),
+            lime_batch_size=_int(env, "LIME_BATCH_SIZE", 0) or None,
+            batching=_bool(env, "BATCHING", True),
+            batch_max_size=_int(env, "BATCH_MAX_SIZE", 256),
+            batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 10.0),
+            concurrency=_int(env, "CONCURRENCY", 4),
+            max_object_bytes=_int(env, "MAX_OBJECT_BYTES", 512 * 1024 * 1024),
+            ready_wait_s=_float(env, "READY_WAIT_S", 60.0),
+            port=_int(env, "PORT", 8080),
+            log_level=_str(env, "LOG_LEVEL", "INFO") or "INFO",
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse configurations that would silently weaken security or never work."""
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("WEBHOOK_URL is set but WEBHOOK_SECRET is empty: webhooks must be signed")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
+        if self.batch_max_size < 1 or self.concurrency < 1 or self.lime_num_samples < 1:
+            raise ValueError("BATCH_MAX_SIZE, CONCURRENCY and LIME_NUM_SAMPLES must be positive")
+        if self.max_object_bytes < 1:
+            raise ValueError("MAX_OBJECT_BYTES must be positive")

@@ -1,0 +1,213 @@
+"""Cloud Storage adapter: read one upload at one generation, write outputs without clobbering.
+
+Every output is written with a generation precondition (``if_generation_match=0``: only
+if absent). When the name is taken, the existing object's markers decide:
+- same source object, same generation and same model: the work is already there (a
+  redelivery or a concurrent twin finished first);
+- same source object, older generation or another model: replace it, again under a
+  precondition on the generation we just looked at, so a concurrent writer is never lost;
+- same source object, newer generation: ours is stale, leave it (``SUPERSEDED``);
+- no pipeline marker, or another source object's output: never overwrite (``OutputConflict``).
+Errors other than these (5xx, timeouts, auth) propagate: the caller treats them as transient.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from pipeline_common import naming
+
+SOURCE_KEY = "dicom-pipeline-source"
+CORRELATION_KEY = "dicom-pipeline-correlation-id"
+MODEL_KEY = "dicom-pipeline-model-sha256"
+MAX_WRITE_RACES = 3
+
+
+class SourceUnavailable(Exception):
+    """The requested generation of the upload cannot be read, now or ever (permanent)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class OutputConflict(Exception):
+    """An output name is taken by an object the pipeline did not write for this upload."""
+
+    code = "output_conflict"
+
+
+class StorageRace(Exception):
+    """Lost the precondition race repeatedly: let Pub/Sub redeliver (transient)."""
+
+
+class WriteOutcome(enum.Enum):
+    WRITTEN = "written"
+    PRESENT = "present"  # the same work is already stored
+    SUPERSEDED = "superseded"  # a newer generation's output is stored
+
+
+@dataclass(frozen=True)
+class Location:
+    bucket: str
+    name: str
+
+    @property
+    def uri(self) -> str:
+        return naming.gs_uri(self.bucket, self.name)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    name: str
+    generation: str
+    size: int | None
+    content_type: str | None
+    metadata: dict[str, str]
+
+
+def source_marker(bucket: str, name: str, generation: str | int) -> str:
+    return f"{naming.gs_uri(bucket, name)}#{generation}"
+
+
+def parse_source_marker(value: str | None) -> tuple[str, int | None]:
+    """``gs://b/n#gen`` -> (``gs://b/n``, gen)."""
+    if not value:
+        return "", None
+    uri, _, gen = value.rpartition("#")
+    return (uri, int(gen)) if gen.isdigit() and uri else (value, None)
+
+
+class GcsStore:
+    def __init__(
+        self,
+        project: str | None = None,
+        output_bucket: str | None = None,
+        output_prefix: str = "",
+        client_factory: Callable[[], storage.Client] | None = None,
+    ) -> None:
+        self.output_bucket = output_bucket
+        self.output_prefix = output_prefix
+        self._factory = client_factory or (lambda: storage.Client(project=project))
+        self._local = threading.local()
+
+    def client(self) -> storage.Client:
+        """One client per thread: requests sessions are not documented as thread-safe."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._factory()
+        return client
+
+    # -- names ---------------------------------------------------------------------------
+    def location(self, bucket: str, name: str, suffix: str) -> Location:
+        return Location(
+            self.output_bucket or bucket,
+            naming.output_name(name, suffix, self.output_prefix),
+        )
+
+    # -- source --------------------------------------------------------------------------
+    def fetch_source(self, bucket: str, name: str, generation: str, max_bytes: int) -> bytes:
+        """The bytes of exactly ``generation``; permanent errors as :class:`SourceUnavailable`."""
+        handle = self.client().bucket(bucket)
+        blob = handle.get_blob(name, generation=int(generation))
+        if blob is None:
+            self._raise_missing(handle, name, generation)
+        if blob.size is not None and blob.size > max_bytes:
+            raise SourceUnavailable(
+                "object_too_large", f"object is {blob.size} bytes, above the limit of {max_bytes}"
+            )
+        try:
+            return blob.download_as_bytes()
+        except gexc.NotFound:
+            self._raise_missing(handle, name, generation)
+            raise  # unreachable: _raise_missing always raises
+
+    @staticmethod
+    def _raise_missing(handle: storage.Bucket, name: str, generation: str) -> None:
+        live = handle.get_blob(name)
+        if live is None:
+            raise SourceUnavailable("object_missing", "the object no longer exists")
+        raise SourceUnavailable(
+            "generation_changed",
+            f"generation {generation} was replaced by generation {live.generation}",
+        )
+
+    def read_head(self, bucket: str, name: str, generation: str, n_bytes: int) -> bytes:
+        blob = self.client().bucket(bucket).blob(name, generation=int(generation))
+        return blob.download_as_bytes(start=0, end=n_bytes - 1)
+
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        for blob in self.client().list_blobs(bucket, prefix=prefix or None):
+            yield ObjectInfo(
+                bucket=bucket,
+                name=blob.name,
+                generation=str(blob.generation),
+                size=blob.size,
+                content_type=blob.content_type,
+                metadata=dict(blob.metadata or {}),
+            )
+
+    # -- outputs -------------------------------------------------------------------------
+    def read_output(self, location: Location) -> tuple[bytes, dict[str, str]] | None:
+        blob = self.client().bucket(location.bucket).get_blob(location.name)
+        if blob is None:
+            return None
+        try:
+            return blob.download_as_bytes(if_generation_match=blob.generation), dict(blob.metadata or {})
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return None  # replaced or deleted between the two calls: the caller recomputes
+
+    def write_output(
+        self,
+        location: Location,
+        data: bytes,
+        *,
+        content_type: str,
+        role: str,
+        source_bucket: str,
+        source_name: str,
+        source_generation: str,
+        correlation_id: str,
+        model_sha256: str,
+    ) -> WriteOutcome:
+        metadata = {
+            naming.MARKER_KEY: role,
+            SOURCE_KEY: source_marker(source_bucket, source_name, source_generation),
+            CORRELATION_KEY: correlation_id,
+            MODEL_KEY: model_sha256,
+        }
+        handle = self.client().bucket(location.bucket)
+        ours_uri, ours_gen = naming.gs_uri(source_bucket, source_name), int(source_generation)
+        expected = 0
+        for _ in range(MAX_WRITE_RACES):
+            blob = handle.blob(location.name)
+            blob.metadata = metadata
+            try:
+                blob.upload_from_string(data, content_type=content_type, if_generation_match=expected)
+                return WriteOutcome.WRITTEN
+            except gexc.PreconditionFailed:
+                pass
+            existing = handle.get_blob(location.name)
+            if existing is None:
+                expected = 0
+                continue
+            found = dict(existing.metadata or {})
+            if naming.MARKER_KEY not in found:
+                raise OutputConflict(f"{location.uri} exists and was not written by the pipeline")
+            their_uri, their_gen = parse_source_marker(found.get(SOURCE_KEY))
+            if their_uri and their_uri != ours_uri:
+                raise OutputConflict(f"{location.uri} belongs to another upload")
+            if their_gen is not None and their_gen > ours_gen:
+                return WriteOutcome.SUPERSEDED
+            if their_gen == ours_gen and found.get(MODEL_KEY) == model_sha256:
+                return WriteOutcome.PRESENT
+            expected = int(existing.generation)
+        raise StorageRace(f"lost the write race for {location.uri} {MAX_WRITE_RACES} times")

@@ -1,0 +1,142 @@
+"""The Cloud Run job against the emulators: reprocess a prefix (sharded, skipping done work and
+the pipeline's own outputs) and drain a pull subscription with the push endpoint's ack rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import unique
+from google.cloud import pubsub_v1, storage
+from service_support import PROJECT, SECRET, WebhookServer, dicom_bytes, read_object, request_body, upload
+
+from gpu_service import job
+from gpu_service.app import make_store, make_webhook
+from gpu_service.batcher import Batcher
+from gpu_service.model import LoadedModel, load_model
+from gpu_service.processing import Processor
+from gpu_service.settings import Settings
+from infra.local import emulators
+from pipeline_common import naming
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    m = load_model(max_batch_size=128)
+    m.warmup()
+    return m
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookServer]:
+    server = WebhookServer()
+    yield server
+    server.stop()
+
+
+def _settings(webhook: WebhookServer) -> Settings:
+    return Settings(
+        project=PROJECT,
+        webhook_url=webhook.url,
+        webhook_secret=SECRET,
+        webhook_max_attempts=2,
+        webhook_backoff_base_s=0.01,
+        lime_num_samples=48,
+        lime_batch_size=24,
+        batch_max_size=128,
+        batch_max_wait_ms=20,
+        concurrency=2,
+    )
+
+
+@pytest.fixture
+def processor(model: LoadedModel, webhook: WebhookServer) -> Iterator[Processor]:
+    settings = _settings(webhook)
+    batcher = Batcher(model.predict, settings.batch_max_size, settings.batch_max_wait_ms)
+    yield Processor(settings, model, make_store(settings), make_webhook(settings), batcher)
+    batcher.close()
+
+
+def _folder(bucket: str) -> dict[str, storage.Blob]:
+    blobs = {
+        "a": upload(bucket, "study/a.dcm", dicom_bytes(seed=41)),
+        "b": upload(bucket, "study/sub/b.DCM", dicom_bytes(seed=42)),
+        # DICOM without the extension: recognised by its DICM prefix.
+        "c": upload(bucket, "study/c", dicom_bytes(seed=43), content_type="application/octet-stream"),
+        "notes": upload(bucket, "study/notes.txt", b"radiology notes, not an image" * 10, "text/plain"),
+        "outside": upload(bucket, "other/d.dcm", dicom_bytes(seed=44)),
+    }
+    # A pipeline output already there (a result of someone else): never an input.
+    out = storage.Client(project=PROJECT).bucket(bucket).blob("study/old.png")
+    out.metadata = {naming.MARKER_KEY: "preview"}
+    out.upload_from_string(b"\x89PNG fake", content_type="image/png")
+    return blobs
+
+
+def test_prefix_job_processes_dicoms_once(
+    processor: Processor, webhook: WebhookServer, bucket_name: str
+) -> None:
+    _folder(bucket_name)
+    summary = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/study", concurrency=2)
+    counts = summary.as_dict()
+    assert counts["completed"] == 3 and counts["skipped_not_dicom"] == 1 and counts["skipped_output"] == 1
+    assert processor.stats.inferences == 3 and len(webhook.accepted()) == 3
+    for stem in ("study/a", "study/sub/b", "study/c"):
+        record = json.loads(read_object(bucket_name, stem + ".result.json")[0])
+        assert record["status"] == "completed" and record["patient_id"] == "DEMO-0001"
+    assert read_object(bucket_name, "study/notes.txt.result.json") is None
+    assert read_object(bucket_name, "other/d.result.json") is None
+
+    # A second run finds everything done: no inference, no webhook.
+    again = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/study", concurrency=2)
+    assert again.as_dict()["skipped_done"] == 3 and "completed" not in again.as_dict()
+    assert processor.stats.inferences == 3 and len(webhook.accepted()) == 3
+
+
+def test_prefix_job_shards_partition_the_work(processor: Processor, bucket_name: str) -> None:
+    for i in range(6):
+        upload(bucket_name, f"s/{i}.dcm", dicom_bytes(seed=50 + i, size=96))
+    done = [
+        job.run_prefix(processor, processor.store, f"gs://{bucket_name}/s/", task_index=k, task_count=3)
+        .as_dict()
+        .get("completed", 0)
+        for k in range(3)
+    ]
+    assert sum(done) == 6 and processor.stats.inferences == 6
+    assert sorted(done) == sorted(
+        sum(1 for i in range(6) if job.shard_of(f"s/{i}.dcm", 3) == k) for k in range(3)
+    )
+
+
+def test_job_cli_entrypoint(model: LoadedModel, webhook: WebhookServer, bucket_name: str) -> None:
+    upload(bucket_name, "cli/x.dcm", dicom_bytes(seed=60))
+    settings = _settings(webhook)
+    assert job.main(["--prefix", f"gs://{bucket_name}/cli", "--concurrency", "2"], settings=settings) == 0
+    assert json.loads(read_object(bucket_name, "cli/x.result.json")[0])["status"] == "completed"
+
+
+def test_subscription_drain_acks_only_safe_outcomes(
+    processor: Processor, webhook: WebhookServer, bucket_name: str, pubsub_emulator: Any
+) -> None:
+    topic, sub = unique("backlog"), unique("backlog-sub")
+    emulators.create_topic(pubsub_emulator.host, PROJECT, topic)
+    sub_path = emulators.create_subscription(pubsub_emulator.host, PROJECT, sub, topic, ack_deadline_s=60)
+    publisher = pubsub_v1.PublisherClient()
+    topic_path = publisher.topic_path(PROJECT, topic)
+    good = [upload(bucket_name, f"q/{i}.dcm", dicom_bytes(seed=70 + i)) for i in range(2)]
+    for blob in good:
+        publisher.publish(topic_path, json.dumps(request_body(blob)).encode()).result()
+    publisher.publish(topic_path, b"{not json").result()
+
+    summary = job.run_subscription(processor, sub_path, concurrency=2, pull_timeout_s=5)
+    counts = summary.as_dict()
+    assert counts["completed"] == 2 and counts["invalid"] == 1 and summary.to_retry == 1
+    assert len(webhook.accepted()) == 2
+    for i in range(2):
+        assert read_object(bucket_name, f"q/{i}.result.json") is not None
+    # Only the hopeless message is left, handed back for redelivery / dead-lettering.
+    left = emulators.pull(pubsub_emulator.host, PROJECT, sub)
+    assert [base64.b64decode(m["data"]) for m in left] == [b"{not json"]

@@ -1,0 +1,459 @@
+"""The real Flask app, real push envelopes, real objects in fake-gcs-server, the real demo model,
+and a real local HTTP server as the Django webhook."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import unique
+from google.cloud import pubsub_v1, storage
+from PIL import Image
+from service_support import (
+    PROJECT,
+    SECRET,
+    WebhookServer,
+    dicom_bytes,
+    envelope,
+    header_of,
+    read_object,
+    request_body,
+    upload,
+)
+from werkzeug.serving import make_server
+
+from gpu_service.app import create_app
+from gpu_service.model import LoadedModel, load_model
+from gpu_service.pixels import decode, read_dicom, to_uint8
+from gpu_service.settings import Settings
+from gpu_service.webhook_signature import idempotency_key, verify_signature
+from infra.local import emulators
+from pipeline_common import jsonlog, naming
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    m = load_model()
+    m.warmup()
+    return m
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookServer]:
+    server = WebhookServer()
+    yield server
+    server.stop()
+
+
+def _settings(webhook: WebhookServer, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "project": PROJECT,
+        "webhook_url": webhook.url,
+        "webhook_secret": SECRET,
+        "webhook_max_attempts": 2,
+        "webhook_backoff_base_s": 0.01,
+        "webhook_backoff_max_s": 0.02,
+        "lime_num_samples": 64,
+        "lime_batch_size": 32,
+        "batch_max_size": 128,
+        "batch_max_wait_ms": 20,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_app(model: LoadedModel, webhook: WebhookServer) -> Iterator[Any]:
+    apps = []
+
+    def factory(**overrides: Any) -> Any:
+        app = create_app(_settings(webhook, **overrides), model=model)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["gpu_service"].close()
+
+
+def _stats(app: Any) -> Any:
+    return app.extensions["gpu_service"].processor.stats
+
+
+def _png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_health_and_readiness(make_app: Any) -> None:
+    client = make_app().test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["model"]["sha256"]
+
+
+def test_push_writes_artifacts_and_calls_signed_webhook(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, model: LoadedModel
+) -> None:
+    app = make_app()
+    data = dicom_bytes(nodule=True, size=200, patient_id="PAT-0042", modality="DX")
+    blob = upload(bucket_name, "study/1/image.DCM", data)
+    header = header_of(data)
+    response = app.test_client().post(
+        "/", json=envelope(request_body(blob, header)), headers={"X-Cloud-Trace-Context": "abc123/1;o=1"}
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["outcome"] == "completed"
+
+    gen = str(blob.generation)
+    source_marker = f"gs://{bucket_name}/study/1/image.DCM#{gen}"
+    outputs = {}
+    for suffix, role in [(".png", "preview"), (".lime.png", "mask"), (".overlay.png", "overlay"),
+                         (".result.json", "result")]:  # fmt: skip
+        found = read_object(bucket_name, "study/1/image" + suffix)
+        assert found is not None, suffix
+        content, metadata = found
+        assert metadata[naming.MARKER_KEY] == role
+        assert metadata["dicom-pipeline-source"] == source_marker
+        assert metadata["dicom-pipeline-correlation-id"] == blob_correlation(blob)
+        outputs[role] = content
+
+    # STEM.png is the image as decoded and windowed, before resizing.
+    expected = to_uint8(decode(read_dicom(data)))
+    preview = np.asarray(_png(outputs["preview"]))
+    assert preview.shape == (200, 200) and np.array_equal(preview, expected)
+    mask = np.asarray(_png(outputs["mask"]))
+    assert mask.shape == (200, 200) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+    overlay = _png(outputs["overlay"])
+    assert overlay.size == (200, 200) and overlay.mode == "RGB"
+
+    # The stored record is the webhook body, byte for byte, and it is signed.
+    assert len(webhook.accepted()) == 1
+    call = webhook.accepted()[0]
+    assert call.body == outputs["result"]
+    assert verify_signature(SECRET, call.headers["X-Pipeline-Timestamp"], call.body,
+                            call.headers["X-Pipeline-Signature"])  # fmt: skip
+    assert call.headers["Idempotency-Key"] == idempotency_key(bucket_name, blob.name, gen, model.info.sha256)
+    assert call.headers["X-Correlation-Id"] == blob_correlation(blob)
+
+    record = json.loads(call.body)
+    assert record["status"] == "completed" and record["schema"] == "dicom-inference-result/1"
+    assert record["patient_id"] == "PAT-0042" and record["study_modality"] == "DX"
+    for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"):
+        assert record[key] == header[key]
+    assert record["prediction"]["label"] in model.info.labels
+    assert set(record["prediction"]["scores"]) == set(model.info.labels)
+    assert abs(sum(record["prediction"]["scores"].values()) - 1) < 1e-3
+    assert record["image_uri"] == f"gs://{bucket_name}/study/1/image.png"
+    explanation = record["explanation"]
+    assert explanation["method"] == "lime"
+    assert explanation["mask_uri"] == f"gs://{bucket_name}/study/1/image.lime.png"
+    assert explanation["overlay_uri"] == f"gs://{bucket_name}/study/1/image.overlay.png"
+    assert explanation["parameters"]["num_samples"] == 64 and explanation["top_segments"]
+    assert record["source"] == {"bucket": bucket_name, "name": "study/1/image.DCM",
+                                "uri": f"gs://{bucket_name}/study/1/image.DCM", "generation": gen}  # fmt: skip
+    assert record["model"] == model.info.as_record()
+    assert {"download", "decode", "predict", "explain", "render", "write"} <= set(record["timings_ms"])
+    assert "error" not in record
+    assert _stats(app).inferences == 1
+
+
+def blob_correlation(blob: storage.Blob) -> str:
+    return naming.correlation_id(blob.bucket.name, blob.name, blob.generation)
+
+
+def test_redelivery_skips_inference_and_resends_webhook(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    app = make_app()
+    blob = upload(bucket_name, "a.dcm", dicom_bytes(seed=3))
+    env = envelope(request_body(blob))
+    assert app.test_client().post("/", json=env).get_json()["outcome"] == "completed"
+    record_blob = storage.Client(project=PROJECT).bucket(bucket_name).get_blob("a.result.json")
+    again = app.test_client().post("/", json=envelope(request_body(blob), attempt=2))
+    assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
+    assert _stats(app).inferences == 1
+    calls = webhook.accepted()
+    assert len(calls) == 2 and calls[0].body == calls[1].body
+    assert calls[0].headers["Idempotency-Key"] == calls[1].headers["Idempotency-Key"]
+    after = storage.Client(project=PROJECT).bucket(bucket_name).get_blob("a.result.json")
+    assert after.generation == record_blob.generation  # not rewritten
+
+
+def test_webhook_down_then_redelivery_runs_inference_once(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    app = make_app()
+    blob = upload(bucket_name, "down/x.dcm", dicom_bytes(seed=4))
+    env = envelope(request_body(blob))
+    webhook.fail_next = 100
+    first = app.test_client().post("/", json=env)
+    assert first.status_code == 503 and first.get_json()["error_code"] == "webhook_failed"
+    assert len(webhook.calls) == 2  # WEBHOOK_MAX_ATTEMPTS, all refused
+    stored = read_object(bucket_name, "down/x.result.json")
+    assert stored is not None  # the result is safe before the webhook is tried
+
+    webhook.fail_next = 0
+    second = app.test_client().post("/", json=env)
+    assert second.status_code == 200 and second.get_json()["outcome"] == "duplicate"
+    assert _stats(app).inferences == 1
+    assert [c.body for c in webhook.accepted()] == [stored[0]]
+
+
+def test_concurrent_identical_deliveries_store_one_result(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    """Two instances (here: two threads) handed the same message both finish without clobbering."""
+    app = make_app()
+    blob = upload(bucket_name, "twin.dcm", dicom_bytes(seed=5))
+    env = envelope(request_body(blob))
+    statuses: list[int] = []
+
+    def push() -> None:
+        statuses.append(app.test_client().post("/", json=env).status_code)
+
+    threads = [threading.Thread(target=push) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200, 200]
+    stored = read_object(bucket_name, "twin.result.json")
+    assert stored is not None
+    bodies = {c.body for c in webhook.accepted()}
+    assert bodies == {stored[0]}  # whoever lost the race sent the stored record, not its own
+
+
+@pytest.mark.parametrize(
+    ("payload", "codes"),
+    [
+        (b"this is not a DICOM file at all" * 10, {"not_dicom"}),
+        (b"", {"not_dicom", "empty_object"}),
+        ("truncated", {"truncated", "decode_failed", "not_dicom"}),
+        ("no_pixels", {"no_pixel_data"}),
+    ],
+    ids=["garbage", "empty", "truncated", "no-pixel-data"],
+)
+def test_undecodable_file_is_a_recorded_failure(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, payload: Any, codes: set[str]
+) -> None:
+    if payload == "truncated":
+        payload = dicom_bytes(seed=6)[:2000]
+    elif payload == "no_pixels":
+        ds = pydicom.dcmread(pydicom.data.get_testdata_file("rtplan.dcm"))
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        payload = buffer.getvalue()
+    app = make_app()
+    blob = upload(bucket_name, "bad/file.dcm", payload)
+    response = app.test_client().post("/", json=envelope(request_body(blob, {"patient_id": "P-9"})))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "failed"
+    stored = read_object(bucket_name, "bad/file.result.json")
+    assert stored is not None
+    record = json.loads(stored[0])
+    assert record["status"] == "failed" and record["error"]["code"] in codes and record["error"]["message"]
+    assert record["patient_id"] == "P-9" and record["prediction"] is None
+    assert {"download", "decode"} <= set(record["timings_ms"])
+    assert [c.body for c in webhook.accepted()] == [stored[0]]
+    assert read_object(bucket_name, "bad/file.png") is None
+    assert _stats(app).inferences == 0
+
+
+def test_missing_object_is_acked_with_failed_record(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    body = {
+        "schema": "dicom-inference-request/1",
+        "source": {"bucket": bucket_name, "name": "gone.dcm", "generation": "12345"},
+        "dicom": {"patient_id": "P-1"},
+    }
+    response = make_app().test_client().post("/", json=envelope(body))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "object_missing"
+    record = json.loads(read_object(bucket_name, "gone.result.json")[0])
+    assert record["status"] == "failed" and record["source"]["generation"] == "12345"
+    assert json.loads(webhook.accepted()[0].body)["error"]["code"] == "object_missing"
+
+
+def test_replaced_generation_then_newer_result_is_never_clobbered(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    app = make_app()
+    old = upload(bucket_name, "v.dcm", dicom_bytes(seed=7))
+    new = upload(bucket_name, "v.dcm", dicom_bytes(seed=8))
+    client = app.test_client()
+
+    r = client.post("/", json=envelope(request_body(old)))
+    assert r.status_code == 200 and r.get_json()["error_code"] == "generation_changed"
+    # The newer upload replaces the older generation's failed record (precondition on its generation).
+    assert client.post("/", json=envelope(request_body(new))).get_json()["outcome"] == "completed"
+    record = json.loads(read_object(bucket_name, "v.result.json")[0])
+    assert record["status"] == "completed" and record["source"]["generation"] == str(new.generation)
+    # A late redelivery of the old message must not overwrite it.
+    late = client.post("/", json=envelope(request_body(old)))
+    assert late.status_code == 200 and late.get_json()["outcome"] == "superseded"
+    again = json.loads(read_object(bucket_name, "v.result.json")[0])
+    assert again == record
+
+
+def test_oversized_object_is_a_recorded_failure(make_app: Any, bucket_name: str) -> None:
+    blob = upload(bucket_name, "huge.dcm", dicom_bytes(seed=9))
+    response = make_app(max_object_bytes=1000).test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "object_too_large"
+
+
+def test_malformed_message_is_not_acked(make_app: Any, webhook: WebhookServer) -> None:
+    client = make_app().test_client()
+    assert client.post("/", data=b"not json", content_type="application/json").status_code == 400
+    bad_schema = envelope({"schema": "something-else/1", "source": {}})
+    assert client.post("/", json=bad_schema).status_code == 400
+    assert webhook.calls == []
+
+
+def test_storage_outage_asks_for_redelivery(make_app: Any, webhook: WebhookServer) -> None:
+    """When even the failed record cannot be stored (here: the bucket is gone), nothing is acked:
+    the message comes back, and after the maximum attempts it is dead-lettered, never dropped."""
+    body = {
+        "schema": "dicom-inference-request/1",
+        "source": {"bucket": "no-such-bucket-xyz", "name": "a.dcm", "generation": "1"},
+    }
+    response = make_app().test_client().post("/", json=envelope(body))
+    assert response.status_code == 503
+    assert webhook.calls == []
+
+
+def test_output_bucket_and_prefix_relocate_outputs(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, gcs_server: Any
+) -> None:
+    out_bucket = bucket_name + "-out"
+    gcs_server.create_bucket(out_bucket)
+    app = make_app(output_bucket=out_bucket, output_prefix="results")
+    blob = upload(bucket_name, "ro/img.dcm", dicom_bytes(seed=10))
+    assert app.test_client().post("/", json=envelope(request_body(blob))).status_code == 200
+    names = sorted(b.name for b in storage.Client(project=PROJECT).list_blobs(out_bucket))
+    assert names == [f"results/ro/img{s}" for s in (".lime.png", ".overlay.png", ".png", ".result.json")]
+    assert [b.name for b in storage.Client(project=PROJECT).list_blobs(bucket_name)] == ["ro/img.dcm"]
+    record = json.loads(webhook.accepted()[0].body)
+    assert record["image_uri"] == f"gs://{out_bucket}/results/ro/img.png"
+
+
+def test_real_pydicom_file(make_app: Any, webhook: WebhookServer, bucket_name: str) -> None:
+    path = pydicom.data.get_testdata_file("CT_small.dcm")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    blob = upload(bucket_name, "ct/CT_small.dcm", data)
+    response = make_app().test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
+    record = json.loads(webhook.accepted()[0].body)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    # Header fields the message lacked come from the dataset itself.
+    assert record["sop_instance_uid"] == ds.SOPInstanceUID and record["study_modality"] == "CT"
+    mask = _png(read_object(bucket_name, "ct/CT_small.lime.png")[0])
+    assert mask.size == (ds.Columns, ds.Rows)
+
+
+def test_concurrent_requests_share_the_batcher(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    app = make_app(batch_max_wait_ms=200)
+    blobs = [upload(bucket_name, f"c/{i}.dcm", dicom_bytes(seed=20 + i)) for i in range(3)]
+    statuses: list[int] = []
+
+    def push(blob: storage.Blob) -> None:
+        statuses.append(app.test_client().post("/", json=envelope(request_body(blob))).status_code)
+
+    threads = [threading.Thread(target=push, args=(b,)) for b in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200, 200, 200] and len(webhook.accepted()) == 3
+    batcher = app.extensions["gpu_service"].batcher
+    assert batcher.stats.max_submissions_in_batch > 1
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(jsonlog.CloudLoggingFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_logs_are_structured_traced_and_free_of_patient_data(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    app = make_app()
+    data = dicom_bytes(seed=30, patient_id="SECRET-PATIENT-77")
+    blob = upload(bucket_name, "logs/a.dcm", data)
+    header = header_of(data)
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        response = app.test_client().post(
+            "/", json=envelope(request_body(blob, header)),
+            headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        )  # fmt: skip
+    finally:
+        logging.getLogger().removeHandler(capture)
+    assert response.status_code == 200
+    entries = [json.loads(line) for line in capture.lines]
+    assert entries, "no log lines"
+    text = "\n".join(capture.lines)
+    assert "SECRET-PATIENT-77" not in text and header["sop_instance_uid"] not in text
+    mine = [e for e in entries if e.get("correlation_id") == blob_correlation(blob)]
+    assert mine and all(
+        e[jsonlog.TRACE_KEY] == f"projects/{PROJECT}/traces/0af7651916cd43dd8448eb211c80319c"
+        and e["bucket"] == bucket_name
+        and e["object"] == "logs/a.dcm"
+        and e["generation"] == str(blob.generation)
+        for e in mine
+    )
+    final = [e for e in mine if e.get("outcome") == "completed"]
+    assert final and {"download", "decode", "predict", "explain", "write", "webhook"} <= set(
+        final[0]["timings_ms"]
+    )
+    assert all("severity" in e for e in entries)
+
+
+def test_emulator_push_redelivers_until_the_webhook_accepts(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, pubsub_emulator: Any
+) -> None:
+    """Real Pub/Sub push (the emulator's own envelopes and retry policy) to the app on a real socket:
+    the webhook is down for the first delivery, the redelivery only re-sends the stored record."""
+    app = make_app()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        topic, sub = unique("req"), unique("push")
+        emulators.create_topic(pubsub_emulator.host, PROJECT, topic)
+        emulators.create_subscription(
+            pubsub_emulator.host, PROJECT, sub, topic,
+            push_endpoint=f"http://127.0.0.1:{server.server_port}/", min_backoff_s=1, max_backoff_s=2,
+        )  # fmt: skip
+        blob = upload(bucket_name, "push/e.dcm", dicom_bytes(seed=80))
+        webhook.fail_next = 2  # = WEBHOOK_MAX_ATTEMPTS: the whole first delivery fails
+        publisher = pubsub_v1.PublisherClient()
+        body = json.dumps(request_body(blob)).encode()
+        publisher.publish(publisher.topic_path(PROJECT, topic), body, bucket=bucket_name).result()
+        deadline = time.monotonic() + 90
+        while not webhook.accepted() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # anything extra would show up here
+        assert len(webhook.accepted()) == 1
+        assert [c.status for c in webhook.calls] == [503, 503, 200]
+        assert _stats(app).inferences == 1
+        assert webhook.accepted()[0].body == read_object(bucket_name, "push/e.result.json")[0]
+    finally:
+        server.shutdown()

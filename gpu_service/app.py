@@ -188,7 +188,7 @@ def _handle_push(service: Service) -> tuple[Response, int]:
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)
                 return jsonify(outcome=Outcome.NOT_READY.value), ack_status(Outcome.NOT_READY)
             assert service.processor is not None
-            result = service.processor.process(req)
+            result = service.processor.process(req, message.delivery_attempt)
             body: dict[str, Any] = {"outcome": result.outcome.value, "correlation_id": req.correlation_id}
             if result.error_code:
                 body["error_code"] = result.error_code

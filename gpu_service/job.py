@@ -6,7 +6,8 @@
     a fixed share whatever the listing order and a retried task redoes only its share.
     The pipeline's own outputs are skipped, and so are objects whose result record was
     made from the same generation by the same model (re-running the job is cheap; a new
-    model reprocesses everything). Objects not named ``*.dcm`` are processed only if
+    model reprocesses everything) and objects the ingest function rejected (a
+    ``STEM.rejected.json`` with the pipeline's marker for the same generation). Objects not named ``*.dcm`` are processed only if
     their content type is DICOM or their first bytes carry the ``DICM`` prefix.
 
 ``python -m gpu_service.job --subscription projects/P/subscriptions/S``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -41,7 +43,7 @@ from gpu_service.model import load_model
 from gpu_service.processing import Outcome, Processor, ProcessResult, is_acked
 from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore, ObjectInfo
+from gpu_service.storage import SOURCE_KEY, GcsStore, ObjectInfo, parse_source_marker
 from pipeline_common import jsonlog, naming
 from pipeline_common.jsonlog import log
 
@@ -97,14 +99,29 @@ def looks_like_dicom(store: GcsStore, obj: ObjectInfo) -> bool:
     return head[DICOM_MAGIC_OFFSET:] == b"DICM"
 
 
-def _process_logged(processor: Processor, request: InferenceRequest) -> ProcessResult:
-    with jsonlog.bind(
+def rejected_at_ingest(store: GcsStore, obj: ObjectInfo) -> bool:
+    """True when the ingest function rejected this very generation (its record is beside it)."""
+    metadata = store.object_metadata(obj.bucket, naming.output_name(obj.name, naming.REJECTION_SUFFIX))
+    if not metadata or naming.MARKER_KEY not in metadata:
+        return False
+    uri, generation = parse_source_marker(metadata.get(SOURCE_KEY))
+    return uri == naming.gs_uri(obj.bucket, obj.name) and generation == int(obj.generation)
+
+
+def _bound(request: InferenceRequest) -> contextlib.AbstractContextManager[None]:
+    return jsonlog.bind(
         correlation_id=request.correlation_id,
         bucket=request.bucket,
         object=request.name,
         generation=request.generation,
-    ):
-        return processor.process(request)
+    )
+
+
+def _process_logged(
+    processor: Processor, request: InferenceRequest, delivery_attempt: int | None = None
+) -> ProcessResult:
+    with _bound(request):
+        return processor.process(request, delivery_attempt)
 
 
 def _bounded_map(items: Iterable[object], fn: Callable[[object], None], concurrency: int) -> None:
@@ -147,18 +164,23 @@ def run_prefix(
     def handle(item: object) -> None:
         obj: ObjectInfo = item  # type: ignore[assignment]
         request = request_for_object(obj.bucket, obj.name, obj.generation, obj.size)
-        try:
-            if not looks_like_dicom(store, obj):
-                summary.add("skipped_not_dicom")
+        with _bound(request):
+            try:
+                if not looks_like_dicom(store, obj):
+                    summary.add("skipped_not_dicom")
+                    return
+                if rejected_at_ingest(store, obj):
+                    log(logger, logging.INFO, "skipped: rejected by the ingest function")
+                    summary.add("skipped_rejected")
+                    return
+                if processor.already_processed(request):
+                    summary.add("skipped_done")
+                    return
+            except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
+                logger.exception("cannot inspect object")
+                summary.add(Outcome.RETRY.value)
                 return
-            if processor.already_processed(request):
-                summary.add("skipped_done")
-                return
-        except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
-            logger.exception("cannot inspect object")
-            summary.add(Outcome.RETRY.value)
-            return
-        result = _process_logged(processor, request)
+            result = processor.process(request)
         summary.add(result.outcome.value)
         done = sum(summary.counts[o.value] for o in Outcome)
         if done % progress_every == 0:
@@ -208,8 +230,9 @@ def run_subscription(
                 message_id=msg.message_id, reason=str(exc))  # fmt: skip
             summary.add(Outcome.INVALID.value)
             return received.ack_id, False  # type: ignore[attr-defined]
-        with jsonlog.bind(message_id=msg.message_id):
-            result = _process_logged(processor, request)
+        attempt = received.delivery_attempt or None  # type: ignore[attr-defined]
+        with jsonlog.bind(message_id=msg.message_id, delivery_attempt=attempt):
+            result = _process_logged(processor, request, attempt)
         summary.add(result.outcome.value)
         return received.ack_id, is_acked(result.outcome)  # type: ignore[attr-defined]
 

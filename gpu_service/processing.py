@@ -5,12 +5,23 @@ every second, so the answer is a pure function of the outcome (:func:`ack_status
 
 - 2xx only when the work is safe: the result record is stored and the webhook accepted
   it (``completed``), or the failure is permanent and its ``failed`` record is stored and
-  accepted (``failed``: not DICOM, undecodable, object gone or replaced, too large), or a
-  redelivery found the same result already stored and the webhook accepted it again
-  (``duplicate``), or a newer upload's result is already there (``superseded``).
-- 5xx for anything another attempt can fix (``retry``): storage errors, model errors,
-  the webhook still failing after its own retries, or rejecting the body. The stored
-  record makes the redelivery cheap: it skips inference and only re-sends the webhook.
+  accepted (``failed``), or a redelivery found the same result already stored and the
+  webhook accepted it again (``duplicate``), or a newer upload's result is already there
+  (``superseded``). Never without a stored record: if the record's name is held by an
+  object the pipeline did not write for this upload, the answer is 5xx (logged as ERROR)
+  and the message ends in the dead-letter topic.
+- 5xx for anything another attempt can fix (``retry``): storage errors, model/GPU errors,
+  ``MemoryError`` and ``OSError`` anywhere, the webhook still failing after its own retries
+  or rejecting the body. The stored record makes the redelivery cheap: it skips inference
+  and only re-sends the webhook.
+- Permanent failures (:func:`is_transient` is false) are failures of pure stages, which
+  would fail again on the same bytes: not DICOM, undecodable, preprocessing shape/value
+  errors, object gone or replaced, too many bytes or pixels (``MAX_PIXELS``, checked from
+  the header before any pixel is decoded), rendering, record building.
+- A transient failure at delivery ``Settings.give_up_attempt`` or later (Pub/Sub's
+  ``deliveryAttempt``, sent when the subscription has a dead-letter policy) becomes a
+  ``failed`` record ``retries_exhausted`` (:func:`gives_up`), so Django hears of it before
+  the message is dead-lettered. Without ``deliveryAttempt`` (the emulator) it stays 5xx.
 - 400 for a message that can never be processed (``invalid``: not a push envelope, not a
   ``dicom-inference-request/1``). It is not acknowledged on purpose: Pub/Sub retries it
   with backoff and, after the subscription's maximum delivery attempts, moves it to the
@@ -19,7 +30,8 @@ every second, so the answer is a pure function of the outcome (:func:`ack_status
   subscription must therefore have a dead-letter policy (infra/terraform sets one).
 
 The result record is written last, after the PNGs: it is the commit marker that
-redeliveries look for. Per-stage timings are in the record (up to the artifact writes;
+redeliveries look for. A stored record counts only if its object carries the pipeline's
+marker and the record's ``source.uri`` is this request's object. Per-stage timings are in the record (up to the artifact writes;
 the record cannot hold the time of its own write or of the webhook) and in the logs.
 """
 
@@ -42,7 +54,7 @@ from gpu_service import render, result
 from gpu_service.batcher import Batcher
 from gpu_service.explain import Explanation, LimeParams, explain
 from gpu_service.model import LoadedModel
-from gpu_service.pixels import PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
+from gpu_service.pixels import DecodedImage, PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
 from gpu_service.push import InferenceRequest
 from gpu_service.settings import Settings
 from gpu_service.storage import GcsStore, Location, OutputConflict, SourceUnavailable, WriteOutcome
@@ -82,6 +94,27 @@ def ack_status(outcome: Outcome) -> int:
 
 def is_acked(outcome: Outcome) -> bool:
     return 200 <= ack_status(outcome) < 300
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors another attempt (maybe on another instance) can fix, wherever they are raised:
+    out of memory and I/O. Anything else raised by a pure stage is a property of the input."""
+    return isinstance(exc, MemoryError | OSError)
+
+
+def gives_up(delivery_attempt: int | None, give_up_attempt: int) -> bool:
+    """True when a transient failure must be recorded as ``retries_exhausted`` and acked."""
+    return delivery_attempt is not None and delivery_attempt >= give_up_attempt
+
+
+def pixel_count(ds: Any) -> int | None:
+    """rows x columns x frames from the header alone (None when it cannot be told)."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return rows * columns * max(frames, 1)
 
 
 @dataclass
@@ -187,26 +220,48 @@ class Processor:
 
     # -- entry points --------------------------------------------------------------------
     def existing_result(self, request: InferenceRequest) -> tuple[bytes, dict[str, Any]] | None:
-        """The stored result record for this object, if any (whatever generation/model)."""
+        """The stored result record for this object, if any (whatever generation/model).
+
+        An object under the record's name that the pipeline did not write for this very
+        upload is not a record: processing goes on and ``write_output`` refuses to touch it.
+        """
         found = self.store.read_output(self._loc(request, naming.RESULT_SUFFIX))
         if found is None:
             return None
-        data, _ = found
+        data, metadata = found
         try:
             record = json.loads(data)
         except ValueError:
             return None  # unreadable record: recompute and replace it
-        return (data, record) if isinstance(record, dict) else None
+        if not isinstance(record, dict) or not result.is_record_of(record, metadata, request.uri):
+            return None
+        return data, record
 
     def already_processed(self, request: InferenceRequest) -> bool:
         found = self.existing_result(request)
-        return bool(found and result.same_work(found[1], request.generation, self.model_sha))
+        return bool(found and result.same_work(found[1], request.uri, request.generation, self.model_sha))
 
-    def process(self, request: InferenceRequest) -> ProcessResult:
+    def process(self, request: InferenceRequest, delivery_attempt: int | None = None) -> ProcessResult:
         try:
             return self._process(request)
-        except Exception as exc:  # noqa: BLE001 - storage, network, model: all transient here
-            logger.exception("processing failed; the message will be redelivered")
+        except Exception as exc:  # noqa: BLE001 - storage, model/GPU, memory, I/O: transient
+            detail = f"{type(exc).__name__}: {exc}"
+            if not gives_up(delivery_attempt, self.settings.give_up_attempt):
+                logger.exception("processing failed; the message will be redelivered")
+                return ProcessResult(Outcome.RETRY, error_code="transient", detail=detail)
+            logger.exception(
+                "processing failed at the last useful delivery; recording retries_exhausted",
+                extra={"fields": {"delivery_attempt": delivery_attempt}},
+            )
+        try:
+            return self._fail(
+                request,
+                "retries_exhausted",
+                f"still failing at delivery attempt {delivery_attempt}: {detail}",
+                _Timer(),
+            )
+        except Exception as exc:  # noqa: BLE001 - even the record cannot be stored: redeliver
+            logger.exception("cannot record retries_exhausted; the message will be redelivered")
             return ProcessResult(Outcome.RETRY, error_code="transient", detail=f"{type(exc).__name__}: {exc}")
 
     # -- the pipeline --------------------------------------------------------------------
@@ -215,7 +270,7 @@ class Processor:
         existing = self.existing_result(request)
         if existing is not None:
             data, record = existing
-            if result.same_work(record, request.generation, self.model_sha):
+            if result.same_work(record, request.uri, request.generation, self.model_sha):
                 log(logger, logging.INFO, "result already stored; re-sending the webhook only",
                     status=record.get("status"))  # fmt: skip
                 return self._deliver(request, data, record, Outcome.DUPLICATE, timer)
@@ -240,29 +295,50 @@ class Processor:
         with timer.stage("decode"):
             try:
                 ds = read_dicom(data)
-                decoded = decode(ds)
-                preview = to_uint8(decoded)
-                info = self.model.info
-                model_input = to_model_input(decoded, info.input_size, info.channels)
+                pixels = pixel_count(ds)
+                if pixels is not None and pixels > self.settings.max_pixels:
+                    permanent = (
+                        "image_too_large",
+                        f"rows x columns x frames = {pixels}, above the limit of {self.settings.max_pixels}",
+                    )
+                else:
+                    decoded = decode(ds)
+                    preview = to_uint8(decoded)
+                    info = self.model.info
+                    model_input = to_model_input(decoded, info.input_size, info.channels)
             except PixelDecodeError as exc:
                 permanent = (exc.code, exc.message)
-            except Exception as exc:  # noqa: BLE001 - a pure function of the bytes: permanent
-                permanent = ("decode_failed", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                permanent = ("decode_failed", f"{type(exc).__name__}: {exc}")  # pure: permanent
         del data
         if permanent:
             return self._fail(request, *permanent, timer, ds)
         header = result.merge_header(request.dicom, result.header_from_dataset(ds))
 
+        # Model/GPU errors propagate: transient (see the module docstring).
         with self.batcher.caller() if self.batcher is not None else contextlib.nullcontext():
             inference = infer(self.model, self.predict_fn, preview, model_input, self.params, timer)
         self.stats.bump("inferences")
 
         with timer.stage("render"):
-            artifacts = [
-                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(preview)),
-                (naming.MASK_SUFFIX, "mask", render.mask_png(inference.explanation.mask)),
-                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(preview, inference.explanation.mask)),
-            ]
+            try:
+                artifacts = [
+                    (naming.PREVIEW_SUFFIX, "preview", render.preview_png(preview)),
+                    (naming.MASK_SUFFIX, "mask", render.mask_png(inference.explanation.mask)),
+                    (
+                        naming.OVERLAY_SUFFIX,
+                        "overlay",
+                        render.overlay_png(preview, inference.explanation.mask),
+                    ),
+                ]
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                permanent = ("render_failed", f"{type(exc).__name__}: {exc}")
+        if permanent:
+            return self._fail(request, *permanent, timer, ds)
         with timer.stage("write"):
             try:
                 for suffix, role, png in artifacts:
@@ -274,8 +350,24 @@ class Processor:
             except OutputConflict as exc:
                 return self._fail(request, OutputConflict.code, str(exc), timer, ds)
 
-        expl = inference.explanation
-        record = result.build_record(
+        try:
+            record = self._completed_record(request, header, inference, decoded, timer)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return self._fail(request, "record_failed", f"{type(exc).__name__}: {exc}", timer, ds)
+        return self._commit(request, record, Outcome.COMPLETED, timer)
+
+    def _completed_record(
+        self,
+        request: InferenceRequest,
+        header: dict[str, Any],
+        inference: Inference,
+        decoded: DecodedImage,
+        timer: _Timer,
+    ) -> dict[str, Any]:
+        expl, preview = inference.explanation, inference.preview
+        return result.build_record(
             status=result.COMPLETED,
             correlation_id=request.correlation_id,
             bucket=request.bucket,
@@ -305,7 +397,6 @@ class Processor:
             },
             timings_ms=timer.ms,
         )
-        return self._commit(request, record, Outcome.COMPLETED, timer)
 
     def _write(
         self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str
@@ -352,9 +443,17 @@ class Processor:
         try:
             written = self._write(request, naming.RESULT_SUFFIX, "result", body, "application/json")
         except OutputConflict as exc:
-            # A foreign object holds the record's name: deliver the record anyway, never overwrite.
-            log(logger, logging.ERROR, "cannot store the result record", error=str(exc))
-            written = WriteOutcome.WRITTEN
+            # A foreign object holds the record's name: never overwrite it, never ack without a
+            # stored record. Redeliveries fail the same way until the dead-letter topic keeps it.
+            log(logger, logging.ERROR, "cannot store the result record; not acknowledging",
+                error_code=OutputConflict.code, reason=str(exc), record_status=record.get("status"))  # fmt: skip
+            return ProcessResult(
+                Outcome.RETRY,
+                record=record,
+                error_code=OutputConflict.code,
+                detail=str(exc),
+                timings_ms=timer.ms,
+            )
         timer.ms["write_record"] = round((time.perf_counter() - start) * 1000, 1)
         if written is WriteOutcome.SUPERSEDED:
             return ProcessResult(Outcome.SUPERSEDED, record=record, timings_ms=timer.ms)

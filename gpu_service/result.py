@@ -32,11 +32,18 @@ HEADER_KEYWORDS = {
 
 
 def header_from_dataset(ds: Any) -> dict[str, str | None]:
-    """The identifying fields of a pydicom dataset (patient data: for the record, never logs)."""
+    """The identifying fields of a pydicom dataset (patient data: for the record, never logs).
+
+    Never raises: a value pydicom cannot convert becomes None, so a failed record can
+    still be built for the dataset that made the request fail.
+    """
     out: dict[str, str | None] = {}
     for key, keyword in HEADER_KEYWORDS.items():
-        value = getattr(ds, keyword, None) if ds is not None else None
-        out[key] = str(value) if value not in (None, "") else None
+        try:
+            value = getattr(ds, keyword, None) if ds is not None else None
+            out[key] = str(value) if value not in (None, "") else None
+        except Exception:  # noqa: BLE001 - an unconvertible element value is as good as absent
+            out[key] = None
     return out
 
 
@@ -129,11 +136,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def same_work(record: Mapping[str, Any], generation: str, model_sha256: str) -> bool:
-    """True when ``record`` is the result of this very generation with this very model."""
+def is_record_of(record: Mapping[str, Any], metadata: Mapping[str, str] | None, uri: str) -> bool:
+    """True when a stored record was written by the pipeline (its object carries the marker)
+    for the object at ``uri``. ``a.dcm`` and ``a.DCM`` share a stem, and with an output
+    bucket so can equal names from two upload buckets: anything else is a foreign object."""
+    source = record.get("source") or {}
+    return naming.MARKER_KEY in (metadata or {}) and source.get("uri") == uri
+
+
+def same_work(record: Mapping[str, Any], uri: str, generation: str, model_sha256: str) -> bool:
+    """True when ``record`` is the result of this very object and generation with this model."""
     source = record.get("source") or {}
     model = record.get("model") or {}
-    return str(source.get("generation")) == str(generation) and model.get("sha256") == model_sha256
+    return (
+        source.get("uri") == uri
+        and str(source.get("generation")) == str(generation)
+        and model.get("sha256") == model_sha256
+    )
 
 
 def record_generation(record: Mapping[str, Any]) -> int | None:

@@ -2,6 +2,15 @@
 
 One frozen object is passed to every stage, so a test can build the service with
 exactly the configuration it needs and nothing reads ``os.environ`` behind its back.
+
+Output names: beside the upload, ``STEM + suffix`` (``OUTPUT_PREFIX/STEM + suffix`` with a
+prefix). With ``OUTPUT_BUCKET`` set, outputs of many upload buckets share one bucket, so
+the source bucket is part of the name: ``OUTPUT_PREFIX/<source-bucket>/STEM + suffix``.
+
+``MAX_DELIVERY_ATTEMPTS`` mirrors the push subscription's dead-letter policy: a request
+still failing transiently at delivery ``MAX_DELIVERY_ATTEMPTS - 1`` gets a ``failed``
+record (``retries_exhausted``) so Django hears of it before the message is dead-lettered,
+leaving one delivery to re-send that record if the webhook is down.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # = functions/dicom_ingest/settings.py DEFAULT_MAX_PIXELS
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -66,6 +76,11 @@ class Settings:
     # Requests handled at once by one instance (gunicorn threads = Cloud Run concurrency).
     concurrency: int = 4
     max_object_bytes: int = 512 * 1024 * 1024
+    # rows x columns x frames, checked from the header before pixels are decoded
+    # (same default as the ingest function's MAX_PIXELS).
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # The subscription's max delivery attempts (dead-letter policy); see the module docstring.
+    max_delivery_attempts: int = 5
     # How long a push waits for the model to finish loading before answering 503.
     ready_wait_s: float = 60.0
     port: int = 8080
@@ -98,6 +113,8 @@ class Settings:
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 10.0),
             concurrency=_int(env, "CONCURRENCY", 4),
             max_object_bytes=_int(env, "MAX_OBJECT_BYTES", 512 * 1024 * 1024),
+            max_pixels=_int(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            max_delivery_attempts=_int(env, "MAX_DELIVERY_ATTEMPTS", 5),
             ready_wait_s=_float(env, "READY_WAIT_S", 60.0),
             port=_int(env, "PORT", 8080),
             log_level=_str(env, "LOG_LEVEL", "INFO") or "INFO",
@@ -113,5 +130,12 @@ class Settings:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.batch_max_size < 1 or self.concurrency < 1 or self.lime_num_samples < 1:
             raise ValueError("BATCH_MAX_SIZE, CONCURRENCY and LIME_NUM_SAMPLES must be positive")
-        if self.max_object_bytes < 1:
-            raise ValueError("MAX_OBJECT_BYTES must be positive")
+        if self.max_object_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("MAX_OBJECT_BYTES and MAX_PIXELS must be positive")
+        if self.max_delivery_attempts < 1:
+            raise ValueError("MAX_DELIVERY_ATTEMPTS must be at least 1")
+
+    @property
+    def give_up_attempt(self) -> int:
+        """The delivery at which a transient failure becomes a ``retries_exhausted`` record."""
+        return max(1, self.max_delivery_attempts - 1)

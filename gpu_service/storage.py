@@ -108,10 +108,12 @@ class GcsStore:
 
     # -- names ---------------------------------------------------------------------------
     def location(self, bucket: str, name: str, suffix: str) -> Location:
-        return Location(
-            self.output_bucket or bucket,
-            naming.output_name(name, suffix, self.output_prefix),
-        )
+        """Beside the upload, or in ``output_bucket`` under ``prefix/<source-bucket>/``: one
+        output bucket serves many upload buckets, whose object names may coincide."""
+        if not self.output_bucket:
+            return Location(bucket, naming.output_name(name, suffix, self.output_prefix))
+        prefix = "/".join(p for p in (self.output_prefix.strip("/"), bucket) if p)
+        return Location(self.output_bucket, naming.output_name(name, suffix, prefix))
 
     # -- source --------------------------------------------------------------------------
     def fetch_source(self, bucket: str, name: str, generation: str, max_bytes: int) -> bytes:
@@ -154,6 +156,11 @@ class GcsStore:
                 content_type=blob.content_type,
                 metadata=dict(blob.metadata or {}),
             )
+
+    def object_metadata(self, bucket: str, name: str) -> dict[str, str] | None:
+        """Custom metadata of the live object, None when there is none (one metadata read)."""
+        blob = self.client().bucket(bucket).get_blob(name)
+        return None if blob is None else dict(blob.metadata or {})
 
     # -- outputs -------------------------------------------------------------------------
     def read_output(self, location: Location) -> tuple[bytes, dict[str, str]] | None:

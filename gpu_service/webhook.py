@@ -2,9 +2,12 @@
 
 Only failures that another attempt can fix are retried: connection errors, timeouts,
 5xx, 408 and 429 (honouring a short ``Retry-After``). Any other answer (400, 401, 404...)
-is final for this delivery; the caller answers Pub/Sub with 5xx anyway, since the
-result was not accepted, and the redelivery re-sends the stored record without
-recomputing it. The backoff is "full jitter" so many instances retrying against a
+and any other request error (a malformed ``WEBHOOK_URL``: ``MissingSchema``,
+``InvalidURL``...) is final for this delivery. Redirects are never followed: requests
+would turn the POST into a GET, so a redirect to a login page would count as delivered;
+a 3xx is a final failure (fix ``WEBHOOK_URL``). In every such case the caller answers
+Pub/Sub with 5xx anyway, since the result was not accepted, and the redelivery re-sends
+the stored record without recomputing it. The backoff is "full jitter" so many instances retrying against a
 recovering server do not hammer it in lockstep.
 """
 
@@ -87,16 +90,23 @@ class WebhookClient:
             )
             retry_after: float | None = None
             try:
-                response = self._session().post(self.url, data=body, headers=headers, timeout=self.timeout_s)
+                response = self._session().post(
+                    self.url, data=body, headers=headers, timeout=self.timeout_s, allow_redirects=False
+                )
                 status, error = response.status_code, None
                 if 200 <= status < 300:
                     return Delivery(True, status, attempt, None, (time.monotonic() - start) * 1000)
                 error = f"HTTP {status}"
+                if 300 <= status < 400:
+                    error = f"HTTP {status}: redirects are not followed (check WEBHOOK_URL)"
                 if status not in RETRYABLE_STATUS:
                     break
                 retry_after = _retry_after(response.headers.get("Retry-After"))
-            except requests.RequestException as exc:  # connection refused/reset, timeouts
+            except (requests.ConnectionError, requests.Timeout) as exc:  # refused/reset, timeouts
                 status, error = None, type(exc).__name__
+            except requests.RequestException as exc:  # malformed URL and the like: final
+                status, error = None, type(exc).__name__
+                break
             if attempt < self.max_attempts:
                 delay = self.backoff_s(attempt)
                 if retry_after is not None:

@@ -44,6 +44,8 @@ class WebhookServer:
     fail_next: int = 0
     fail_status: int = 503
     drop_connection: bool = False  # fail by closing the socket instead of answering
+    redirect_to: str | None = None  # answer POSTs with 302 to this path (a login page), GETs with 200
+    gets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -53,8 +55,23 @@ class WebhookServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with owner._lock:
+                    owner.gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if owner.redirect_to is not None:
+                    with owner._lock:
+                        owner.calls.append(Call(self.path, dict(self.headers.items()), body, 302, False))
+                    self.send_response(302)
+                    self.send_header("Location", owner.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = {k: v for k, v in self.headers.items()}
                 ok = verify_signature(
                     owner.secret,

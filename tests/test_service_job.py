@@ -4,7 +4,9 @@ the pipeline's own outputs) and drain a pull subscription with the push endpoint
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +21,9 @@ from gpu_service.batcher import Batcher
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.processing import Processor
 from gpu_service.settings import Settings
+from gpu_service.storage import GcsStore, ObjectInfo
 from infra.local import emulators
-from pipeline_common import naming
+from pipeline_common import jsonlog, naming
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,80 @@ def test_prefix_job_shards_partition_the_work(processor: Processor, bucket_name:
     assert sorted(done) == sorted(
         sum(1 for i in range(6) if job.shard_of(f"s/{i}.dcm", 3) == k) for k in range(3)
     )
+
+
+def _rejection(bucket: str, stem: str, source: storage.Blob, generation: str | int) -> None:
+    """A rejection record as the ingest function writes it beside the upload."""
+    blob = storage.Client(project=PROJECT).bucket(bucket).blob(stem + naming.REJECTION_SUFFIX)
+    blob.metadata = {
+        naming.MARKER_KEY: "rejection",
+        "dicom-pipeline-source": f"gs://{bucket}/{source.name}#{generation}",
+        "dicom-pipeline-correlation-id": naming.correlation_id(bucket, source.name, generation),
+    }
+    blob.upload_from_string(json.dumps({"status": "rejected", "reason": "image_too_large"}).encode())
+
+
+def test_prefix_job_skips_uploads_rejected_at_ingest(
+    processor: Processor, webhook: WebhookServer, bucket_name: str
+) -> None:
+    rejected = upload(bucket_name, "rej/a.dcm", dicom_bytes(seed=45))
+    _rejection(bucket_name, "rej/a", rejected, rejected.generation)
+    replaced = upload(bucket_name, "rej/b.dcm", dicom_bytes(seed=46))
+    _rejection(bucket_name, "rej/b", replaced, int(replaced.generation) - 1)  # an older upload's
+    with _captured() as capture:
+        summary = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/rej/")
+    counts = summary.as_dict()
+    assert counts["skipped_rejected"] == 1 and counts["completed"] == 1
+    assert read_object(bucket_name, "rej/a.result.json") is None
+    assert json.loads(read_object(bucket_name, "rej/b.result.json")[0])["status"] == "completed"
+    skipped = [json.loads(line) for line in capture.lines if "rejected by the ingest" in line]
+    assert [(e["object"], e["generation"]) for e in skipped] == [("rej/a.dcm", str(rejected.generation))]
+
+
+class _DeletingStore(GcsStore):
+    """The real store; each listed object is deleted before the job inspects it (a listing race)."""
+
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        for obj in super().list_objects(bucket, prefix):
+            self.client().bucket(bucket).blob(obj.name).delete()
+            yield obj
+
+
+def test_uninspectable_object_is_logged_with_its_identity(processor: Processor, bucket_name: str) -> None:
+    blob = upload(bucket_name, "race/img", dicom_bytes(seed=47), content_type="application/octet-stream")
+    store = _DeletingStore(PROJECT)
+    with _captured() as capture:
+        summary = job.run_prefix(processor, store, f"gs://{bucket_name}/race/")
+    assert summary.as_dict()["retry"] == 1 and summary.to_retry == 1
+    lines = [json.loads(line) for line in capture.lines if "cannot inspect object" in line]
+    assert len(lines) == 1
+    gen = str(blob.generation)
+    assert (lines[0]["bucket"], lines[0]["object"], lines[0]["generation"]) == (bucket_name, "race/img", gen)
+    assert lines[0]["correlation_id"] == naming.correlation_id(bucket_name, "race/img", gen)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(jsonlog.CloudLoggingFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[_Capture]:
+    """JSON lines of every logger at INFO and above while the block runs."""
+    root, capture = logging.getLogger(), _Capture()
+    level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(level)
 
 
 def test_job_cli_entrypoint(model: LoadedModel, webhook: WebhookServer, bucket_name: str) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from service_support import (
 )
 from werkzeug.serving import make_server
 
+from gpu_service import processing, render, synthetic
 from gpu_service.app import create_app
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.pixels import decode, read_dicom, to_uint8
@@ -334,16 +336,144 @@ def test_storage_outage_asks_for_redelivery(make_app: Any, webhook: WebhookServe
 def test_output_bucket_and_prefix_relocate_outputs(
     make_app: Any, webhook: WebhookServer, bucket_name: str, gcs_server: Any
 ) -> None:
+    """One output bucket serves many upload buckets: the source bucket is part of every name,
+    so the same object name in two buckets never collides."""
     out_bucket = bucket_name + "-out"
+    other_bucket = bucket_name + "-other"
     gcs_server.create_bucket(out_bucket)
+    gcs_server.create_bucket(other_bucket)
     app = make_app(output_bucket=out_bucket, output_prefix="results")
-    blob = upload(bucket_name, "ro/img.dcm", dicom_bytes(seed=10))
-    assert app.test_client().post("/", json=envelope(request_body(blob))).status_code == 200
+    for bucket, seed in ((bucket_name, 10), (other_bucket, 11)):
+        blob = upload(bucket, "ro/img.dcm", dicom_bytes(seed=seed))
+        response = app.test_client().post("/", json=envelope(request_body(blob)))
+        assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
     names = sorted(b.name for b in storage.Client(project=PROJECT).list_blobs(out_bucket))
-    assert names == [f"results/ro/img{s}" for s in (".lime.png", ".overlay.png", ".png", ".result.json")]
+    assert names == sorted(
+        f"results/{b}/ro/img{s}"
+        for b in (bucket_name, other_bucket)
+        for s in (".lime.png", ".overlay.png", ".png", ".result.json")
+    )
     assert [b.name for b in storage.Client(project=PROJECT).list_blobs(bucket_name)] == ["ro/img.dcm"]
-    record = json.loads(webhook.accepted()[0].body)
-    assert record["image_uri"] == f"gs://{out_bucket}/results/ro/img.png"
+    records = [json.loads(c.body) for c in webhook.accepted()]
+    assert [r["image_uri"] for r in records] == [
+        f"gs://{out_bucket}/results/{bucket_name}/ro/img.png",
+        f"gs://{out_bucket}/results/{other_bucket}/ro/img.png",
+    ]
+    assert [r["source"]["bucket"] for r in records] == [bucket_name, other_bucket]
+
+
+def test_same_stem_of_another_object_is_not_this_objects_result(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    """``a.DCM`` (older) and ``a.dcm`` (newer) share ``a.result.json``: the record of ``a.dcm``
+    is neither a newer result of ``a.DCM`` (acked with nothing stored) nor its duplicate."""
+    client = make_app().test_client()
+    upper = upload(bucket_name, "stem/a.DCM", dicom_bytes(seed=12))
+    lower = upload(bucket_name, "stem/a.dcm", dicom_bytes(seed=13))
+    assert client.post("/", json=envelope(request_body(lower))).get_json()["outcome"] == "completed"
+    stored = read_object(bucket_name, "stem/a.result.json")
+    response = client.post("/", json=envelope(request_body(upper)))
+    assert response.status_code == 503 and response.get_json()["error_code"] == "output_conflict"
+    assert read_object(bucket_name, "stem/a.result.json") == stored  # never clobbered
+    assert [json.loads(c.body)["source"]["name"] for c in webhook.accepted()] == ["stem/a.dcm"]
+
+
+def test_foreign_object_holding_the_record_name_is_never_acked(
+    make_app: Any, webhook: WebhookServer, bucket_name: str
+) -> None:
+    """Someone's own ``x.result.json`` (no pipeline marker): it is not a result, it is not
+    overwritten, and without a stored record the message is not acknowledged (-> dead letter)."""
+    client = make_app().test_client()
+    foreign = json.dumps({"source": {"uri": "whatever"}, "status": "completed"}).encode()
+    upload(bucket_name, "foreign/x.result.json", foreign, content_type="application/json")
+    blob = upload(bucket_name, "foreign/x.dcm", dicom_bytes(seed=14))
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        response = client.post("/", json=envelope(request_body(blob)))
+    finally:
+        logging.getLogger().removeHandler(capture)
+    assert response.status_code == 503 and response.get_json()["error_code"] == "output_conflict"
+    assert read_object(bucket_name, "foreign/x.result.json")[0] == foreign
+    assert webhook.calls == []
+    errors = [json.loads(line) for line in capture.lines if '"ERROR"' in line]
+    assert any(e["message"].startswith("cannot store the result record") and "not written" in e["reason"]
+               for e in errors)  # fmt: skip
+
+
+@pytest.mark.parametrize("error", [MemoryError, OSError], ids=["memory", "io"])
+def test_memory_and_io_errors_are_retried_not_recorded(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, monkeypatch: Any, error: type
+) -> None:
+    def exploding_decode(ds: Any) -> Any:
+        raise error("out of memory" if error is MemoryError else "I/O error")
+
+    monkeypatch.setattr(processing, "decode", exploding_decode)
+    blob = upload(bucket_name, "mem/x.dcm", dicom_bytes(seed=15))
+    response = make_app().test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 503 and response.get_json()["outcome"] == "retry"
+    assert read_object(bucket_name, "mem/x.result.json") is None and webhook.calls == []
+
+
+def test_failure_of_a_pure_stage_is_a_recorded_failure(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, monkeypatch: Any
+) -> None:
+    """Rendering fails the same way on every delivery: record it and tell Django at once."""
+
+    def broken_overlay(image: Any, mask: Any) -> bytes:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(render, "overlay_png", broken_overlay)
+    blob = upload(bucket_name, "pure/x.dcm", dicom_bytes(seed=16))
+    response = make_app().test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "render_failed"
+    record = json.loads(read_object(bucket_name, "pure/x.result.json")[0])
+    assert record["status"] == "failed" and "broadcast" in record["error"]["message"]
+    assert [c.body for c in webhook.accepted()] == [read_object(bucket_name, "pure/x.result.json")[0]]
+
+
+def test_model_errors_retry_until_the_last_useful_delivery_then_are_recorded(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, monkeypatch: Any
+) -> None:
+    """A model/GPU error is retried, but Django hears of it before the message is dead-lettered:
+    at delivery MAX_DELIVERY_ATTEMPTS - 1 a ``retries_exhausted`` record is stored and sent."""
+
+    def broken_infer(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: device lost")
+
+    monkeypatch.setattr(processing, "infer", broken_infer)
+    client = make_app(max_delivery_attempts=5).test_client()
+    blob = upload(bucket_name, "gpu/x.dcm", dicom_bytes(seed=17))
+    for attempt in (None, 1, 3):  # None: the emulator sends no deliveryAttempt
+        response = client.post("/", json=envelope(request_body(blob), attempt=attempt))
+        assert response.status_code == 503 and response.get_json()["outcome"] == "retry"
+    assert read_object(bucket_name, "gpu/x.result.json") is None and webhook.calls == []
+
+    response = client.post("/", json=envelope(request_body(blob), attempt=4))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "retries_exhausted"
+    stored = read_object(bucket_name, "gpu/x.result.json")[0]
+    record = json.loads(stored)
+    assert record["status"] == "failed" and "device lost" in record["error"]["message"]
+    assert [c.body for c in webhook.accepted()] == [stored]
+    # The last delivery (if the webhook had failed) only re-sends the stored record.
+    again = client.post("/", json=envelope(request_body(blob), attempt=5))
+    assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
+
+
+def test_too_many_pixels_is_a_recorded_failure_before_decoding(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, monkeypatch: Any
+) -> None:
+    def must_not_decode(ds: Any) -> Any:
+        raise AssertionError("pixels decoded despite the budget")
+
+    monkeypatch.setattr(processing, "decode", must_not_decode)
+    blob = upload(bucket_name, "big/x.dcm", dicom_bytes(seed=18, size=160))
+    app = make_app(max_pixels=160 * 160 - 1)
+    response = app.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "image_too_large"
+    record = json.loads(read_object(bucket_name, "big/x.result.json")[0])
+    assert record["status"] == "failed" and str(160 * 160) in record["error"]["message"]
+    assert len(webhook.accepted()) == 1 and _stats(app).inferences == 0
 
 
 def test_real_pydicom_file(make_app: Any, webhook: WebhookServer, bucket_name: str) -> None:
@@ -391,18 +521,41 @@ class _Capture(logging.Handler):
         self.lines.append(self.format(record))
 
 
+def _dicom_with(seed: int, **attributes: Any) -> bytes:
+    """A synthetic radiograph with some attributes set (invalid values included, unvalidated)."""
+    sample = synthetic.make_radiograph(np.random.default_rng(seed), size=128, nodule=True)
+    ds = synthetic.to_dicom_dataset(sample.image, patient_id=attributes.pop("PatientID", "DEMO-0001"))
+    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+        warnings.simplefilter("ignore")
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _dicom_dates(data: bytes) -> set[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return {str(e.value) for e in ds.iterall() if e.VR in ("DA", "DT") and e.value}
+
+
 def test_logs_are_structured_traced_and_free_of_patient_data(
     make_app: Any, webhook: WebhookServer, bucket_name: str
 ) -> None:
     app = make_app()
-    data = dicom_bytes(seed=30, patient_id="SECRET-PATIENT-77")
+    data = _dicom_with(30, PatientID="SECRET-PATIENT-77", PatientBirthDate="19610317",
+                       StudyDate="20240131", AcquisitionDate="20240201")  # fmt: skip
+    dates = _dicom_dates(data)
+    assert {"19610317", "20240131", "20240201"} <= dates
     blob = upload(bucket_name, "logs/a.dcm", data)
     header = header_of(data)
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     try:
         response = app.test_client().post(
-            "/", json=envelope(request_body(blob, header)),
+            "/", json=envelope(request_body(blob, {**header, "study_date": "20240131"})),
             headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
         )  # fmt: skip
     finally:
@@ -411,20 +564,48 @@ def test_logs_are_structured_traced_and_free_of_patient_data(
     entries = [json.loads(line) for line in capture.lines]
     assert entries, "no log lines"
     text = "\n".join(capture.lines)
-    assert "SECRET-PATIENT-77" not in text and header["sop_instance_uid"] not in text
-    mine = [e for e in entries if e.get("correlation_id") == blob_correlation(blob)]
-    assert mine and all(
-        e[jsonlog.TRACE_KEY] == f"projects/{PROJECT}/traces/0af7651916cd43dd8448eb211c80319c"
-        and e["bucket"] == bucket_name
-        and e["object"] == "logs/a.dcm"
-        and e["generation"] == str(blob.generation)
-        for e in mine
-    )
-    final = [e for e in mine if e.get("outcome") == "completed"]
+    for secret in ("SECRET-PATIENT-77", header["sop_instance_uid"], *dates):
+        assert secret not in text
+    # Every line written while handling the request, whoever wrote it, can be followed.
+    for e in entries:
+        assert e[jsonlog.TRACE_KEY] == f"projects/{PROJECT}/traces/0af7651916cd43dd8448eb211c80319c", e
+        assert e["bucket"] == bucket_name and e["object"] == "logs/a.dcm", e
+        assert e["generation"] == str(blob.generation), e
+        assert e["correlation_id"] == blob_correlation(blob), e
+        assert "severity" in e
+    final = [e for e in entries if e.get("outcome") == "completed"]
     assert final and {"download", "decode", "predict", "explain", "write", "webhook"} <= set(
         final[0]["timings_ms"]
     )
-    assert all("severity" in e for e in entries)
+
+
+def test_invalid_dicom_values_never_reach_logs_or_stderr(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, capfd: Any
+) -> None:
+    """pydicom logs (and warns) invalid values verbatim, e.g. ``Invalid value for VR UI:
+    '1.2.3.20240131.x'``: a UID with a date, a malformed date. None of it may leave the process."""
+    bad_uid, bad_date = "1.2.3.20240131.x", "2024-01-31x"
+    data = _dicom_with(31, StudyInstanceUID=bad_uid, StudyDate=bad_date)
+    blob = upload(bucket_name, "invalid/a.dcm", data)
+    # As in a fresh process: pydicom's logger on, no warning filter for it.
+    logging.getLogger("pydicom").disabled = False
+    capfd.readouterr()
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            app = make_app()  # jsonlog.setup() silences pydicom for every component
+            response = app.test_client().post("/", json=envelope(request_body(blob)))
+    finally:
+        logging.getLogger().removeHandler(capture)
+    assert response.status_code == 200, response.get_json()
+    out, err = capfd.readouterr()
+    emitted = [*capture.lines, out, err, *(str(w.message) for w in caught)]
+    for value in (bad_uid, bad_date):
+        assert not any(value in line for line in emitted), value
+    record = json.loads(read_object(bucket_name, "invalid/a.result.json")[0])
+    assert record["study_instance_uid"] == bad_uid  # the record, for Django, keeps the value
 
 
 def test_emulator_push_redelivers_until_the_webhook_accepts(

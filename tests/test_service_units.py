@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from service_support import SECRET, WebhookServer, envelope
@@ -17,7 +18,7 @@ from service_support import SECRET, WebhookServer, envelope
 from gpu_service import render, result, webhook_signature
 from gpu_service.batcher import Batcher
 from gpu_service.job import parse_gs_prefix, shard_of
-from gpu_service.processing import Outcome, ack_status, is_acked
+from gpu_service.processing import Outcome, ack_status, gives_up, is_acked, is_transient, pixel_count
 from gpu_service.push import MessageError, PubSubMessage, parse_envelope, parse_request
 from gpu_service.settings import Settings
 from gpu_service.webhook import WebhookClient
@@ -44,6 +45,21 @@ def test_settings_from_env_reads_typed_values() -> None:
     assert (s.lime_num_samples, s.batch_max_wait_ms, s.batching) == (64, 2.5, False)
     assert s.push_certs_url.startswith("https://www.googleapis.com/")
     assert "hunter2" not in repr(s) and s.webhook_secret == "hunter2-secret"  # never in a repr/log
+
+
+def test_settings_pixel_budget_and_delivery_attempts() -> None:
+    from dicom_ingest.settings import DEFAULT_MAX_PIXELS
+
+    s = Settings.from_env({})
+    assert s.max_pixels == DEFAULT_MAX_PIXELS  # the same budget as the ingest function
+    assert (s.max_delivery_attempts, s.give_up_attempt) == (5, 4)
+    s = Settings.from_env({"MAX_PIXELS": "1000", "MAX_DELIVERY_ATTEMPTS": "10"})
+    assert (s.max_pixels, s.give_up_attempt) == (1000, 9)
+    assert Settings(max_delivery_attempts=1).give_up_attempt == 1
+    with pytest.raises(ValueError):
+        Settings.from_env({"MAX_PIXELS": "0"})
+    with pytest.raises(ValueError):
+        Settings.from_env({"MAX_DELIVERY_ATTEMPTS": "0"})
 
 
 def test_settings_refuse_unsigned_webhook() -> None:
@@ -166,10 +182,36 @@ def test_result_record_fields() -> None:
     assert rec["source"] == {"bucket": "b", "name": "x.dcm", "uri": "gs://b/x.dcm", "generation": "5"}
     assert rec["timings_ms"] == {"download": 1.2}
     assert rec["completed_at"].endswith("Z") and "error" not in rec
-    assert result.same_work(rec, "5", "abc") and not result.same_work(rec, "6", "abc")
-    assert not result.same_work(rec, "5", "other")
+    assert result.same_work(rec, "gs://b/x.dcm", "5", "abc")
+    assert not result.same_work(rec, "gs://b/x.dcm", "6", "abc")
+    assert not result.same_work(rec, "gs://b/x.dcm", "5", "other")
+    # x.dcm and x.DCM share a stem (and so do equal names in two buckets under OUTPUT_BUCKET).
+    assert not result.same_work(rec, "gs://b/x.DCM", "5", "abc")
+    assert not result.same_work(rec, "gs://other/x.dcm", "5", "abc")
     assert result.record_generation(rec) == 5
     assert json.loads(result.encode(rec)) == rec
+
+
+def test_a_stored_record_counts_only_with_the_marker_and_the_same_source() -> None:
+    rec = _record()
+    marked = {naming.MARKER_KEY: "result"}
+    assert result.is_record_of(rec, marked, "gs://b/x.dcm")
+    assert not result.is_record_of(rec, {}, "gs://b/x.dcm")  # someone's own x.result.json
+    assert not result.is_record_of(rec, None, "gs://b/x.dcm")
+    assert not result.is_record_of(rec, marked, "gs://b/x.DCM")
+    assert not result.is_record_of(rec, marked, "gs://c/x.dcm")
+
+
+def test_header_from_dataset_never_raises() -> None:
+    class Broken:
+        Modality = "CT"
+
+        @property
+        def PatientID(self) -> str:  # noqa: N802 - DICOM keyword
+            raise ValueError("cannot convert")
+
+    header = result.header_from_dataset(Broken())
+    assert header["patient_id"] is None and header["modality"] == "CT"
 
 
 def test_failed_record_needs_error() -> None:
@@ -219,6 +261,22 @@ def test_ack_rules() -> None:
     assert acked == {Outcome.COMPLETED, Outcome.FAILED, Outcome.DUPLICATE, Outcome.SUPERSEDED}
     assert ack_status(Outcome.RETRY) >= 500 and ack_status(Outcome.NOT_READY) >= 500
     assert ack_status(Outcome.INVALID) == 400  # dead-lettered after max attempts, never dropped
+
+
+def test_transient_errors_and_giving_up() -> None:
+    assert is_transient(MemoryError()) and is_transient(OSError("disk")) and is_transient(TimeoutError())
+    assert not is_transient(ValueError("shape")) and not is_transient(RuntimeError("x"))
+    assert not gives_up(None, 4)  # the emulator sends no deliveryAttempt: keep retrying
+    assert not gives_up(3, 4) and gives_up(4, 4) and gives_up(7, 4)
+
+
+def test_pixel_count_from_the_header() -> None:
+    ds = pydicom.Dataset()
+    assert pixel_count(ds) is None
+    ds.Rows, ds.Columns = 512, 256
+    assert pixel_count(ds) == 512 * 256
+    ds.NumberOfFrames = 3
+    assert pixel_count(ds) == 3 * 512 * 256
 
 
 # -- webhook delivery ----------------------------------------------------------------------
@@ -287,6 +345,26 @@ def test_webhook_retries_dropped_connections() -> None:
         assert (d.accepted, d.attempts) == (True, 2)
     finally:
         server.stop()
+
+
+def test_webhook_does_not_follow_redirects() -> None:
+    """requests would turn the POST into a GET of the login page and call that delivered."""
+    server = WebhookServer(redirect_to="/accounts/login/")
+    try:
+        client, sleeps = _client(server.url)
+        d = client.deliver(b"{}", idempotency_key="k", correlation_id="c")
+        assert (d.accepted, d.status, d.attempts, sleeps) == (False, 302, 1, [])
+        assert "redirect" in (d.error or "") and server.gets == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("url", ["no-scheme.example/hook", "http://"])
+def test_webhook_does_not_retry_malformed_urls(url: str) -> None:
+    client, sleeps = _client(url)
+    d = client.deliver(b"{}", idempotency_key="k", correlation_id="c")
+    assert (d.accepted, d.status, d.attempts, sleeps) == (False, None, 1, [])
+    assert d.error in ("MissingSchema", "InvalidURL")
 
 
 def test_webhook_backoff_grows_and_is_capped() -> None:

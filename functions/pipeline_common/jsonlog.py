@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -48,8 +49,26 @@ class CloudLoggingFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Libraries whose log lines and warnings quote DICOM element values (patient names, ids,
+# dates, UIDs that embed dates): e.g. pydicom's "Invalid value for VR UI: '1.2.3.20240131.x'".
+PHI_LOGGERS = ("pydicom",)
+PHI_WARNING_MODULES = r"pydicom(\.|$)"
+
+
+def silence_phi_sources() -> None:
+    """Keep libraries that quote element values out of Cloud Logging and stderr; idempotent.
+
+    Disabling the logger (not just raising its level) also drops lines from handlers a
+    library might attach itself; the warnings filter matches the warning's own module.
+    """
+    for name in PHI_LOGGERS:
+        logging.getLogger(name).disabled = True
+    warnings.filterwarnings("ignore", module=PHI_WARNING_MODULES)
+
+
 def setup(level: str | None = None) -> None:
-    """Route the root logger to stdout as JSON; idempotent."""
+    """Route the root logger to stdout as JSON and silence PHI-quoting libraries; idempotent."""
+    silence_phi_sources()
     root = logging.getLogger()
     if any(isinstance(h.formatter, CloudLoggingFormatter) for h in root.handlers):
         return

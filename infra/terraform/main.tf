@@ -40,6 +40,10 @@ locals {
       OUTPUT_BUCKET        = var.output_bucket == null ? "" : var.output_bucket
       OUTPUT_PREFIX        = var.output_prefix
       LOG_LEVEL            = var.log_level
+      # Same pixel budget as the function, so a backfill cannot decode what ingest would reject.
+      MAX_PIXELS = var.max_pixels == null ? "" : tostring(var.max_pixels)
+      # The service records `retries_exhausted` one delivery before Pub/Sub dead-letters the message.
+      MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
     }, var.service_extra_env) : k => v if v != null && v != ""
   }
 

@@ -1,7 +1,10 @@
 """Cost of one ingest event: header-only ranged reads vs downloading the whole object.
 
-Starts its own fake-gcs-server, uploads a small real DICOM (pydicom's CT_small.dcm)
-and a 50 MB radiograph-sized one, then measures side by side, in one run:
+Starts its own fake-gcs-server, uploads a small real DICOM (pydicom's CT_small.dcm),
+a 50 MB radiograph-sized one, the same kind of image deflated (Deflated Explicit VR
+Little Endian, 2048 x 2048, about 6 MB: inflated incrementally, never as a whole) and
+one whose header is longer than the first range (an undefined-length sequence of
+3000 items before Pixel Data), then measures side by side, in one run:
 
 - header-only: what ``ingest_dicom`` does per event (ranged reads at the event's
   generation, header parse, policy check, message body), without the Pub/Sub publish,
@@ -31,6 +34,7 @@ import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from dicom_ingest import header as hdr  # noqa: E402
@@ -42,8 +46,8 @@ from infra.local.emulators import FakeGcsServer  # noqa: E402
 INITIAL, MAXIMUM = 64 * 1024, 1024 * 1024
 
 
-def radiograph_50mb() -> bytes:
-    """A 5000 x 5000 16-bit DX image: 50 MB of Pixel Data, like a large chest radiograph."""
+def radiograph(size: int = 5000, *, deflated: bool = False, long_header: bool = False) -> bytes:
+    """A 16-bit DX image of noise (5000 x 5000: 50 MB of Pixel Data, like a large chest radiograph)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -54,40 +58,52 @@ def radiograph_50mb() -> bytes:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.PatientID, ds.BodyPartExamined, ds.ViewPosition = "DX", "BENCH-1", "CHEST", "PA"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows = ds.Columns = 5000
+    if deflated:
+        meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    if long_header:  # ~300 kB of items, undefined lengths as many modalities write them
+        items = []
+        for i in range(3000):
+            item = Dataset()
+            item.ReferencedSOPClassUID = pydicom.uid.CTImageStorage
+            item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{i}"
+            item.is_undefined_length_sequence_item = True
+            items.append(item)
+        ds.ReferencedImageSequence = Sequence(items)
+        ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     rng = np.random.default_rng(0)
-    ds.PixelData = rng.integers(0, 4096, size=(5000, 5000), dtype=np.uint16).tobytes()
+    ds.PixelData = rng.integers(0, 4096, size=(size, size), dtype=np.uint16).tobytes()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 
-def header_only(client, bucket: str, name: str, generation: str, size: int) -> int:
+def header_only(client, bucket: str, name: str, generation: str, size: int) -> tuple[int, int]:
     reader = RangedReader(client, bucket, name, generation)
     read = hdr.read_header(reader.fetch, size, initial_bytes=INITIAL, max_bytes=MAXIMUM)
     assert isinstance(read.result, hdr.DicomHeader), read.result
     assert hdr.check(read.result, IMAGE_MODALITIES, 64 << 20) is None
     upload = message.Upload(bucket, name, generation, size, "application/dicom", "bench", None)
     message.inference_request(upload, read.result)
-    return reader.bytes_read
+    return reader.bytes_read, reader.requests
 
 
-def naive(client, bucket: str, name: str, generation: str, size: int) -> int:
+def naive(client, bucket: str, name: str, generation: str, size: int) -> tuple[int, int]:
     data = client.bucket(bucket).blob(name, generation=int(generation)).download_as_bytes()
     ds = pydicom.dcmread(io.BytesIO(data))
     _ = (ds.Modality, ds.Rows, ds.Columns, ds.get("PatientID"), ds.SOPInstanceUID)
-    return len(data)
+    return len(data), 1
 
 
-def measure(fn, repeat: int, *args) -> tuple[int, list[float]]:
+def measure(fn, repeat: int, *args) -> tuple[int, int, list[float]]:
     fn(*args)  # warm the connection pool
-    times, nbytes = [], 0
+    times, nbytes, requests = [], 0, 0
     for _ in range(repeat):
         t0 = time.perf_counter()
-        nbytes = fn(*args)
+        nbytes, requests = fn(*args)
         times.append((time.perf_counter() - t0) * 1000)
-    return nbytes, times
+    return nbytes, requests, times
 
 
 def main() -> None:
@@ -106,7 +122,9 @@ def main() -> None:
         server.create_bucket(bucket)
         objects = {
             "CT_small.dcm": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
-            "chest-50mb.dcm": radiograph_50mb(),
+            "chest-50mb.dcm": radiograph(),
+            "deflated-6mb.dcm": radiograph(2048, deflated=True),
+            "long-header.dcm": radiograph(2048, long_header=True),
         }
         rows = []
         for name, data in objects.items():
@@ -117,26 +135,27 @@ def main() -> None:
                 ("header-only", header_only, args.repeat),
                 ("naive full download", naive, args.naive_repeat),
             ):
-                nbytes, times = measure(fn, repeat, client, bucket, name, gen, size)
-                rows.append((name, size, label, nbytes, statistics.median(times), repeat))
+                nbytes, requests, times = measure(fn, repeat, client, bucket, name, gen, size)
+                rows.append((name, size, label, nbytes, requests, statistics.median(times), repeat))
     finally:
         server.stop()
 
     print(f"fake-gcs-server on loopback, initial range {INITIAL} B, header budget {MAXIMUM} B")
     print(
-        f"{'object':<16}{'size (B)':>12}  {'path':<21}{'bytes read':>12}{'of size':>10}"
+        f"{'object':<18}{'size (B)':>12}  {'path':<21}{'bytes read':>12}{'of size':>10}{'requests':>10}"
         f"{'median ms/event':>17}{'events':>8}"
     )
-    for name, size, label, nbytes, median, repeat in rows:
+    for name, size, label, nbytes, requests, median, repeat in rows:
         print(
-            f"{name:<16}{size:>12,}  {label:<21}{nbytes:>12,}{nbytes / size:>10.3%}{median:>17.2f}{repeat:>8}"
+            f"{name:<18}{size:>12,}  {label:<21}{nbytes:>12,}{nbytes / size:>10.3%}{requests:>10}"
+            f"{median:>17.2f}{repeat:>8}"
         )
     for name in objects:
         h = next(r for r in rows if r[0] == name and r[2] == "header-only")
         n = next(r for r in rows if r[0] == name and r[2] != "header-only")
         print(
             f"{name}: header-only reads {n[3] / h[3]:.0f}x fewer bytes and is "
-            f"{n[4] / h[4]:.1f}x faster per event (median)"
+            f"{n[5] / h[5]:.1f}x faster per event (median)"
         )
 
 

@@ -20,16 +20,19 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from google.cloud import storage
 
-from dicom_ingest import handler, publisher
+from dicom_ingest import handler, message, publisher, records
+from dicom_ingest.header import Rejection
 from dicom_ingest.settings import Settings
 from infra.local.emulators import create_subscription, create_topic, free_port, pull
 from pipeline_common import jsonlog, naming
 from tests.test_ingest_header import (
     TESTDATA,
     _testdata_id,
+    deflate,
     expected_reason,
     long_sequence,
     make_dicom,
+    noisy_image,
     oracle,
     png_bytes,
 )
@@ -231,6 +234,18 @@ def test_header_longer_than_the_first_range(stack, client, caplog) -> None:
     stack.wait_message(naming.object_key(stack.bucket, "long/header.dcm", resource["generation"]))
 
 
+def test_large_deflated_image_is_accepted_from_its_header(stack, client, caplog) -> None:
+    data = deflate(noisy_image(2048, 2048))
+    resource = stack.upload("deflated/big.dcm", data)
+    assert int(resource["size"]) > 5_000_000  # far above HEADER_MAX_BYTES
+    assert send(client, cloud_event(resource)) == 200
+    (accepted,) = fields_of(caplog, "inference request published")
+    assert accepted["bytes_read"] <= 65536 and accepted["range_requests"] == 1
+    (msg,) = stack.wait_message(naming.object_key(stack.bucket, "deflated/big.dcm", resource["generation"]))
+    dicom = json.loads(base64.b64decode(msg["data"]))["dicom"]
+    assert dicom["transfer_syntax_uid"] == "1.2.840.10008.1.2.1.99" and dicom["rows"] == 2048
+
+
 @pytest.mark.parametrize(
     ("name", "data", "reason"),
     [
@@ -320,6 +335,151 @@ def test_overwritten_generation_is_skipped(stack, client, caplog) -> None:
     assert fields_of(caplog, "object generation gone")
     stack.drain()
     assert naming.object_key(stack.bucket, "gen/x.dcm", old["generation"]) not in stack.messages
+
+
+# --------------------------------------------------------------------------- malformed events
+
+
+def _without(resource: dict, *keys: str, **replace: str) -> dict:
+    out = {k: v for k, v in resource.items() if k not in keys}
+    out.update(replace)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("no generation", lambda r: _without(r, "generation")),
+        ("empty generation", lambda r: _without(r, generation="")),
+        ("generation not a number", lambda r: _without(r, generation="latest")),
+        ("size not a number", lambda r: _without(r, size="12 kB")),
+        ("negative size", lambda r: _without(r, size="-5")),
+    ],
+)
+def test_malformed_event_is_acknowledged_with_an_error_and_reads_nothing(
+    stack, client, caplog, case, change
+) -> None:
+    """No retry can fix these; and without a generation only the live object could be read,
+    which may be another upload than the one the event is about."""
+    name = f"malformed/{uuid.uuid4().hex[:8]}.dcm"
+    resource = stack.upload(name, make_dicom())
+    assert send(client, cloud_event(change(resource))) == 200, case
+    (error,) = fields_of(caplog, "invalid storage event")
+    assert error["reason"] == "invalid_event" and error["object"] == name
+    assert not fields_of(caplog, "inference request published")
+    assert stack.storage.bucket(stack.bucket).get_blob(naming.output_name(name, ".rejected.json")) is None
+    stack.drain()
+    assert not [k for k in stack.messages if k.startswith(f"{stack.bucket}/{name}#")]
+
+
+def test_event_without_size_reads_it_at_the_events_generation(stack, client, caplog) -> None:
+    data = make_dicom()
+    resource = stack.upload("nosize/cr.dcm", data)
+    assert send(client, cloud_event(_without(resource, "size"))) == 200
+    (msg,) = stack.wait_message(naming.object_key(stack.bucket, "nosize/cr.dcm", resource["generation"]))
+    assert json.loads(base64.b64decode(msg["data"]))["source"]["size"] == len(data)
+
+    caplog.clear()  # overwritten since: that generation's size cannot be read, and nothing is published
+    stack.upload("nosize/cr.dcm", make_dicom())
+    assert send(client, cloud_event(_without(resource, "size"))) == 200
+    assert fields_of(caplog, "object generation gone")
+    assert not fields_of(caplog, "inference request published")
+
+
+# --------------------------------------------------------------------------- rejection records
+
+
+def _upload_of(bucket: str, name: str, generation: int) -> message.Upload:
+    return message.Upload(bucket, name, str(generation), 100, None, f"ev-{generation}", None)
+
+
+def _write(stack, name: str, generation: int, reason: str = "not_dicom") -> records.RecordWrite:
+    upload = _upload_of(stack.bucket, name, generation)
+    record = records.rejection_record(upload, Rejection(reason, f"test {reason}"))
+    return records.write_rejection(stack.storage, upload, record)
+
+
+def test_rejection_record_of_a_newer_generation_is_never_overwritten(stack, caplog) -> None:
+    """A late, redelivered event for generation 100 arrives after generation 200 was rejected."""
+    name = f"records/{uuid.uuid4().hex[:8]}.dcm"
+    _write(stack, name, 200, "truncated")
+    caplog.clear()
+    late = _write(stack, name, 100, "not_dicom")
+    record, metadata = stack.record(name)
+    assert (record["source"]["generation"], record["reason"]) == ("200", "truncated")
+    assert metadata["dicom-pipeline-source"].endswith("#200")
+    assert late.outcome == records.SUPERSEDED
+    (kept,) = fields_of(caplog, "rejection record kept")
+    assert kept["record_source_generation"] == "200"
+    assert [r.levelno for r in caplog.records if r.name == "dicom_ingest"] == [logging.INFO]
+
+
+def test_rejection_record_of_an_older_generation_is_replaced(stack) -> None:
+    name = f"records/{uuid.uuid4().hex[:8]}.dcm"
+    assert _write(stack, name, 100, "not_dicom").outcome == records.CREATED
+    assert _write(stack, name, 200, "truncated").outcome == records.REPLACED
+    record, metadata = stack.record(name)
+    assert (record["source"]["generation"], record["reason"]) == ("200", "truncated")
+    assert metadata["dicom-pipeline-source"].endswith("#200")
+
+
+def test_rejection_record_of_the_same_generation_is_kept_as_is(stack) -> None:
+    name = f"records/{uuid.uuid4().hex[:8]}.dcm"
+    _write(stack, name, 300)
+    first = stack.storage.bucket(stack.bucket).get_blob(naming.output_name(name, ".rejected.json"))
+    again = _write(stack, name, 300)
+    latest = stack.storage.bucket(stack.bucket).get_blob(naming.output_name(name, ".rejected.json"))
+    assert latest.generation == first.generation  # not rewritten
+    assert again.outcome == records.PRESENT
+
+
+def test_rejection_record_never_replaces_an_object_the_pipeline_did_not_write(stack, caplog) -> None:
+    name = f"records/{uuid.uuid4().hex[:8]}.dcm"
+    user_file = naming.output_name(name, ".rejected.json")
+    stack.storage.bucket(stack.bucket).blob(user_file).upload_from_string(b"mine")
+    written = _write(stack, name, 100)
+    assert stack.storage.bucket(stack.bucket).blob(user_file).download_as_bytes() == b"mine"
+    assert written.outcome == records.TAKEN
+    assert fields_of(caplog, "rejection record not written")
+
+
+def test_accepting_a_new_generation_removes_the_stale_rejection_record(stack, client, caplog) -> None:
+    name = "fixed/chest.dcm"
+    bad = stack.upload(name, b"not dicom yet" * 20)
+    assert send(client, cloud_event(bad)) == 200
+    assert stack.record(name)[0]["source"]["generation"] == bad["generation"]
+    good = stack.upload(name, make_dicom())
+    assert send(client, cloud_event(good)) == 200
+    stack.wait_message(naming.object_key(stack.bucket, name, good["generation"]))
+    assert stack.storage.bucket(stack.bucket).get_blob("fixed/chest.rejected.json") is None
+    assert fields_of(caplog, "stale rejection record of an older generation removed")
+
+
+def test_accepting_keeps_rejection_records_that_are_not_stale(stack, client) -> None:
+    """A newer generation's record, and another object's record with the same stem, stay."""
+    bucket = stack.storage.bucket(stack.bucket)
+    good = stack.upload("keep/a.dcm", make_dicom())
+    _write(stack, "keep/a.dcm", int(good["generation"]) + 1)  # as if a newer upload was rejected
+    other = stack.upload("keep/b.dcm", make_dicom())
+    _write(stack, "keep/b.DCM", 1)  # x.DCM shares the stem of x.dcm
+    for resource in (good, other):
+        assert send(client, cloud_event(resource)) == 200
+        stack.wait_message(naming.object_key(stack.bucket, resource["name"], resource["generation"]))
+    assert bucket.get_blob("keep/a.rejected.json") is not None
+    assert bucket.get_blob("keep/b.rejected.json") is not None
+
+
+def test_stale_record_removal_is_best_effort(stack, monkeypatch, caplog) -> None:
+    """A failure to delete is logged; the acceptance (already published) stands."""
+    name = f"records/{uuid.uuid4().hex[:8]}.dcm"
+    _write(stack, name, 100)
+    monkeypatch.setattr(storage.Blob, "delete", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    assert records.remove_stale_rejection(stack.storage, _upload_of(stack.bucket, name, 200)) is False
+    (warning,) = fields_of(caplog, "stale rejection record not removed")
+    assert warning["error"] == "OSError"
+    monkeypatch.undo()
+    assert records.remove_stale_rejection(stack.storage, _upload_of(stack.bucket, name, 200)) is True
+    assert stack.storage.bucket(stack.bucket).get_blob(naming.output_name(name, ".rejected.json")) is None
 
 
 def test_publish_failure_fails_the_event_for_a_retry(stack, client, monkeypatch) -> None:

@@ -265,6 +265,7 @@ def test_every_pydicom_file(path: str, initial: int) -> None:
         # first range was small, widened only as far as the doubling rule allows.
         assert all(start <= result.pixel_data_offset for start, _ in fetch.ranges)
         assert fetch.bytes_read <= max(initial, 2 * (result.pixel_data_offset + 12))
+        assert fetch.bytes_read <= result.pixel_data_offset + 12 + max(initial, 65536)
 
 
 def test_the_table_names_only_files_that_exist() -> None:
@@ -350,15 +351,49 @@ def test_file_cut_inside_its_pixels_is_truncated_without_reading_them() -> None:
     assert fetch.bytes_read == 4096
 
 
-def test_header_longer_than_the_first_range_widens_by_doubling() -> None:
+@pytest.mark.parametrize("initial", [65536, 4096, 256])
+def test_header_longer_than_the_first_range_reads_little_past_the_pixels(initial: int) -> None:
+    """Walking an undefined-length sequence, the header's end is unknown: the range grows,
+    but by at most ``max(initial, 64 KiB)`` a fetch, so it never runs far into the pixels."""
     data = make_dicom(1024, 1024, extra=long_sequence(3000))
+    result, fetch = run(data, initial=initial)
+    assert isinstance(result, hdr.DicomHeader)
+    assert result.pixel_data_offset > 2 * 65536
+    assert len(fetch.ranges) >= 2 and fetch.ranges[0] == (0, initial)
+    assert fetch.bytes_read <= result.pixel_data_offset + 12 + max(initial, 65536)
+    assert fetch.bytes_read <= 2 * (result.pixel_data_offset + 12)
+    assert result.dicom["rows"] == 1024
+
+
+def test_a_fetch_that_fails_mid_parse_propagates() -> None:
+    """Fetches happen inside pydicom's parse, which swallows or rewraps errors: a storage
+    failure must still reach the caller as itself (the event is then retried)."""
+
+    class Outage(Exception):
+        pass
+
+    data = make_dicom(256, 256, extra=long_sequence(3000))
+    fetch = Fetcher(data)
+
+    def failing(start: int, end: int) -> bytes:
+        if fetch.ranges:
+            raise Outage("storage unavailable")
+        return fetch(start, end)
+
+    with pytest.raises(Outage):
+        hdr.read_header(failing, len(data), initial_bytes=65536, max_bytes=1 << 20)
+    assert fetch.ranges == [(0, 65536)]
+
+
+def test_a_jump_over_a_skipped_value_fetches_only_where_it_lands() -> None:
+    """After skipping a large value the parser knows where it goes: that range plus a small margin."""
+    data = make_dicom(512, 512, extra=big_private_blob(400_000))
     result, fetch = run(data, initial=65536)
     assert isinstance(result, hdr.DicomHeader)
-    assert result.pixel_data_offset > 65536
-    assert len(fetch.ranges) >= 2 and fetch.ranges[0] == (0, 65536)
-    assert fetch.bytes_read <= 2 * (result.pixel_data_offset + 12)
-    assert fetch.bytes_read < len(data)
-    assert result.dicom["rows"] == 1024
+    assert len(fetch.ranges) == 2
+    start, end = fetch.ranges[1]
+    assert start > 400_000 and end - start <= 12 + hdr._JUMP_MARGIN
+    assert end <= result.pixel_data_offset + 12 + hdr._JUMP_MARGIN
 
 
 def test_defined_length_sequences_are_skipped_not_fetched() -> None:
@@ -378,6 +413,95 @@ def test_large_values_before_the_pixels_are_skipped_not_fetched() -> None:
     assert result.pixel_data_offset > blob
     assert fetch.bytes_read < 2 * 65536  # the 400 kB value itself is never downloaded
     assert len(fetch.ranges) == 2
+
+
+# --------------------------------------------------------------------------- deflated data sets
+
+
+def deflate(data: bytes) -> bytes:
+    """The same image with its data set deflated (Deflated Explicit VR Little Endian), as pydicom writes it."""
+    ds = oracle(data)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert out.getvalue()[128:132] == b"DICM"
+    return out.getvalue()
+
+
+def noisy_image(rows: int, columns: int, **kwargs) -> bytes:
+    """An image whose pixels do not compress (so a deflated copy stays large)."""
+    ds = oracle(make_dicom(rows, columns, **kwargs))
+    ds.PixelData = np.random.default_rng(0).integers(0, 4096, (rows, columns), dtype=np.uint16).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def assert_same_header(result: object, data: bytes) -> None:
+    assert isinstance(result, hdr.DicomHeader), result
+    ref = oracle(data)
+    assert result.dicom["transfer_syntax_uid"] == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert (result.dicom["rows"], result.dicom["columns"]) == (ref.Rows, ref.Columns)
+    assert result.dicom["sop_instance_uid"] == ref.SOPInstanceUID
+    assert result.dicom["patient_id"] == ref.PatientID
+    assert result.pixel_data_offset is None and result.pixel_data_length == ref.Rows * ref.Columns * 2
+
+
+@pytest.mark.parametrize("initial", [65536, 4096])
+def test_large_deflated_image_reads_only_its_header(initial: int) -> None:
+    """Several MB of deflated pixels, far above HEADER_MAX_BYTES: only the compressed
+    bytes up to Pixel Data are fetched (pydicom's reader would inflate them all)."""
+    data = deflate(noisy_image(2048, 2048))
+    assert len(data) > 5_000_000
+    result, fetch = run(data, initial=initial, maximum=1 << 20)
+    assert_same_header(result, data)
+    assert fetch.bytes_read <= initial
+    assert fetch.bytes_read / len(data) < 0.01
+    assert hdr.check(result, IMAGE_MODALITIES, 64 << 20) is None
+
+
+@pytest.mark.parametrize("initial", [65536, 4096, 256])
+def test_deflated_header_longer_than_the_first_range(initial: int) -> None:
+    data = deflate(noisy_image(1024, 1024, extra=long_sequence(3000)))
+    result, fetch = run(data, initial=initial)
+    assert_same_header(result, data)
+    assert len(fetch.ranges) >= 2 or initial == 65536
+    assert fetch.bytes_read < 0.05 * len(data)
+
+
+def test_pydicoms_deflated_file_is_read_only_up_to_its_pixels() -> None:
+    data = Path(get_testdata_files("image_dfl.dcm")[0]).read_bytes()
+    result, fetch = run(data, initial=256)
+    assert isinstance(result, hdr.DicomHeader)
+    assert result.dicom["transfer_syntax_uid"] == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert fetch.bytes_read < len(data) / 2
+
+
+def test_deflated_value_larger_than_the_inflate_window_is_skipped() -> None:
+    data = deflate(make_dicom(256, 256, extra=big_private_blob(3 * hdr._INFLATE_WINDOW)))
+    result, fetch = run(data, initial=4096)
+    assert_same_header(result, data)
+    assert fetch.bytes_read < len(data)
+
+
+def test_deflated_header_that_inflates_without_end_is_too_large(monkeypatch) -> None:
+    monkeypatch.setattr(hdr, "_MAX_INFLATED", 1 << 20)
+    data = deflate(make_dicom(64, 64, extra=big_private_blob(2 << 20)))
+    result, fetch = run(data)
+    assert isinstance(result, hdr.Rejection) and result.reason == "header_too_large"
+    assert fetch.bytes_read <= len(data)
+
+
+def test_deflated_file_cut_or_corrupt_is_rejected() -> None:
+    data = deflate(noisy_image(256, 256, extra=long_sequence(3000)))
+    result, _ = run(data[:2000], initial=256)
+    assert isinstance(result, hdr.Rejection) and result.reason == "truncated", result
+
+    meta_end = 144 + int.from_bytes(data[140:144], "little")  # (0002,0000) group length
+    corrupt = data[:meta_end] + b"\x07" + b"\x00" * 1000  # deflate block type 3 is invalid
+    result, _ = run(corrupt)
+    assert isinstance(result, hdr.Rejection) and result.reason == "not_dicom", result
+    assert "deflate" in result.message
 
 
 def test_header_larger_than_the_budget_is_rejected() -> None:

@@ -36,6 +36,7 @@ class Outcome:
     reason: str | None = None
     message_id: str | None = None
     record_name: str | None = None
+    record_write: str | None = None  # records.CREATED, REPLACED, PRESENT, SUPERSEDED or TAKEN
     bytes_read: int = 0
     fetches: int = 0
     object_size: int | None = None
@@ -48,16 +49,33 @@ def _event_data(event: AnyCloudEvent) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _upload(event: AnyCloudEvent, data: dict[str, Any]) -> message.Upload | None:
+class InvalidEvent(ValueError):
+    """An event that no retry can make work (a mis-wired trigger or a malformed payload)."""
+
+
+def _decimal(value: Any, field: str, *, minimum: int) -> int:
+    """GCS sends ``generation`` and ``size`` as decimal strings; anything else is malformed."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or int(text) < minimum:
+        raise InvalidEvent(f"{field} is not an integer >= {minimum}")
+    return int(text)
+
+
+def _upload(event: AnyCloudEvent, data: dict[str, Any]) -> message.Upload:
+    """The upload the event names, pinned to its generation (never the live object)."""
     bucket, name = data.get("bucket"), data.get("name")
     if not bucket or not name:
-        return None
+        raise InvalidEvent("event without bucket/name")
+    generation = data.get("generation")
+    if generation in (None, ""):
+        raise InvalidEvent("event without generation")
     size = data.get("size")
     return message.Upload(
         bucket=str(bucket),
         name=str(name),
-        generation=str(data.get("generation") or ""),
-        size=int(size) if size not in (None, "") else -1,
+        generation=str(_decimal(generation, "generation", minimum=1)),
+        # Absent: read from the object's metadata at this generation (see handle).
+        size=-1 if size in (None, "") else _decimal(size, "size", minimum=0),
         content_type=data.get("contentType"),
         event_id=str(event["id"]),
         event_time=event.get("time"),
@@ -75,10 +93,21 @@ def handle(
         jsonlog.log(logger, logging.INFO, "event ignored: not an object finalize", event_type=event["type"])
         return Outcome("ignored", reason="event_type")
     data = _event_data(event)
-    upload = _upload(event, data)
-    if upload is None:
-        # A mis-wired trigger, not a file: retrying cannot help, so say it loudly and ack.
-        jsonlog.log(logger, logging.ERROR, "event without bucket/name", event_id=event["id"])
+    try:
+        upload = _upload(event, data)
+    except InvalidEvent as exc:
+        # A mis-wired trigger or a malformed payload, not a file: no retry can help,
+        # so say it loudly and ack. Reading the live object instead of the generation
+        # the event names could publish the wrong upload.
+        jsonlog.log(
+            logger,
+            logging.ERROR,
+            f"invalid storage event: {exc}",
+            event_id=event["id"],
+            bucket=str(data.get("bucket") or ""),
+            object=str(data.get("name") or ""),
+            reason="invalid_event",
+        )
         return Outcome("invalid_event", reason="invalid_event")
 
     trace = jsonlog.trace_field(event.get("traceparent"), settings.project)
@@ -138,6 +167,14 @@ def handle(
         message_id = publisher.publish(
             publisher_client, settings.topic_path, body, attributes, settings.publish_timeout_s
         )
+        # The folder must not go on saying that this object was rejected.
+        records.remove_stale_rejection(
+            storage_client,
+            upload,
+            marker_key=settings.marker_key,
+            timeout_s=settings.storage_timeout_s,
+            retry_deadline_s=settings.storage_retry_deadline_s,
+        )
         jsonlog.log(
             logger,
             logging.INFO,
@@ -173,7 +210,7 @@ def _reject(
     started: float,
 ) -> Outcome:
     record = records.rejection_record(upload, rejection)
-    name = records.write_rejection(
+    written = records.write_rejection(
         storage_client,
         upload,
         record,
@@ -188,14 +225,16 @@ def _reject(
         outcome="rejected",
         reason=rejection.reason,
         detail=rejection.message,  # built from codes and sizes only, never from patient data
-        rejection_record=naming.gs_uri(upload.bucket, name),
+        rejection_record=naming.gs_uri(upload.bucket, written.name),
+        record_write=written.outcome,
         latency_ms=round((time.perf_counter() - started) * 1000, 1),
         **cost,
     )
     return Outcome(
         "rejected",
         reason=rejection.reason,
-        record_name=name,
+        record_name=written.name,
+        record_write=written.outcome,
         bytes_read=cost["bytes_read"],
         fetches=cost["range_requests"],
         object_size=upload.size,

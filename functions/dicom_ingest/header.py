@@ -8,23 +8,35 @@ fetched so far). Large values before Pixel Data (overlays, ICC profiles, private
 blobs) are skipped by ``defer_size`` without being fetched; parsing stops at the
 Pixel Data element (``stop_when``), whose offset and length then come from its
 element header alone. When pydicom asks for a byte that was not fetched, the parse
-is abandoned and :func:`read_header` fetches the missing range (at least doubling
-what it has, up to ``max_bytes``) and parses again: parsing is far cheaper than a
-round trip, so a simple restart beats a resumable parser.
+is given a *pull* that fetches the missing range there and then, so the parse goes on
+where it was (one parse however many fetches: walking a long sequence again after each
+fetch would cost more than the fetches). Without a pull (pure use on bytes), the parse
+is abandoned with :class:`NeedMore` instead.
+
+How much a follow-up fetch asks for: when the parser jumped over a value it skipped,
+it knows where it goes, so only that range plus a small margin; when it walks on past
+the end of what it has (an undefined-length sequence), the header's length is
+unknown, so the run it walks is doubled, by at most ``max(initial, 64 KiB)`` a time.
+The overshoot into pixel data is thus bounded whatever the header's length.
+
+Deflated data sets (PS3.5 A.5) are inflated here, incrementally, from the
+compressed bytes fetched so far (pydicom's own reader would read and inflate the
+whole rest of the object, pixels included), so they cost no more than the others.
 """
 
 from __future__ import annotations
 
 import bisect
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
 from pydicom import uid as dcm_uid
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
@@ -84,7 +96,16 @@ _HEADER_TAGS = [pydicom.datadict.tag_for_keyword(k) for k in HEADER_KEYWORDS]
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel, Float, Double Float
 # Values above this are skipped by seeking, never fetched (they are never metadata we use).
 DEFER_SIZE = 4096
-_MAX_ROUNDS = 32  # fetches per object; a guard against pathological headers
+_MAX_ROUNDS = 48  # fetches per object; a guard against pathological headers
+# A jump's fetch: the missing range plus this much (what usually follows a skipped value).
+_JUMP_MARGIN = 8192
+# Growth per fetch while walking on, at least the initial range.
+_MAX_STEP = 64 * 1024
+# Inflated bytes a deflated header may span (a guard against zip bombs), and how much
+# of the inflated stream is kept behind the read position (pydicom seeks back a little).
+_MAX_INFLATED = 64 * 1024 * 1024
+_INFLATE_WINDOW = 1024 * 1024
+_INFLATE_FEED = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,13 @@ class Chunks:
             return self._starts[i] + len(self._data[i])
         return pos
 
+    def run_ending_at(self, pos: int) -> int:
+        """Length of the fetched run that ends exactly at ``pos`` (0 when none does)."""
+        i = bisect.bisect_right(self._starts, pos) - 1
+        if i >= 0 and self._starts[i] + len(self._data[i]) == pos:
+            return len(self._data[i])
+        return 0
+
     def get(self, start: int, end: int) -> bytes:
         i = bisect.bisect_right(self._starts, start) - 1
         base = self._starts[i]
@@ -181,9 +209,10 @@ class _SparseFile:
 
     name = "<cloud storage object>"
 
-    def __init__(self, chunks: Chunks, size: int) -> None:
+    def __init__(self, chunks: Chunks, size: int, pull: _Pull | None = None) -> None:
         self.chunks = chunks
         self.size = size
+        self.pull = pull
         self.pos = 0
         self.missing: NeedMore | None = None
         self.truncated = False
@@ -206,6 +235,9 @@ class _SparseFile:
                 self.truncated = True
             return b""
         have = self.chunks.covered_until(start)
+        if have < end and self.pull is not None and self.pull(NeedMore(have, end - have)):
+            self.size = self.pull.size  # the object may prove shorter than its event said
+            return self.read(n)
         if have < end:
             if self.missing is None:
                 self.missing = NeedMore(have, end - have)
@@ -214,6 +246,97 @@ class _SparseFile:
         self.pos = end
         if n is not None and n >= 0 and len(data) < n:
             self.truncated = True
+        return data
+
+
+class _InflatedFile:
+    """A read-only file over the inflated data set of a deflated object (PS3.5 A.5).
+
+    Positions are in the inflated stream. It inflates lazily, from the compressed
+    bytes in ``chunks`` from ``start`` on, only as far as pydicom reads, keeping a
+    window behind the read position. Flags as :class:`_SparseFile` (``missing`` is a
+    range of compressed bytes), plus ``corrupt`` (not a deflate stream) and
+    ``too_large`` (the header would inflate beyond ``_MAX_INFLATED``).
+    """
+
+    name = "<cloud storage object, inflated>"
+
+    def __init__(self, chunks: Chunks, size: int, start: int, pull: _Pull | None = None) -> None:
+        self.chunks = chunks
+        self.size = size
+        self.pull = pull
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._next = start  # the next compressed byte to feed
+        self._tail = b""  # compressed input the inflater has not consumed yet
+        self._buf = bytearray()
+        self._base = 0  # inflated offset of _buf[0]
+        self._cut = False  # the object ends before the deflate stream does
+        self.pos = 0
+        self.missing: NeedMore | None = None
+        self.truncated = False
+        self.corrupt = False
+        self.too_large = False
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            raise OSError("the length of an inflated data set is not known")
+        self.pos = max(0, (self.pos if whence == 1 else 0) + offset)
+        return self.pos
+
+    def _inflate(self, data: bytes, max_length: int) -> None:
+        try:
+            out = self._inflater.decompress(data, max_length)
+        except zlib.error as exc:
+            self.corrupt = True
+            raise _Missing from exc
+        self._tail = self._inflater.unconsumed_tail
+        self._buf += out
+        if self._base + len(self._buf) > _MAX_INFLATED:
+            self.too_large = True
+            raise _Missing
+        drop = self.pos - _INFLATE_WINDOW - self._base
+        if drop > _INFLATE_WINDOW:
+            del self._buf[:drop]
+            self._base += drop
+
+    def _inflate_to(self, end: int) -> None:
+        while self._base + len(self._buf) < end and not self._inflater.eof and not self._cut:
+            want = max(end - self._base - len(self._buf), _INFLATE_FEED)
+            if not self._tail:
+                before = len(self._buf)
+                self._inflate(b"", want)  # output the inflater may still hold
+                if len(self._buf) > before:
+                    continue
+                have = self.chunks.covered_until(self._next)
+                if have == self._next and self.pull is not None and self.pull(NeedMore(self._next, 1)):
+                    self.size = self.pull.size
+                    continue
+                if have == self._next:
+                    if self._next >= self.size:
+                        self._cut = True
+                        return
+                    if self.missing is None:
+                        self.missing = NeedMore(self._next, 1)
+                    raise _Missing
+                end_feed = min(have, self._next + _INFLATE_FEED)
+                self._tail = self.chunks.get(self._next, end_feed)
+                self._next = end_feed
+            self._inflate(self._tail, want)
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            raise OSError("unbounded read of a deflated data set")
+        end = self.pos + n
+        self._inflate_to(end)
+        if self.pos < self._base:
+            raise OSError("seek behind the inflate window")
+        data = bytes(self._buf[self.pos - self._base : end - self._base])
+        if len(data) < n and (self._cut or data or n not in (1, 8)):
+            self.truncated = True  # cut off mid-stream, or the stream ends mid-element
+        self.pos += len(data)
         return data
 
 
@@ -231,8 +354,8 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return head[:2] in (b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08")
 
 
-def inspect(chunks: Chunks, size: int) -> DicomHeader | Rejection | NeedMore:
-    """Decide what the fetched bytes of an object of ``size`` bytes are."""
+def inspect(chunks: Chunks, size: int, pull: _Pull | None = None) -> DicomHeader | Rejection | NeedMore:
+    """Decide what the fetched bytes of an object of ``size`` bytes are (``pull`` fetches more)."""
     if size == 0:
         return Rejection(EMPTY_OBJECT, "The object is empty (0 bytes).")
     prefix_end = min(132, size)
@@ -246,7 +369,13 @@ def inspect(chunks: Chunks, size: int) -> DicomHeader | Rejection | NeedMore:
             "Not a DICOM file: no 'DICM' prefix at byte 128 and the first bytes are not a DICOM data set.",
         )
 
-    fp = _SparseFile(chunks, size)
+    has_meta = part10 or head[:2] == b"\x02\x00"  # file meta without a preamble
+    meta = _deflated_file_meta(chunks, size, has_meta, 132 if part10 else 0, pull)
+    if isinstance(meta, NeedMore):
+        return meta
+    size = pull.size if pull is not None else size
+    fp: _SparseFile | _InflatedFile
+    fp = _SparseFile(chunks, size, pull) if meta is None else _InflatedFile(chunks, size, meta[0], pull)
     stop: dict[str, Any] = {}
 
     def at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -260,18 +389,38 @@ def inspect(chunks: Chunks, size: int) -> DicomHeader | Rejection | NeedMore:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = read_partial(
-                fp,
-                stop_when=at_pixel_data,
-                defer_size=DEFER_SIZE,
-                force=not part10,
-                specific_tags=_HEADER_TAGS,
-            )
+            if isinstance(fp, _InflatedFile):
+                assert meta is not None
+                ds = read_dataset(
+                    fp,
+                    is_implicit_VR=False,
+                    is_little_endian=True,
+                    stop_when=at_pixel_data,
+                    defer_size=DEFER_SIZE,
+                    specific_tags=_HEADER_TAGS,
+                )
+                ds.file_meta = meta[1]
+            else:
+                ds = read_partial(
+                    fp,
+                    stop_when=at_pixel_data,
+                    defer_size=DEFER_SIZE,
+                    force=not part10,
+                    specific_tags=_HEADER_TAGS,
+                )
         except Exception as exc:  # pydicom raises many types on garbage; the flags say why
             error = exc
 
     if fp.missing is not None:
         return fp.missing
+    if isinstance(fp, _InflatedFile) and fp.too_large:
+        return Rejection(
+            HEADER_TOO_LARGE,
+            f"The deflated header inflates beyond {_MAX_INFLATED} bytes before Pixel Data.",
+            {"max_inflated_bytes": _MAX_INFLATED, "object_size": size},
+        )
+    if isinstance(fp, _InflatedFile) and fp.corrupt:
+        return Rejection(NOT_DICOM, "The deflated data set is not a valid deflate stream.", {"error": "zlib"})
     if ds is None or error is not None:
         if fp.truncated:
             return Rejection(TRUNCATED, "The file ends in the middle of its DICOM header.")
@@ -317,6 +466,35 @@ def inspect(chunks: Chunks, size: int) -> DicomHeader | Rejection | NeedMore:
         pixel_data_length=length,
         has_file_meta=part10 or bool(getattr(ds, "file_meta", None)),
     )
+
+
+def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def _deflated_file_meta(
+    chunks: Chunks, size: int, has_meta: bool, meta_at: int, pull: _Pull | None
+) -> tuple[int, FileMetaDataset] | NeedMore | None:
+    """Where a deflated data set starts, and the file meta; None when it is not deflated.
+
+    The file meta is read here, before pydicom sees the object, because pydicom's own
+    reader inflates everything after it (pixels included) at once.
+    """
+    if not has_meta:
+        return None
+    fp = _SparseFile(chunks, size, pull)
+    fp.seek(meta_at)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_not_file_meta)
+        except Exception:
+            meta = None  # read_partial meets the same error and says what it is
+    if fp.missing is not None:
+        return fp.missing
+    if meta is None or _text(meta, "TransferSyntaxUID") != dcm_uid.DeflatedExplicitVRLittleEndian:
+        return None
+    return fp.tell(), FileMetaDataset(meta)
 
 
 def _keywords(ds: Dataset) -> list[str]:
@@ -514,6 +692,57 @@ DICOM_FIELDS = (
 # --------------------------------------------------------------------------- the loop
 
 
+class _Pull:
+    """Fetches, mid-parse, the range a parse is missing, as the fetch policy and budget allow.
+
+    Policy (the module's docstring says why): a jump gets the missing range plus
+    ``_JUMP_MARGIN``; walking on doubles the run it extends, by at most ``max_step``.
+    Refuses (False) beyond ``max_bytes`` or ``_MAX_ROUNDS`` (``over_budget``) and after
+    a failed fetch (``error``, re-raised by :func:`read_header`: pydicom would swallow it).
+    """
+
+    def __init__(
+        self, fetch: Callable[[int, int], bytes], chunks: Chunks, size: int, *, initial: int, max_bytes: int
+    ) -> None:
+        self.fetch = fetch
+        self.chunks = chunks
+        self.size = size
+        self.max_bytes = max_bytes
+        self.max_step = max(initial, _MAX_STEP)
+        self.fetches = 0
+        self.over_budget = False
+        self.error: Exception | None = None
+
+    def __call__(self, want: NeedMore) -> bool:
+        if self.error is not None or self.over_budget:
+            return False
+        have = self.chunks.total
+        budget = self.max_bytes - have
+        if want.length > budget or budget <= 0 or self.fetches >= _MAX_ROUNDS:
+            self.over_budget = True
+            return False
+        length = want.length
+        if self.fetches:
+            run = self.chunks.run_ending_at(want.start)
+            if run:  # walking on past what it has: the header's length is unknown
+                length = max(length, min(run, self.max_step))
+            else:  # jumped over a skipped value: it knows where it goes
+                length += min(_JUMP_MARGIN, have)
+        length = min(length, budget, self.size - want.start)
+        if length <= 0:
+            return False
+        try:
+            data = self.fetch(want.start, want.start + length)
+        except Exception as exc:  # noqa: BLE001 - re-raised by read_header, whatever it is
+            self.error = exc
+            return False
+        self.fetches += 1
+        self.chunks.add(want.start, data)
+        if len(data) < length:  # the object is shorter than its event said
+            self.size = want.start + len(data)
+        return True
+
+
 def read_header(
     fetch: Callable[[int, int], bytes],
     size: int,
@@ -524,30 +753,30 @@ def read_header(
     """Fetch as little of the object as its header needs and parse it.
 
     ``fetch(start, end)`` returns bytes ``[start, end)`` (end exclusive). The first
-    fetch is ``initial_bytes``; later ones cover what the parse asked for, at least
-    doubling the total, never beyond ``max_bytes`` in all (then ``header_too_large``).
+    fetch is ``initial_bytes``; later ones cover what the parse asked for (see the
+    module's docstring), never beyond ``max_bytes`` in all (then ``header_too_large``).
+    Whatever ``fetch`` raises propagates.
     """
     if size <= 0:
         return HeaderRead(Rejection(EMPTY_OBJECT, "The object is empty (0 bytes)."), 0, 0)
     chunks = Chunks()
-    fetches = 0
-    want = NeedMore(0, min(initial_bytes, size, max_bytes))
-    for _ in range(_MAX_ROUNDS):
-        have = chunks.total
-        budget = max_bytes - have
-        if want.length > budget or budget <= 0:
-            return HeaderRead(_too_large(max_bytes, size), have, fetches)
-        length = min(max(want.length, have), budget, size - want.start)
-        data = fetch(want.start, want.start + length)
-        fetches += 1
-        chunks.add(want.start, data)
-        if len(data) < length:  # the object is shorter than its event said
-            size = want.start + len(data)
-        result = inspect(chunks, size)
-        if not isinstance(result, NeedMore):
-            return HeaderRead(result, chunks.total, fetches)
-        want = result
-    return HeaderRead(_too_large(max_bytes, size), chunks.total, fetches)
+    pull = _Pull(fetch, chunks, size, initial=initial_bytes, max_bytes=max_bytes)
+    want: DicomHeader | Rejection | NeedMore = NeedMore(0, min(initial_bytes, size, max_bytes))
+    while isinstance(want, NeedMore):
+        # A parse only stops short when the pull could not fetch (or before the file meta).
+        if not pull(want):
+            if pull.error is not None:
+                raise pull.error
+            if pull.over_budget:
+                return HeaderRead(_too_large(max_bytes, pull.size), chunks.total, pull.fetches)
+            truncated = Rejection(TRUNCATED, "The file ends in the middle of its DICOM header.")
+            return HeaderRead(truncated, chunks.total, pull.fetches)  # wants bytes past the end
+        want = inspect(chunks, pull.size, pull)
+        if pull.error is not None:
+            raise pull.error
+        if pull.over_budget:
+            return HeaderRead(_too_large(max_bytes, pull.size), chunks.total, pull.fetches)
+    return HeaderRead(want, chunks.total, pull.fetches)
 
 
 def _too_large(max_bytes: int, size: int) -> Rejection:

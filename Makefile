@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs test test-fast lint fmt clean
+.PHONY: help venv prereqs test test-fast lint fmt clean up down status demo
 
 help:
 	@echo "make demo   run the whole pipeline end to end on the local stack"
@@ -48,6 +48,22 @@ test: $(STAMP) $(CHECKOV_STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# Local stack (infra/local): ports LOCAL_*_PORT, state and logs under .local/.
+up: $(STAMP)
+	@bash infra/local/check_prereqs.sh stack ports
+	$(PY) -m infra.local.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack down; else echo "nothing to stop (no $(VENV))"; fi
+
+status:
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack status; else echo "local stack: not running (no $(VENV))"; fi
+
+# make demo KEEP=1 leaves the stack running afterwards (make down stops it).
+demo: $(STAMP)
+	@bash infra/local/check_prereqs.sh stack ports
+	PYTHONPATH=functions:. $(PY) -m infra.local.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache

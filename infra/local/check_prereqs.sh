@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks what the local stack and the tests need before anything starts, and says how to fix it.
-# Usage: check_prereqs.sh [python|test|stack] ...
+# Usage: check_prereqs.sh [python|test|stack|ports] ...
 set -uo pipefail
 want=("$@"); [ ${#want[@]} -eq 0 ] && want=(python)
 fail=0
@@ -33,10 +33,22 @@ need_emulators() {
   command -v gsutil >/dev/null 2>&1 || say "gsutil not found: it ships with the Google Cloud CLI (gcloud components install gsutil)"
 }
 
+need_free_ports() {
+  # The stack's own check (one list of ports and defaults, LOCAL_*_PORT overrides); it names the
+  # process that holds a busy port. Needs the virtual environment, so it runs after `make venv`.
+  local py=${VENV:-.venv}/bin/python
+  if [ ! -x "$py" ]; then
+    say "$py not found: run make venv first"
+    return
+  fi
+  "$py" -m infra.local.stack check-ports || fail=1
+}
+
 for w in "${want[@]}"; do
   case "$w" in
     python) need_python ;;
     test|stack) need_python; need_emulators ;;
+    ports) need_free_ports ;;
     *) echo "check_prereqs.sh: unknown check $w" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,101 @@
+"""One running local stack for the whole end-to-end session: every real component, on free
+ports in a temporary directory, so it never collides with a stack that ``make up`` left running.
+
+LIME runs with ``E2E_LIME_NUM_SAMPLES`` (default 100) perturbations instead of the service's
+default, so twenty images finish in minutes on a small CPU; everything else is production
+configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra.local.demo import Outcome, read_webhooks, storage_client, wait_for_outcomes
+from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig
+
+
+@dataclass
+class LocalStack:
+    stack: Stack
+    env: dict[str, str]
+    root: Path
+
+    @property
+    def bucket(self) -> str:
+        return self.env["UPLOAD_BUCKET"]
+
+    def run_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def gcloud_cp(self, sources: list[Path], destination: str) -> None:
+        """``gcloud storage cp`` as a user types it (several sources upload in parallel)."""
+        cmd = ["gcloud", "storage", "cp", *map(str, sources), destination]
+        done = subprocess.run(cmd, env=self.run_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def gsutil_cp(self, source: Path, destination: str) -> None:
+        cmd = ["gsutil", "-q", "cp", str(source), destination]
+        done = subprocess.run(cmd, env=self.run_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def outcomes(self, names: dict[str, str], timeout_s: float = 300) -> dict[str, Outcome]:
+        found = wait_for_outcomes(self.env, self.bucket, names, timeout_s)
+        missing = sorted(set(names) - set(found))
+        assert not missing, f"no outcome for {missing} within {timeout_s:.0f}s; logs: {self.root / 'logs'}"
+        return found
+
+    def webhooks_for(self, object_name: str) -> list[dict[str, Any]]:
+        return [
+            h for h in read_webhooks(self.env["WEBHOOK_LOG"]) if h["body"]["source"]["name"] == object_name
+        ]
+
+    def attempts(self) -> list[dict[str, Any]]:
+        return read_webhooks(self.env["WEBHOOK_ATTEMPTS_LOG"])
+
+    def control(self, **settings: Any) -> dict[str, Any]:
+        return requests.post(self.env["WEBHOOK_CONTROL_URL"], json=settings, timeout=10).json()
+
+    def objects(self, prefix: str) -> dict[str, Any]:
+        client = storage_client(self.env)
+        return {b.name: b for b in client.list_blobs(self.bucket, prefix=prefix)}
+
+    def dead_letters(self) -> list[dict]:
+        host, project = self.env["PUBSUB_EMULATOR_HOST"], self.env["GOOGLE_CLOUD_PROJECT"]
+        base = f"http://{host}/v1/projects/{project}/subscriptions/{DEAD_LETTER_SUBSCRIPTION}"
+        r = requests.post(f"{base}:pull", json={"maxMessages": 100, "returnImmediately": True}, timeout=30)
+        r.raise_for_status()
+        return r.json().get("receivedMessages", [])
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory) -> Iterator[LocalStack]:
+    root = tmp_path_factory.mktemp("local-stack")
+    config = StackConfig(
+        root=root,
+        ports=Ports.free(),
+        project="e2e-project",
+        bucket="e2e-uploads",
+        service_env={
+            "LIME_NUM_SAMPLES": os.environ.get("E2E_LIME_NUM_SAMPLES", "100"),
+            # The redelivery test fails the webhook once more than this: pin it to what it assumes.
+            "WEBHOOK_MAX_ATTEMPTS": "5",
+            "WEBHOOK_BACKOFF_BASE_S": "0.2",
+        },
+    )
+    stack = Stack(config)
+    started = time.monotonic()
+    env = stack.up()
+    print(f"\nlocal stack up in {time.monotonic() - started:.0f}s under {root}")
+    try:
+        yield LocalStack(stack=stack, env=env, root=root)
+    finally:
+        stack.down()

@@ -1,0 +1,152 @@
+"""LIME time, side by side in one run: the prototype's way, ours, and the floor.
+
+    .venv/bin/python benchmarks/bench_lime.py [--samples 1000] [--densenet-samples 1000] [--quick]
+
+For each model (the bundled demo CNN and a DenseNet-121-sized Keras model with random
+weights) and the same synthetic radiograph it prints three times:
+- prototype: `lime_image.LimeImageExplainer` with its defaults (quickshift, batch_size 10)
+  calling the Keras model's `predict`, as the original Celery worker did;
+- ours: `gpu_service.explain.explain` through `LoadedModel.predict` (batch 256), mask at
+  1024x1024, everything included (segmentation, perturbation, regression, upsampling);
+- floor: the same number of images through `LoadedModel.predict` in large batches, i.e.
+  N x the model's per-image time, which no LIME with N samples can beat.
+Goals: ours/floor <= 1.15; prototype/ours >= 10 on the demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from gpu_service.explain import LimeParams, explain  # noqa: E402
+from gpu_service.model import LoadedModel, ModelInfo, load_model  # noqa: E402
+from gpu_service.pixels import to_model_input  # noqa: E402
+from gpu_service.synthetic import make_radiograph  # noqa: E402
+
+OUTPUT_SHAPE = (1024, 1024)
+
+
+def densenet() -> LoadedModel:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.DenseNet121(weights=None, input_shape=(224, 224, 3), classes=2)
+    info = ModelInfo(
+        name="densenet121-random",
+        version="0",
+        sha256="n/a",
+        labels=["normal", "nodule"],
+        input_size=(224, 224),
+        channels=3,
+        scaling="imagenet",
+    )
+    return LoadedModel(model, info)
+
+
+def time_prototype(model: LoadedModel, image: np.ndarray, samples: int) -> float:
+    from lime import lime_image
+
+    keras_model = model.keras_model
+    channels = model.info.channels
+
+    def classifier_fn(images: np.ndarray) -> np.ndarray:  # lime hands RGB; a 1-channel model takes one
+        return keras_model.predict(images[..., :channels], verbose=0)
+
+    explainer = lime_image.LimeImageExplainer()
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    started = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # lime's tqdm bar
+        explainer.explain_instance(rgb, classifier_fn, top_labels=5, hide_color=None, num_samples=samples)
+    return time.perf_counter() - started
+
+
+def time_ours(model: LoadedModel, image: np.ndarray, samples: int, batch: int) -> tuple[float, dict]:
+    params = LimeParams(num_samples=samples, batch_size=batch)
+    started = time.perf_counter()
+    result = explain(image, model.predict, None, params, OUTPUT_SHAPE)
+    return time.perf_counter() - started, result.timings_ms
+
+
+def time_floor(model: LoadedModel, image: np.ndarray, samples: int, batch: int) -> float:
+    rng = np.random.default_rng(0)
+    data = np.clip(image[None] + rng.normal(0, 0.01, (samples, *image.shape)).astype(np.float32), 0, 1)
+    started = time.perf_counter()
+    for i in range(0, samples, batch):
+        model.predict(data[i : i + batch])
+    return time.perf_counter() - started
+
+
+def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, prototype: bool) -> None:
+    sample = make_radiograph(np.random.default_rng(7), size=OUTPUT_SHAPE[0], nodule=True)
+    image = to_model_input(sample.image, model.info.input_size, model.info.channels)
+    model.warmup()
+    model.predict(np.repeat(image[None], batch, axis=0))  # trace/allocate at the full batch too
+    floors, ours = [], []
+    stages: dict = {}
+    for _ in range(repeat):  # interleaved, so a busy neighbour slows both alike
+        floors.append(time_floor(model, image, samples, batch))
+        t, stages = time_ours(model, image, samples, batch)
+        ours.append(t)
+    floor, mine = min(floors), min(ours)
+    print(
+        f"\n== {name}: input {model.info.input_size} x{model.info.channels}, {samples} samples, batch {batch}"
+    )
+    print(
+        f"floor     (N x per-image time, large batches): {floor:8.2f} s   ({1000 * floor / samples:.2f} ms/image)"
+    )
+    print(f"ours      (gpu_service.explain):               {mine:8.2f} s   ours/floor = {mine / floor:.3f}")
+    print(f"          stages of the last run (ms): {stages}")
+    if prototype:
+        proto = time_prototype(model, image, samples)
+        print(
+            f"prototype (LimeImageExplainer defaults, model.predict): {proto:8.2f} s   prototype/ours = {proto / mine:.1f}x"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=1000, help="LIME samples for the demo model")
+    parser.add_argument(
+        "--densenet-samples", type=int, default=1000, help="LIME samples for DenseNet-121 (0: skip)"
+    )
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of floor/ours (min taken) for the demo model"
+    )
+    parser.add_argument("--quick", action="store_true", help="demo 1000 samples, DenseNet 100, one repeat")
+    parser.add_argument("--no-prototype", action="store_true", help="skip the slow lime defaults run")
+    args = parser.parse_args()
+    if args.quick:
+        args.densenet_samples, args.repeat = min(args.densenet_samples, 100), 1
+
+    import tensorflow as tf
+
+    devices = [d.name for d in tf.config.list_logical_devices()]
+    print(f"TensorFlow {tf.__version__} on {devices}, {os.cpu_count()} CPUs")
+    run("demo CNN", load_model(), args.samples, args.repeat, args.batch, not args.no_prototype)
+    if args.densenet_samples:
+        run(
+            "DenseNet-121 (random weights)",
+            densenet(),
+            args.densenet_samples,
+            1,
+            args.batch,
+            not args.no_prototype,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

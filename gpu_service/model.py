@@ -1,0 +1,307 @@
+"""The classifier: a Keras model loaded once per process, predicting through one compiled function.
+
+Accepts `.keras`, legacy `.h5`/`.hdf5` and SavedModel directories (wrapped in
+`keras.layers.TFSMLayer`, inference only), from a local path or a `gs://` URI (downloaded
+once into a local cache). A sidecar JSON beside the model (same path, extension `.json`)
+says what the numbers mean: labels, input scaling, input size, channels, name, version.
+The reported SHA-256 is of the bytes loaded, so a result names exactly the model that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL_URI = str(Path(__file__).resolve().parent / "models" / "demo" / "model.keras")
+SCALINGS = ("unit", "symmetric", "imagenet")
+OUTPUTS = ("probabilities", "logits")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_BATCH = int(os.environ.get("MODEL_MAX_BATCH", "256"))
+
+
+class ModelLoadError(Exception):
+    """The model or its sidecar cannot be fetched or loaded; the service must not start serving."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    labels: list[str]
+    input_size: tuple[int, int]
+    channels: int
+    scaling: str
+    uri: str = ""
+    output: str = "probabilities"
+
+    def as_record(self) -> dict[str, str]:
+        """The `model` block of the result record."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+class LoadedModel:
+    """A model plus its metadata; `predict` is thread-safe and never retraces."""
+
+    def __init__(self, model: Any, info: ModelInfo, max_batch_size: int = DEFAULT_MAX_BATCH) -> None:
+        import tensorflow as tf
+
+        self.info = info
+        self.max_batch_size = max(1, int(max_batch_size))
+        self._model = model
+        h, w = info.input_size
+        scale = _scaling_fn(info.scaling, info.channels)
+        n_labels = len(info.labels)
+        logits = info.output == "logits"
+
+        def forward(x):
+            y = model(scale(x), training=False)
+            if isinstance(y, dict):
+                if len(y) != 1:
+                    raise ModelLoadError(f"model has {len(y)} outputs; one is required")
+                y = next(iter(y.values()))
+            if isinstance(y, (list, tuple)):
+                y = y[0]
+            y = tf.cast(y, tf.float32)
+            if logits:
+                y = tf.nn.sigmoid(y) if y.shape[-1] == 1 else tf.nn.softmax(y, axis=-1)
+            if y.shape[-1] == 1 and n_labels == 2:  # one sigmoid unit: P(second label)
+                y = tf.concat([1.0 - y, y], axis=-1)
+            return y
+
+        self._fn = tf.function(
+            forward,
+            input_signature=[tf.TensorSpec([None, h, w, info.channels], tf.float32)],
+            reduce_retracing=True,
+        )
+
+    @property
+    def keras_model(self) -> Any:
+        return self._model
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, K) for a float32 batch (N, h, w, c) in [0, 1]."""
+        arr = np.asarray(batch, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        expected = (*self.info.input_size, self.info.channels)
+        if arr.shape[1:] != expected:
+            raise ValueError(f"batch shape {arr.shape} does not match model input (N, {expected})")
+        if len(arr) == 0:
+            return np.zeros((0, len(self.info.labels)), dtype=np.float32)
+        outs = [
+            self._fn(arr[i : i + self.max_batch_size]).numpy()
+            for i in range(0, len(arr), self.max_batch_size)
+        ]
+        return np.concatenate(outs, axis=0)
+
+    def warmup(self) -> None:
+        """Trace the compiled function (and, on a GPU, autotune the full batch) before the first request."""
+        import tensorflow as tf
+
+        h, w = self.info.input_size
+        probs = self.predict(np.zeros((1, h, w, self.info.channels), np.float32))
+        if probs.shape != (1, len(self.info.labels)):
+            raise ModelLoadError(
+                f"model returns {probs.shape[1]} scores but the sidecar names {len(self.info.labels)} labels"
+            )
+        if tf.config.list_logical_devices("GPU"):
+            self.predict(np.zeros((self.max_batch_size, h, w, self.info.channels), np.float32))
+
+
+def _scaling_fn(scaling: str, channels: int):
+    import tensorflow as tf
+
+    if scaling == "unit":
+        return lambda x: x
+    if scaling == "symmetric":
+        return lambda x: x * 2.0 - 1.0
+    if scaling == "imagenet":
+        if channels == 3:
+            mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+        else:
+            mean = np.full(channels, np.mean(IMAGENET_MEAN), np.float32)
+            std = np.full(channels, np.mean(IMAGENET_STD), np.float32)
+        return lambda x: (x - tf.constant(mean)) / tf.constant(std)
+    raise ModelLoadError(f"unknown input_scaling {scaling!r}; expected one of {SCALINGS}")
+
+
+_CACHE: dict[tuple[str, int], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(
+    uri: str | None = None, *, cache_dir: str | os.PathLike | None = None, max_batch_size: int | None = None
+) -> LoadedModel:
+    """Load (once per process and URI) a model from a local path or gs:// URI; None means the bundled demo."""
+    uri = uri or DEFAULT_MODEL_URI
+    batch = max_batch_size or DEFAULT_MAX_BATCH
+    key = (uri, batch)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            local = _download(uri, cache_dir) if uri.startswith("gs://") else Path(uri)
+            _CACHE[key] = _load_local(local, uri, batch)
+        return _CACHE[key]
+
+
+def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
+    import keras
+
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {uri}")
+    sidecar = _read_sidecar(path)
+    suffix = path.suffix.lower()
+    try:
+        if path.is_dir():
+            endpoint = sidecar.get("call_endpoint") or _savedmodel_endpoint(path)
+            model = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+            shape = _savedmodel_input_shape(model)
+            n_out = None
+        elif suffix in (".keras", ".h5", ".hdf5"):
+            model = keras.models.load_model(str(path), compile=False)
+            shape = tuple(model.inputs[0].shape)
+            n_out = model.outputs[0].shape[-1]
+        else:
+            raise ModelLoadError(
+                f"unsupported model format {suffix!r}: use .keras, .h5 or a SavedModel directory"
+            )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - keras/h5py raise many kinds
+        raise ModelLoadError(f"cannot load model {uri}: {type(exc).__name__}: {exc}") from exc
+
+    size = sidecar.get("input_size") or (shape[1:3] if shape and len(shape) == 4 else None)
+    channels = sidecar.get("channels") or (shape[3] if shape and len(shape) == 4 else None)
+    if not size or None in tuple(size) or not channels:
+        raise ModelLoadError("input size unknown: put input_size and channels in the sidecar JSON")
+    labels = sidecar.get("labels") or [f"class_{i}" for i in range(max(2, int(n_out or 2)))]
+    scaling = sidecar.get("input_scaling", "unit")
+    if scaling not in SCALINGS:
+        raise ModelLoadError(f"unknown input_scaling {scaling!r}; expected one of {SCALINGS}")
+    output = sidecar.get("output", "probabilities")
+    if output not in OUTPUTS:
+        raise ModelLoadError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+    info = ModelInfo(
+        name=str(sidecar.get("name") or path.stem),
+        version=str(sidecar.get("version") or "unversioned"),
+        sha256=file_sha256(path),
+        labels=[str(x) for x in labels],
+        input_size=(int(size[0]), int(size[1])),
+        channels=int(channels),
+        scaling=scaling,
+        uri=uri,
+        output=output,
+    )
+    return LoadedModel(model, info, max_batch_size=max_batch_size)
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    for candidate in (sidecar_path(path), path / "model.json" if path.is_dir() else None):
+        if candidate is not None and candidate.is_file():
+            try:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"bad sidecar {candidate.name}: {exc}") from exc
+    return {}
+
+
+def _savedmodel_endpoint(path: Path) -> str:
+    import tensorflow as tf
+
+    obj = tf.saved_model.load(str(path))
+    return "serve" if hasattr(obj, "serve") else "serving_default"
+
+
+def _savedmodel_input_shape(layer: Any) -> tuple | None:
+    """Input shape of the exported endpoint: a restored tf.function or a signature."""
+    fn = layer.call_endpoint_fn
+    specs: list[Any] = list(getattr(fn, "input_signature", None) or [])
+    if not specs:
+        concrete = (
+            fn if hasattr(fn, "structured_input_signature") else next(iter(fn.concrete_functions), None)
+        )
+        if concrete is not None:
+            args, kwargs = concrete.structured_input_signature
+            specs = list(args) + list(kwargs.values())
+    if len(specs) != 1 or not hasattr(specs[0], "shape"):
+        return None
+    return tuple(specs[0].shape)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a model file, or of a SavedModel directory (relative paths and contents, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(uri: str, cache_dir: str | os.PathLike | None) -> Path:
+    """Fetch a gs:// model (file plus sidecar, or a SavedModel prefix) into the local cache."""
+    from google.cloud import storage
+
+    bucket_name, _, name = uri[len("gs://") :].partition("/")
+    name = name.rstrip("/")
+    if not bucket_name or not name:
+        raise ModelLoadError(f"bad model URI {uri!r}")
+    root = Path(
+        cache_dir or os.environ.get("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "gpu-service-models"
+    )
+    client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+    bucket = client.bucket(bucket_name)
+    try:
+        blob = bucket.get_blob(name)
+        if blob is not None:
+            target = (
+                root / hashlib.sha256(f"{uri}#{blob.generation}".encode()).hexdigest()[:24] / Path(name).name
+            )
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".part")
+                blob.download_to_filename(str(tmp))
+                tmp.replace(target)
+            side_name = str(sidecar_path(Path(name)).as_posix())
+            side = bucket.get_blob(side_name)
+            if side is not None:
+                side.download_to_filename(str(sidecar_path(target)))
+            return target
+        blobs = [b for b in client.list_blobs(bucket_name, prefix=name + "/") if not b.name.endswith("/")]
+        if not blobs:
+            raise ModelLoadError(f"model not found: {uri}")
+        stamp = ",".join(f"{b.name}#{b.generation}" for b in sorted(blobs, key=lambda b: b.name))
+        target = root / hashlib.sha256(stamp.encode()).hexdigest()[:24] / Path(name).name
+        if not target.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=root))
+            for b in blobs:
+                dest = staging / b.name[len(name) + 1 :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                b.download_to_filename(str(dest))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.replace(target)
+        side = bucket.get_blob(name + ".json")
+        if side is not None:
+            side.download_to_filename(str(sidecar_path(target)))
+        return target
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network / permission errors
+        raise ModelLoadError(f"cannot download {uri}: {type(exc).__name__}: {exc}") from exc

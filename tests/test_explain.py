@@ -1,0 +1,176 @@
+"""LIME: equivalence with lime_image, determinism, batching through predict_fn, faithfulness."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from lime import lime_image
+
+from gpu_service.explain import Explanation, LimeParams, explain, segment, upsample_segments
+from gpu_service.pixels import to_model_input
+from gpu_service.synthetic import make_radiograph, nodule_mask
+
+
+def _image(size: int = 64, channels: int = 3, seed: int = 0, nodule: bool = True) -> np.ndarray:
+    sample = make_radiograph(np.random.default_rng(seed), size=size, nodule=nodule)
+    return to_model_input(sample.image, (size, size), channels)
+
+
+class LinearSoftmax:
+    """A deterministic per-sample classifier (computed image by image, so batching cannot change it)."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int = 1) -> None:
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(2, *shape)) / np.sqrt(np.prod(shape))
+        self.calls: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        out = np.empty((len(batch), 2))
+        for i, img in enumerate(np.asarray(batch, dtype=np.float64)):
+            logits = np.array([np.sum(img * self.w[0]), np.sum(img * self.w[1])]) * 20
+            e = np.exp(logits - logits.max())
+            out[i] = e / e.sum()
+        return out
+
+
+def _lime_reference(image, predict_fn, segments, label, num_samples, seed, batch_size=10):
+    explainer = lime_image.LimeImageExplainer(random_state=seed)
+    return explainer.explain_instance(
+        image,
+        predict_fn,
+        labels=(label,),
+        hide_color=None,
+        top_labels=None,
+        num_features=100000,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        segmentation_fn=lambda _img: segments,
+        random_seed=seed,
+    )
+
+
+def test_weights_equal_lime_image_explainer() -> None:
+    image = _image(64, 3, seed=2)
+    fn = LinearSoftmax(image.shape)
+    params = LimeParams(num_samples=300, batch_size=64, n_segments=30, seed=7)
+    ours = explain(image, fn, 1, params, (64, 64))
+    ref = _lime_reference(image, fn, ours.segments, 1, 300, seed=7)
+    ref_weights = dict(ref.local_exp[1])
+    assert set(ref_weights) == set(ours.weights) == set(range(int(ours.segments.max()) + 1))
+    for k, w in ref_weights.items():
+        assert abs(ours.weights[k] - w) <= 1e-6, (k, ours.weights[k], w)
+    assert abs(ours.intercept - ref.intercept[1]) <= 1e-6
+    assert abs(ours.local_score - ref.score) <= 1e-6
+    _, ref_mask = ref.get_image_and_mask(
+        1, positive_only=True, num_features=params.num_features, hide_rest=False
+    )
+    np.testing.assert_array_equal(ours.mask, ref_mask.astype(bool))
+
+
+def test_weights_equal_lime_with_the_demo_model() -> None:
+    """Same batches in both (batch_size equal), so the real model sees bit-identical inputs."""
+    from gpu_service.model import load_model
+
+    model = load_model()
+    h, w = model.info.input_size
+    image = _image(h, model.info.channels, seed=3)
+    params = LimeParams(num_samples=200, batch_size=50, seed=11)
+    ours = explain(image, model.predict, None, params, (h, w))
+    # lime turns a one-channel image into RGB; hand the model its one channel back.
+    ref = _lime_reference(
+        np.repeat(image, 3, axis=-1),
+        lambda b: model.predict(b[..., :1]),
+        ours.segments,
+        ours.label_index,
+        200,
+        seed=11,
+        batch_size=50,
+    )
+    for k, wt in ref.local_exp[ours.label_index]:
+        assert abs(ours.weights[k] - wt) <= 1e-6
+
+
+def test_cosine_distances_match_sklearn() -> None:
+    import sklearn.metrics
+
+    from gpu_service.explain import cosine_distances_to_first
+
+    data = np.random.default_rng(0).integers(0, 2, (500, 40))
+    data[0] = 1
+    data[7] = 0  # an all-hidden row: sklearn treats its norm as 1
+    ref = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
+    np.testing.assert_allclose(cosine_distances_to_first(data), ref, atol=1e-12)
+
+
+def test_predict_fn_gets_large_batches_and_the_result_is_deterministic() -> None:
+    image = _image(64, 1, seed=4)
+    fn = LinearSoftmax(image.shape)
+    params = LimeParams(num_samples=1000, batch_size=256, seed=5)
+    first = explain(image, fn, None, params, (300, 200))
+    assert fn.calls == [256, 256, 256, 232]
+    second = explain(image, fn, None, params, (300, 200))
+    np.testing.assert_array_equal(first.mask, second.mask)
+    assert first.weights == second.weights
+    assert first.mask.shape == (300, 200) and first.mask.dtype == bool
+    assert 1 <= len(first.top_segments) <= params.num_features
+    assert all(first.weights[s] > 0 for s in first.top_segments)
+    full = upsample_segments(first.segments, (300, 200))
+    np.testing.assert_array_equal(first.mask, np.isin(full, first.top_segments))
+    assert first.params["num_samples"] == 1000 and first.params["n_superpixels"] == len(first.weights)
+    other = explain(image, fn, None, LimeParams(num_samples=1000, batch_size=256, seed=6), (300, 200))
+    assert other.weights != first.weights
+
+
+def test_tensorflow_perturbations_equal_numpy() -> None:
+    """The accelerator path (forced here on CPU) builds bit-identical perturbations."""
+    image = _image(48, 3, seed=9)
+    fn = LinearSoftmax(image.shape)
+    a = explain(image, fn, 0, LimeParams(num_samples=120, batch_size=50, device="cpu"), (48, 48))
+    b = explain(image, fn, 0, LimeParams(num_samples=120, batch_size=50, device="tensorflow"), (48, 48))
+    assert a.params["perturbation_backend"] == "numpy" and b.params["perturbation_backend"].startswith(
+        "tensorflow"
+    )
+    assert a.weights == b.weights
+
+
+@pytest.mark.parametrize("algorithm", ["slic", "quickshift", "felzenszwalb"])
+def test_segmentations_cover_the_image_with_consecutive_labels(algorithm: str) -> None:
+    image = _image(320, 1, seed=8)
+    segments = segment(image, LimeParams(segmentation=algorithm, segmentation_max_side=128))
+    assert segments.shape == (320, 320)
+    labels = np.unique(segments)
+    np.testing.assert_array_equal(labels, np.arange(len(labels)))
+    assert 5 <= len(labels) <= 2000
+
+
+def test_bad_predict_fn_output_is_rejected() -> None:
+    image = _image(32, 1)
+    with pytest.raises(ValueError):
+        explain(image, lambda b: np.ones((len(b),)), None, LimeParams(num_samples=20), (32, 32))
+    with pytest.raises(ValueError):
+        LimeParams(segmentation="watershed")
+
+
+def test_pointing_game_on_synthetic_positives() -> None:
+    """A small version of scripts/check_faithfulness.py: the top superpixel hits the nodule."""
+    from gpu_service.model import load_model
+
+    model = load_model()
+    nodule = model.info.labels.index("nodule")
+    rng = np.random.default_rng(99)
+    hits = 0
+    n = 8
+    for _ in range(n):
+        sample = make_radiograph(rng, size=256, nodule=True)
+        x = to_model_input(sample.image, model.info.input_size, model.info.channels)
+        result: Explanation = explain(
+            x, model.predict, nodule, LimeParams(num_samples=400, seed=0), (256, 256)
+        )
+        top = upsample_segments(result.segments, (256, 256)) == result.top_segments[0]
+        hits += bool(np.any(top & nodule_mask(sample)))
+    assert hits / n >= 0.75

@@ -144,6 +144,6 @@ def test_substitutions_declared_used_and_consistent(build: dict[str, Any]) -> No
 
 def test_build_options(build: dict[str, Any]) -> None:
     options = build["options"]
-    # Needed with a user-managed build service account (docs/deploy.md).
+    # Needed with a user-managed build service account (README.md, "Deploy to Google Cloud").
     assert options["logging"] == "CLOUD_LOGGING_ONLY"
     assert int(str(build["timeout"]).removesuffix("s")) >= 3600

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import unique
 from google.cloud import pubsub_v1, storage
 from service_support import PROJECT, SECRET, WebhookServer, dicom_bytes, read_object, request_body, upload
 
@@ -24,6 +23,7 @@ from gpu_service.settings import Settings
 from gpu_service.storage import GcsStore, ObjectInfo
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
+from tests.conftest import unique
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conftest import unique
 from google.cloud import pubsub_v1, storage
 from PIL import Image
 from service_support import (
@@ -39,6 +38,7 @@ from gpu_service.settings import Settings
 from gpu_service.webhook_signature import idempotency_key, verify_signature
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
+from tests.conftest import unique
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 # The HMAC key that signs webhook calls (docs/contracts.md). Terraform creates the secret,
 # never its value: a value in Terraform would also sit in the state file. Add versions with
-# `gcloud secrets versions add` (docs/deploy.md).
+# `gcloud secrets versions add` (README.md, "Deploy to Google Cloud").
 resource "google_secret_manager_secret" "webhook" {
   project   = var.project_id
   secret_id = "${local.prefix}-webhook-secret"

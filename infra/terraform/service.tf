@@ -88,7 +88,7 @@ resource "google_cloud_run_v2_service" "inference" {
   }
 
   # Newest revision takes all traffic, or var.latest_revision_percent of it during a canary,
-  # the rest staying on var.pinned_revision (docs/deploy.md, "Roll out a new model version").
+  # the rest staying on var.pinned_revision (README.md, "Deploy to Google Cloud", "Roll out a new model version").
   traffic {
     type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
     percent = var.latest_revision_percent

@@ -1,6 +1,6 @@
 # Provider versions are pinned to one major so a plan made today and a plan made in a year
 # resolve the same schema. Commit .terraform.lock.hcl after the first `terraform init`
-# (it records the exact build and its checksums; see docs/deploy.md).
+# (it records the exact build and its checksums; see README.md, "Deploy to Google Cloud").
 terraform {
   required_version = ">= 1.6, < 2.0"
 
@@ -21,7 +21,7 @@ terraform {
     }
   }
 
-  # State lives in a versioned Cloud Storage bucket created once per project (docs/deploy.md).
+  # State lives in a versioned Cloud Storage bucket created once per project (README.md, "Deploy to Google Cloud").
   # Partial configuration: `terraform init -backend-config="bucket=<state bucket>"`.
   backend "gcs" {
     prefix = "dicom-pipeline"

@@ -3,7 +3,8 @@
 `terraform validate` needs the providers downloaded, which CI cannot do offline, so the
 configuration is parsed with python-hcl2 and its wiring asserted here. Each check is a
 function over the parsed configuration, and a second test breaks the configuration on
-purpose to show that every check can fail.
+purpose to show that every check can fail. A resource with `for_each` over a local map is
+expanded into its instances (`name["key"]`), as Terraform plans it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ PROJECT_LEVEL_ALLOWED = {
 # ---------------------------------------------------------------------------------------------
 # Parsing: python-hcl2 keeps HCL's quotes around strings and keys and marks blocks; strip both.
 # ---------------------------------------------------------------------------------------------
+_HCL2_MARKERS = ("__is_block__", "__comments__", "__inline_comments__")
+
+
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
@@ -44,7 +48,7 @@ def _unquote(value: str) -> str:
 
 def _clean(node: Any) -> Any:
     if isinstance(node, dict):
-        return {_unquote(k): _clean(v) for k, v in node.items() if k not in ("__is_block__", "__comments__")}
+        return {_unquote(k): _clean(v) for k, v in node.items() if k not in _HCL2_MARKERS}
     if isinstance(node, list):
         return [_clean(v) for v in node]
     if isinstance(node, str):
@@ -78,7 +82,57 @@ def load_config(tf_dir: Path = TF_DIR) -> dict[str, Any]:
         for entry in doc.get("locals", []):
             cfg["locals"].update(entry)
         cfg["terraform"].extend(doc.get("terraform", []))
+    _expand_for_each(cfg)
     return cfg
+
+
+_EACH = re.compile(r"\beach\.(key|value)((?:\.[a-z0-9_]+)*)")
+
+
+def _each(key: str, value: Any, which: str, attrs: str) -> Any:
+    picked: Any = key if which == "key" else value
+    for attr in filter(None, attrs.split(".")):
+        picked = picked[attr]
+    return picked
+
+
+def _substitute(node: Any, key: str, value: Any) -> Any:
+    """`each.key` / `each.value[.attr]` replaced by one instance's values, anywhere in a body."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, key, value) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, key, value) for v in node]
+    if not isinstance(node, str):
+        return node
+    whole = re.fullmatch(r"\$\{" + _EACH.pattern + r"\}", node)
+    if whole:
+        return _each(key, value, *whole.groups())
+
+    def inline(match: re.Match[str]) -> str:
+        picked = str(_each(key, value, *match.groups()))
+        inner = re.fullmatch(r"\$\{(.+)\}", picked)
+        return inner.group(1) if inner else json.dumps(picked)
+
+    return _EACH.sub(inline, node)
+
+
+def _expand_for_each(cfg: dict[str, Any]) -> None:
+    """`resource "t" "n" { for_each = local.m }` over a literal map -> instances `n["key"]`."""
+    for named in cfg["resource"].values():
+        for name, body in list(named.items()):
+            match = re.fullmatch(r"\$\{local\.([a-z0-9_]+)\}", str(body.get("for_each", "")))
+            items = cfg["locals"].get(match.group(1)) if match else None
+            if not isinstance(items, dict):
+                continue  # a computed for_each (e.g. a conditional) stays one entry
+            del named[name]
+            for key, value in items.items():
+                instance = {k: v for k, v in body.items() if k != "for_each"}
+                named[f'{name}["{key}"]'] = _substitute(instance, key, value)
+
+
+def bucket(key: str) -> str:
+    """Reference to one of the private buckets (storage.tf), e.g. `google_storage_bucket.private["uploads"]`."""
+    return f'google_storage_bucket.private["{key}"]'
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +204,8 @@ def check_providers_pinned(cfg: dict[str, Any]) -> None:
 
 def check_buckets_private(cfg: dict[str, Any]) -> None:
     buckets = cfg["resource"]["google_storage_bucket"]
-    assert {"uploads", "models", "function_source"} <= set(buckets)
+    expected = {f'private["{k}"]' for k in ("uploads", "models", "function_source")}
+    assert expected <= set(buckets), f"missing buckets: {expected - set(buckets)}"
     for name, body in buckets.items():
         assert body.get("uniform_bucket_level_access") is True, f"{name}: uniform access off"
         assert body.get("public_access_prevention") == "enforced", f"{name}: public access not prevented"
@@ -242,7 +297,7 @@ def check_function_trigger(cfg: dict[str, Any]) -> None:
     assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
     filters = trigger["event_filters"]
     assert [(f["attribute"], ref(f["value"])) for f in filters] == [
-        ("bucket", "google_storage_bucket.uploads.name")
+        ("bucket", f"{bucket('uploads')}.name")
     ], "the trigger does not watch the upload bucket"
     trigger_sa = ref(trigger["service_account_email"])
     assert trigger_sa == "google_service_account.eventarc_trigger.email"
@@ -340,15 +395,15 @@ def check_grants_for_runtime(cfg: dict[str, Any]) -> None:
         (g[1], ref(g[2].get("bucket") or g[2].get("topic")))
         for g in grants_of(cfg, "google_service_account.ingest.member")
     }
-    assert ("roles/storage.objectViewer", "google_storage_bucket.uploads.name") in ingest
+    assert ("roles/storage.objectViewer", f"{bucket('uploads')}.name") in ingest
     assert ("roles/pubsub.publisher", "google_pubsub_topic.inference.name") in ingest
     for sa in ("inference", "backfill"):
         grants = {
             (g[1], ref(g[2].get("bucket") or g[2].get("secret_id")))
             for g in grants_of(cfg, f"google_service_account.{sa}.member")
         }
-        assert ("roles/storage.objectViewer", "google_storage_bucket.uploads.name") in grants, sa
-        assert ("roles/storage.objectViewer", "google_storage_bucket.models.name") in grants, sa
+        assert ("roles/storage.objectViewer", f"{bucket('uploads')}.name") in grants, sa
+        assert ("roles/storage.objectViewer", f"{bucket('models')}.name") in grants, sa
         assert ("roles/storage.objectUser", "local.output_bucket") in grants, sa
         assert (
             "roles/secretmanager.secretAccessor",
@@ -405,7 +460,7 @@ MUTATIONS = {
     ),
     "trigger-other-bucket": (
         check_function_trigger,
-        _set([*_FN, "event_trigger", 0, "event_filters", 0, "value"], "${google_storage_bucket.models.name}"),
+        _set([*_FN, "event_trigger", 0, "event_filters", 0, "value"], f"${{{bucket('models')}.name}}"),
     ),
     "trigger-no-retry": (check_function_trigger, _set([*_FN, "event_trigger", 0, "retry_policy"], "RETRY_POLICY_DO_NOT_RETRY")),
     "service-without-gpu": (check_service_gpu, _set([*_SVC, "containers", 0, "resources", 0, "limits", "nvidia.com/gpu"], _DELETE)),
@@ -421,12 +476,12 @@ MUTATIONS = {
     "key-file": (check_least_privilege, _set(["resource", "google_service_account_key"], {"k": {}})),
     "unconditional-writer": (
         check_least_privilege,
-        _set(["resource", "google_storage_bucket_iam_member", "inference_output_writer", "condition"], _DELETE),
+        _set(["resource", "google_storage_bucket_iam_member", 'gpu_output_writer["inference"]', "condition"], _DELETE),
     ),
     "shared-identity": (check_least_privilege, _set([*_JOB, "service_account"], "${google_service_account.inference.email}")),
     "public-bucket": (
         check_buckets_private,
-        _set(["resource", "google_storage_bucket", "uploads", "public_access_prevention"], "inherited"),
+        _set(["resource", "google_storage_bucket", 'private["uploads"]', "public_access_prevention"], "inherited"),
     ),
     "unpinned-provider": (check_providers_pinned, _set(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5")),
 }  # fmt: skip
@@ -465,7 +520,8 @@ def test_outputs_and_locals_reference_declared_things(config: dict[str, Any]) ->
         assert var in config["variable"], f"var.{var} is not declared"
     for local in set(re.findall(r"\blocal\.([a-z0-9_]+)", text)):
         assert local in config["locals"], f"local.{local} is not defined"
-    for rtype, name in set(re.findall(r"(?<![\w.\"])(google(?:_[a-z0-9]+)+)\.([a-z0-9_]+)\.", text)):
+    refs = re.findall(r"(?<![\w.\"])(google(?:_[a-z0-9]+)+)\.([a-z0-9_]+(?:\[\"[a-z0-9_]+\"\])?)\.", text)
+    for rtype, name in set(refs):
         assert name in config["resource"].get(rtype, {}), f"{rtype}.{name} is referenced but not declared"
     for rtype, name in set(re.findall(r"\bdata\.([a-z0-9_]+)\.([a-z0-9_]+)", text)):
         assert name in config["data"].get(rtype, {}), f"data.{rtype}.{name} is not declared"
@@ -518,7 +574,10 @@ def test_checkov_passes_with_justified_skips() -> None:
 
 
 def test_checkov_catches_a_public_bucket(tmp_path: Path) -> None:
-    """The checkov gate can fail: the same configuration without public access prevention."""
+    """The checkov gate can fail: the same configuration without public access prevention.
+
+    Checkov reports the one bucket definition (storage.tf) that the upload bucket comes from.
+    """
     copy_dir = tmp_path / "terraform"
     shutil.copytree(TF_DIR, copy_dir, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
     storage = copy_dir / "storage.tf"
@@ -527,7 +586,7 @@ def test_checkov_catches_a_public_bucket(tmp_path: Path) -> None:
     storage.write_text(text.replace('public_access_prevention    = "enforced"', "", 1))
     report = run_checkov(copy_dir)
     failed = {(c["check_id"], c["resource"]) for c in report["results"].get("failed_checks", [])}
-    assert ("CKV_GCP_114", "google_storage_bucket.uploads") in failed
+    assert ("CKV_GCP_114", "google_storage_bucket.private") in failed
 
 
 def test_pubsub_schema_lists_exactly_the_contract_fields() -> None:

@@ -27,7 +27,7 @@ data "archive_file" "function_source" {
 # and an unchanged tree does not.
 resource "google_storage_bucket_object" "function_source" {
   name   = "${local.function_name}/${data.archive_file.function_source.output_sha256}.zip"
-  bucket = google_storage_bucket.function_source.name
+  bucket = google_storage_bucket.private["function_source"].name
   source = data.archive_file.function_source.output_path
 }
 
@@ -45,7 +45,7 @@ resource "google_cloudfunctions2_function" "ingest" {
 
     source {
       storage_source {
-        bucket = google_storage_bucket.function_source.name
+        bucket = google_storage_bucket.private["function_source"].name
         object = google_storage_bucket_object.function_source.name
       }
     }
@@ -73,7 +73,7 @@ resource "google_cloudfunctions2_function" "ingest" {
 
     event_filters {
       attribute = "bucket"
-      value     = google_storage_bucket.uploads.name
+      value     = google_storage_bucket.private["uploads"].name
     }
   }
 

@@ -57,13 +57,13 @@ locals {
 # Ingest function: read uploads, write rejection records, publish requests
 # ---------------------------------------------------------------------------------------------
 resource "google_storage_bucket_iam_member" "ingest_upload_reader" {
-  bucket = google_storage_bucket.uploads.name
+  bucket = google_storage_bucket.private["uploads"].name
   role   = "roles/storage.objectViewer"
   member = google_service_account.ingest.member
 }
 
 resource "google_storage_bucket_iam_member" "ingest_rejection_writer" {
-  bucket = google_storage_bucket.uploads.name
+  bucket = google_storage_bucket.private["uploads"].name
   role   = local.writer_role
   member = google_service_account.ingest.member
 
@@ -85,7 +85,7 @@ resource "google_pubsub_topic_iam_member" "ingest_publisher" {
 # Function build (Cloud Build, on behalf of Cloud Run functions)
 # ---------------------------------------------------------------------------------------------
 resource "google_storage_bucket_iam_member" "function_build_source_reader" {
-  bucket = google_storage_bucket.function_source.name
+  bucket = google_storage_bucket.private["function_source"].name
   role   = "roles/storage.objectViewer"
   member = google_service_account.function_build.member
 }
@@ -176,18 +176,29 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_push_subscriber" 
 }
 
 # ---------------------------------------------------------------------------------------------
-# Inference service: read uploads and models, write outputs, read the webhook secret
+# Inference service and backfill job: both run gpu_service, so both hold exactly the same
+# grants (one block per grant, one instance per identity): read uploads and models, write
+# outputs, read the webhook secret
 # ---------------------------------------------------------------------------------------------
-resource "google_storage_bucket_iam_member" "inference_upload_reader" {
-  bucket = google_storage_bucket.uploads.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.inference.member
+locals {
+  gpu_runtimes = {
+    inference = google_service_account.inference.member
+    backfill  = google_service_account.backfill.member
+  }
 }
 
-resource "google_storage_bucket_iam_member" "inference_output_writer" {
-  bucket = local.output_bucket
-  role   = local.writer_role
-  member = google_service_account.inference.member
+resource "google_storage_bucket_iam_member" "gpu_upload_reader" {
+  for_each = local.gpu_runtimes
+  bucket   = google_storage_bucket.private["uploads"].name
+  role     = "roles/storage.objectViewer"
+  member   = each.value
+}
+
+resource "google_storage_bucket_iam_member" "gpu_output_writer" {
+  for_each = local.gpu_runtimes
+  bucket   = local.output_bucket
+  role     = local.writer_role
+  member   = each.value
 
   condition {
     title       = "pipeline-outputs-only"
@@ -195,58 +206,25 @@ resource "google_storage_bucket_iam_member" "inference_output_writer" {
     expression  = local.inference_output_condition
   }
 
-  depends_on = [google_storage_bucket.uploads]
+  depends_on = [google_storage_bucket.private]
 }
 
-resource "google_storage_bucket_iam_member" "inference_model_reader" {
-  bucket = google_storage_bucket.models.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.inference.member
+resource "google_storage_bucket_iam_member" "gpu_model_reader" {
+  for_each = local.gpu_runtimes
+  bucket   = google_storage_bucket.private["models"].name
+  role     = "roles/storage.objectViewer"
+  member   = each.value
 }
 
-resource "google_secret_manager_secret_iam_member" "inference_webhook_secret" {
+resource "google_secret_manager_secret_iam_member" "gpu_webhook_secret" {
+  for_each  = local.gpu_runtimes
   project   = var.project_id
   secret_id = google_secret_manager_secret.webhook.secret_id
   role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.inference.member
+  member    = each.value
 }
 
-# ---------------------------------------------------------------------------------------------
-# Backfill job: as the service, plus pulling (and acking) dead letters to replay them
-# ---------------------------------------------------------------------------------------------
-resource "google_storage_bucket_iam_member" "backfill_upload_reader" {
-  bucket = google_storage_bucket.uploads.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.backfill.member
-}
-
-resource "google_storage_bucket_iam_member" "backfill_output_writer" {
-  bucket = local.output_bucket
-  role   = local.writer_role
-  member = google_service_account.backfill.member
-
-  condition {
-    title       = "pipeline-outputs-only"
-    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.result.json"
-    expression  = local.inference_output_condition
-  }
-
-  depends_on = [google_storage_bucket.uploads]
-}
-
-resource "google_storage_bucket_iam_member" "backfill_model_reader" {
-  bucket = google_storage_bucket.models.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.backfill.member
-}
-
-resource "google_secret_manager_secret_iam_member" "backfill_webhook_secret" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.webhook.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.backfill.member
-}
-
+# The backfill job also pulls (and acks) dead letters to replay them.
 resource "google_pubsub_subscription_iam_member" "backfill_dead_letter_subscriber" {
   project      = var.project_id
   subscription = google_pubsub_subscription.dead_letter.name

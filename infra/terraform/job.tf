@@ -62,9 +62,9 @@ resource "google_cloud_run_v2_job" "backfill" {
   }
 
   depends_on = [
-    google_secret_manager_secret_iam_member.backfill_webhook_secret,
-    google_storage_bucket_iam_member.backfill_upload_reader,
-    google_storage_bucket_iam_member.backfill_output_writer,
-    google_storage_bucket_iam_member.backfill_model_reader,
+    google_secret_manager_secret_iam_member.gpu_webhook_secret,
+    google_storage_bucket_iam_member.gpu_upload_reader,
+    google_storage_bucket_iam_member.gpu_output_writer,
+    google_storage_bucket_iam_member.gpu_model_reader,
   ]
 }

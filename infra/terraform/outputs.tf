@@ -1,11 +1,11 @@
 output "upload_bucket" {
   description = "Upload DICOM files here: gcloud storage cp file.dcm gs://<bucket>/<path>."
-  value       = google_storage_bucket.uploads.name
+  value       = google_storage_bucket.private["uploads"].name
 }
 
 output "models_bucket" {
   description = "Bucket for model versions (model.keras with its model.json sidecar)."
-  value       = google_storage_bucket.models.name
+  value       = google_storage_bucket.private["models"].name
 }
 
 output "image_repository" {

@@ -115,9 +115,9 @@ resource "google_cloud_run_v2_service" "inference" {
   }
 
   depends_on = [
-    google_secret_manager_secret_iam_member.inference_webhook_secret,
-    google_storage_bucket_iam_member.inference_upload_reader,
-    google_storage_bucket_iam_member.inference_output_writer,
-    google_storage_bucket_iam_member.inference_model_reader,
+    google_secret_manager_secret_iam_member.gpu_webhook_secret,
+    google_storage_bucket_iam_member.gpu_upload_reader,
+    google_storage_bucket_iam_member.gpu_output_writer,
+    google_storage_bucket_iam_member.gpu_model_reader,
   ]
 }

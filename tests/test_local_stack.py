@@ -8,9 +8,12 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +26,15 @@ from werkzeug.serving import make_server as make_wsgi_server
 
 from gpu_service.webhook_signature import signed_headers
 from infra.local import eventarc_bridge, webhook_receiver
-from infra.local.emulators import FakeGcsServer, create_subscription, create_topic, gcloud_storage_env
-from infra.local.stack import Ports, Stack, StackConfig, StackError
+from infra.local.emulators import (
+    FakeGcsServer,
+    create_subscription,
+    create_topic,
+    gcloud_storage_env,
+    port_is_free,
+    private_gcloud_env,
+)
+from infra.local.stack import Ports, Stack, StackConfig, StackError, ephemeral_range
 from tests.conftest import PROJECT, unique
 
 SECRET = "s3cret-for-tests"
@@ -88,6 +98,28 @@ def test_receiver_fails_on_request_then_accepts(receiver):
         (200, "accepted"),
     ]
     assert requests.get(url + "/_control", timeout=10).json()["fail_next"] == 0
+
+
+def test_receiver_fails_only_the_calls_that_match(receiver):
+    """A failure meant for one object is not used up by a webhook for another."""
+    url, log, attempts = receiver
+    control = requests.post(url + "/_control", json={"fail_next": 2, "match": "study-7/"}, timeout=10).json()
+    assert (control["fail_next"], control["match"]) == (2, "study-7/")
+
+    def body(name: str) -> dict:
+        return {"source": {"bucket": "b", "name": name, "uri": f"gs://b/{name}"}}
+
+    statuses = [
+        _post(url, body("other/x.dcm"), key="a").status_code,
+        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
+        _post(url, {"no": "source"}, key="c").status_code,
+        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
+        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
+    ]
+    assert statuses == [200, 503, 200, 503, 200]
+    assert [r["headers"]["Idempotency-Key"] for r in _lines(log)] == ["a", "c", "b"]
+    assert requests.get(url + "/_control", timeout=10).json()["fail_next"] == 0
+    assert len(_lines(attempts)) == 5
 
 
 def test_receiver_writes_whole_lines_under_concurrency(receiver):
@@ -158,17 +190,20 @@ def test_bridge_turns_notifications_into_finalized_cloudevents_with_retries(
     gcs.create_bucket("uploads")
     upload = tmp_path / "x.dcm"
     upload.write_bytes(b"DICM" * 100)
-    env = {**os.environ, **gcloud_storage_env(gcs), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")}
+    env = {**private_gcloud_env(tmp_path / "gcloud"), **gcloud_storage_env(gcs)}
     subprocess.run(
         ["gcloud", "storage", "cp", str(upload), "gs://uploads/in/x.dcm"],
         env=env,
+        stdin=subprocess.DEVNULL,
         check=True,
         capture_output=True,
+        timeout=120,
     )
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (events.exists() and events.read_text().strip()):
         time.sleep(0.2)
+    time.sleep(4)  # a duplicate delivery would show up by now
     bridge.shutdown()
     received = _lines(events)
     assert len(received) == 1, "the function failed twice; the emulator must redeliver until it succeeds"
@@ -212,3 +247,141 @@ def test_stack_refuses_a_busy_port_and_names_its_owner(tmp_path):
         ):
             Stack(StackConfig(root=tmp_path, ports=ports)).up()
     assert not (tmp_path / "stack.json").exists(), "nothing was started"
+
+
+# ---- the stack's own process handling ----------------------------------------------------------
+
+
+def test_free_ports_are_distinct_free_and_outside_the_ephemeral_range():
+    low, high = ephemeral_range()
+    for _ in range(5):
+        ports = [port for _, port in Ports.free().items()]
+        assert len(set(ports)) == len(ports)
+        assert all(port_is_free(p) for p in ports)
+        if low > 21000:
+            assert all(not low <= p <= high for p in ports), ports
+
+
+def test_children_see_the_stack_values_not_the_developers_shell(tmp_path, monkeypatch):
+    for name, value in {
+        "MODEL_URI": "/home/me/model-best.h5",
+        "OUTPUT_BUCKET": "prod-results",
+        "LIME_NUM_SAMPLES": "5000",
+        "WEBHOOK_URL": "https://prod.example/hook",
+        "PUSH_AUDIENCE": "https://prod.example",
+        "ALLOWED_MODALITIES": "CT",
+        "CLOUDSDK_CORE_ACCOUNT": "me@example.com",
+        "LANG": "C.UTF-8",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_SERVICE_ENV", raising=False)
+    monkeypatch.delenv("LOCAL_FUNCTION_ENV", raising=False)
+    stack = Stack(StackConfig(root=tmp_path, ports=Ports.free()))
+    env = stack._child_env({"PORT": "1"})
+    for leaked in ("MODEL_URI", "OUTPUT_BUCKET", "LIME_NUM_SAMPLES", "PUSH_AUDIENCE", "ALLOWED_MODALITIES"):
+        assert leaked not in env, leaked
+    assert env["WEBHOOK_URL"] == stack.env()["WEBHOOK_URL"]
+    assert env["CLOUDSDK_CONFIG"] == str(tmp_path / "gcloud") and "CLOUDSDK_CORE_ACCOUNT" not in env
+    assert env["PATH"] == os.environ["PATH"] and env["LANG"] == "C.UTF-8" and env["PORT"] == "1"
+
+    # `make up`/`make demo`: only the documented overrides get through.
+    monkeypatch.setenv("LOCAL_SERVICE_ENV", "LIME_NUM_SAMPLES=200 LOG_LEVEL=DEBUG")
+    monkeypatch.setenv("LOCAL_FUNCTION_ENV", "ALLOWED_MODALITIES='DX,CR'")
+    config = StackConfig.from_env(tmp_path)
+    assert config.service_env == {
+        "MODEL_URI": "/home/me/model-best.h5",
+        "LIME_NUM_SAMPLES": "200",
+        "LOG_LEVEL": "DEBUG",
+    }
+    assert config.function_env == {"ALLOWED_MODALITIES": "DX,CR"}
+    monkeypatch.setenv("LOCAL_FUNCTION_ENV", "not-an-assignment")
+    with pytest.raises(StackError, match="LOCAL_FUNCTION_ENV"):
+        StackConfig.from_env(tmp_path)
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _sleeper_stack(tmp_path: Path) -> Stack:
+    stack = Stack(StackConfig(root=tmp_path, ports=Ports.free()))
+    stack.config.log_dir.mkdir(parents=True, exist_ok=True)
+    return stack
+
+
+def test_down_stops_a_group_whose_leader_died(tmp_path):
+    """The leader exits, its child (like java under gcloud) keeps running in the group: down stops it."""
+    stack = _sleeper_stack(tmp_path)
+    pid_file = tmp_path / "child.pid"
+    cmd = ["bash", "-c", f"sleep 300 & echo $! > {pid_file}; exit 0"]
+    leader, _ = stack._spawn("orphaned", cmd, stack._child_env({}), "http://127.0.0.1:1", "/")
+    leader.wait(timeout=10)
+    child = int(pid_file.read_text())
+    assert not _gone(child, timeout=0.5), "the child outlived its leader"
+    blocked = re.search(r"SigBlk:\s*([0-9a-f]+)", Path(f"/proc/{child}/status").read_text())
+    assert blocked and int(blocked.group(1), 16) == 0, "children must not inherit blocked signals"
+    assert [r["name"] for r in stack.running()] == ["orphaned"]
+    assert stack.down() == ["orphaned"]
+    assert _gone(child), "down() left the orphaned group running"
+
+
+def test_a_failed_start_stops_the_children_already_started(tmp_path, monkeypatch):
+    stack = _sleeper_stack(tmp_path)
+    started: list[int] = []
+
+    def start_all(self: Stack) -> None:
+        proc, _ = self._spawn("first", ["sleep", "300"], self._child_env({}), "http://127.0.0.1:1", "/")
+        started.append(proc.pid)
+        self._spawn("second", ["/nonexistent/binary"], self._child_env({}), "http://127.0.0.1:2", "/")
+
+    monkeypatch.setattr(Stack, "_start_all", start_all)
+    with pytest.raises(FileNotFoundError):
+        stack.up()
+    assert started and _gone(started[0]), "the first child was left running"
+    assert not stack.config.state_file.exists()
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+from infra.local.stack import Ports, Stack, StackConfig, exit_on_termination
+
+def start_all(self):
+    for n in range(2):
+        proc, _ = self._spawn(f"sleeper-{n}", ["sleep", "300"], self._child_env({}), "http://127.0.0.1:1", "/")
+        print(proc.pid, flush=True)
+    time.sleep(300)
+
+Stack._start_all = start_all
+exit_on_termination()
+Stack(StackConfig(root=Path(sys.argv[1]), ports=Ports.free())).up()
+"""
+
+
+def test_sigterm_during_up_stops_every_child(tmp_path):
+    """A CI timeout kills `make up` with SIGTERM: the children (own sessions) must not outlive it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(tmp_path / "root")],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        children = [int(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert all(_gone(pid) for pid in children), "a child outlived `up`"
+        assert not (tmp_path / "root" / "stack.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

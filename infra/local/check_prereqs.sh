@@ -25,8 +25,14 @@ need_emulators() {
     say "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then: gcloud components install beta pubsub-emulator (Debian package: google-cloud-cli-pubsub-emulator)"
     return
   fi
-  local root
-  root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)
+  # A throw-away configuration: the check neither reads nor touches the user's gcloud settings
+  # and never waits on a prompt.
+  local root cfg
+  cfg=$(mktemp -d)
+  root=$(CLOUDSDK_CONFIG="$cfg" CLOUDSDK_CORE_DISABLE_PROMPTS=1 \
+    CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK=1 \
+    gcloud info --format='value(installation.sdk_root)' </dev/null 2>/dev/null)
+  rm -rf "$cfg"
   if [ -z "$root" ] || [ ! -x "$root/platform/pubsub-emulator/bin/cloud-pubsub-emulator" ]; then
     say "the Pub/Sub emulator component is not installed: gcloud components install beta pubsub-emulator (Debian package: google-cloud-cli-pubsub-emulator)"
   fi

@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from infra.local.stack import REPO, Stack, StackConfig, StackError
+from infra.local.emulators import private_gcloud_env
+from infra.local.stack import REPO, Stack, StackConfig, StackError, exit_on_termination
 from pipeline_common import naming
 
 
@@ -106,10 +107,25 @@ def wait_for_outcomes(
         time.sleep(1.0)
 
 
-def gcloud_cp(sources: list[Path | str], destination: str, env: dict[str, str]) -> None:
-    """Upload exactly as a user would (``gcloud storage cp``), against the local bucket."""
+def gcloud_cp(
+    sources: list[Path | str], destination: str, env: dict[str, str], timeout_s: float = 300
+) -> None:
+    """Upload exactly as a user would (``gcloud storage cp``), against the local bucket, with the
+    stack's private gcloud configuration and never waiting on a prompt."""
     cmd = ["gcloud", "storage", "cp", *map(str, sources), destination]
-    result = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    run_env = {**private_gcloud_env(Path(env["CLOUDSDK_CONFIG"])), **env}
+    try:
+        result = subprocess.run(
+            cmd,
+            env=run_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{' '.join(cmd)} did not finish in {timeout_s:.0f}s") from exc
     if result.returncode != 0:
         raise StackError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
@@ -197,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no *.dcm files in {samples}", file=sys.stderr)
         return 1
-    stack = Stack(StackConfig.from_env(args.root))
+    try:
+        stack = Stack(StackConfig.from_env(args.root))
+    except StackError as exc:
+        print(f"DEMO FAILED: {exc}", file=sys.stderr)
+        return 2
+    exit_on_termination()
     log_dir = stack.config.log_dir
     started_here = False
     exit_code = 1
@@ -236,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"see the logs in {log_dir}/", file=sys.stderr)
         else:
             exit_code = 0
-    except (StackError, OSError, KeyError) as exc:
-        print(f"\nDEMO FAILED: {exc}\nsee the logs in {log_dir}/", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - say what failed and where the logs are, then clean up
+        message = str(exc) if isinstance(exc, StackError) else f"{type(exc).__name__}: {exc}"
+        print(f"\nDEMO FAILED: {message}\nsee the logs in {log_dir}/", file=sys.stderr)
     finally:
         if started_here and not args.keep:
             print("stopping the local stack (make demo KEEP=1 keeps it running)")

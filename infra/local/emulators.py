@@ -60,6 +60,36 @@ def wait_http(
     raise EmulatorError(f"{url} did not become ready in {timeout:.0f}s\n{tail}")
 
 
+def process_group_exists(pgid: int) -> bool:
+    """Whether any process is left in group ``pgid``, the leader dead or not (a java emulator or a
+    gunicorn worker outlives its leader and keeps holding its port)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's group: it exists, but it is not ours to stop
+    return True
+
+
+def private_gcloud_env(config_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for gcloud/gsutil that never reads or writes the user's configuration and
+    never waits on a prompt: a private ``CLOUDSDK_CONFIG``, prompts and update checks off."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    source = os.environ if base is None else base
+    env = {
+        k: v for k, v in source.items() if not k.startswith("CLOUDSDK_") or k.startswith("CLOUDSDK_PYTHON")
+    }
+    env.update(
+        {
+            "CLOUDSDK_CONFIG": str(config_dir),
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+        }
+    )
+    return env
+
+
 def stop_process_group(pid: int, timeout: float = 10.0) -> None:
     """Stop a process started with ``start_new_session`` and everything it spawned (gcloud -> java)."""
     try:
@@ -115,8 +145,16 @@ class PubSubEmulator:
             f"--project={self.project}", f"--host-port={self.host}",
             f"--data-dir={self.workdir / 'data'}", "--quiet",
         ]  # fmt: skip
+        env = private_gcloud_env(self.workdir / "gcloud")
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_http(f"http://{self.host}/", timeout, self.proc, log)
         return self
 
@@ -166,7 +204,12 @@ class FakeGcsServer:
             env["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         wait_http(f"{self.endpoint}/storage/v1/b", timeout, self.proc, log)
         return self
@@ -192,7 +235,10 @@ def gcloud_storage_env(gcs: FakeGcsServer) -> dict[str, str]:
 
 
 def write_boto_config(gcs: FakeGcsServer, path: Path) -> Path:
-    """A BOTO_CONFIG that sends ``gsutil`` to fake-gcs-server over https (self-signed)."""
+    """A BOTO_CONFIG that sends ``gsutil`` to fake-gcs-server over https (self-signed), with its
+    state (credential caches, tracker files) beside it instead of in the user's ``~/.gsutil``."""
+    state_dir = path.parent / "gsutil-state"
+    state_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "[Credentials]\n"
         f"gs_json_host = {LOOPBACK}\n"
@@ -201,6 +247,7 @@ def write_boto_config(gcs: FakeGcsServer, path: Path) -> Path:
         "https_validate_certificates = False\n"
         "[GSUtil]\n"
         "default_project_id = local-project\n"
+        f"state_dir = {state_dir}\n"
     )
     return path
 

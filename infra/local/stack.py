@@ -15,7 +15,13 @@ What ``up`` starts, in order, each in its own process group with its log under
 
 Then it writes ``ROOT/stack.env`` (``export NAME=value`` lines) so that a shell, the
 demo and the tests reach the same endpoints. ``down`` stops exactly the process groups
-it recorded (after checking each PID still belongs to the process it started).
+it recorded (after checking each PID still belongs to the process it started), including a
+group whose leader died while its other members (java, gunicorn workers) hold ports.
+
+The children see a clean environment (:data:`INHERITED_ENV`) plus the stack's own values:
+a Cloud Run setting exported in the developer's shell never changes the local pipeline by
+accident. Deliberate overrides: ``MODEL_URI`` (bring your own model) and
+``LOCAL_SERVICE_ENV`` / ``LOCAL_FUNCTION_ENV`` (``"NAME=value NAME=value"``).
 """
 
 from __future__ import annotations
@@ -23,14 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,6 +58,7 @@ from infra.local.emulators import (
     free_port,
     gcloud_storage_env,
     port_is_free,
+    process_group_exists,
     stop_process_group,
     wait_http,
     write_boto_config,
@@ -59,15 +71,44 @@ BIN = Path(sys.executable).parent
 NOTIFY_TOPIC = "gcs-object-notifications"
 NOTIFY_SUBSCRIPTION = "eventarc-ingest-dicom"
 NOTIFY_DEAD_LETTER_TOPIC = "eventarc-ingest-dicom-dead-letter"
+NOTIFY_ACK_DEADLINE_S = 60
+# The bridge answers each push within the ack deadline: a delivery still running when the
+# deadline passes would be pushed again while the first one is in flight.
+BRIDGE_TIMEOUT_S = NOTIFY_ACK_DEADLINE_S - 15
 INFERENCE_TOPIC = "dicom-inference-requests"
 INFERENCE_SUBSCRIPTION = "dicom-inference-push"
 DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
 WEBHOOK_PATH = "/webhook"
 
-# Environment variables a user may have exported for Cloud Run that must not leak into the
-# local service: the emulator's pushes carry no OIDC token, so auth would reject every one.
-_NOT_LOCAL = ("PUSH_AUDIENCE", "PUSH_SERVICE_ACCOUNT", "GOOGLE_APPLICATION_CREDENTIALS")
+# What the children inherit from the shell that starts them: what a process needs to run
+# (and to find a GPU), nothing that configures the pipeline. Names, or prefixes ending in "*".
+INHERITED_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TEMP", "TMP",
+    "PYTHON*", "VIRTUAL_ENV", "JAVA_HOME", "JAVA_TOOL_OPTIONS", "CLOUDSDK_PYTHON*",
+    "LD_LIBRARY_PATH", "CUDA_*", "NVIDIA_*", "TF_*", "XLA_FLAGS", "OMP_NUM_THREADS",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+# Shell variables passed on deliberately (README, "Bring your own model").
+SERVICE_PASSTHROUGH = ("MODEL_URI",)
+WEBHOOK_PASSTHROUGH = ("WEBHOOK_FAIL_STATUS", "WEBHOOK_TOLERANCE_S")
+
+
+def inherited_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    exact = {n for n in INHERITED_ENV if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in INHERITED_ENV if n.endswith("*"))
+    return {k: v for k, v in environ.items() if k in exact or k.startswith(prefixes)}
+
+
+def parse_env_list(raw: str, source: str) -> dict[str, str]:
+    """``"A=1 B='two words'"`` (shell quoting) as a dict; anything else is a mistake worth stopping for."""
+    out = {}
+    for item in shlex.split(raw):
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise StackError(f"{source}: expected NAME=value items, got {item!r}")
+        out[name] = value
+    return out
 
 
 class StackError(RuntimeError):
@@ -96,11 +137,37 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """Ports nobody uses now, for test stacks that must not collide with ``make up``."""
-        return cls(**{f.name: free_port() for f in fields(cls)})
+        """Distinct ports nobody uses now, for test stacks that must not collide with ``make up``.
+
+        Drawn below the kernel's ephemeral range: a port the kernel hands out for outgoing
+        connections (``free_port``) can be taken by any client between our check and the bind.
+        """
+        low, _ = ephemeral_range()
+        candidates = list(range(20000, low)) if low > 21000 else []
+        random.SystemRandom().shuffle(candidates)
+        chosen: list[int] = []
+        for port in candidates:
+            if len(chosen) == len(fields(cls)):
+                break
+            if port not in chosen and port_is_free(port):
+                chosen.append(port)
+        while len(chosen) < len(fields(cls)):  # no room below the range: ask the kernel
+            port = free_port()
+            if port not in chosen:
+                chosen.append(port)
+        assert len(set(chosen)) == len(chosen)
+        return cls(*chosen)
 
     def items(self) -> list[tuple[str, int]]:
         return list(asdict(self).items())
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 @dataclass(frozen=True)
@@ -110,14 +177,21 @@ class StackConfig:
     project: str = "local-project"
     bucket: str = "dicom-uploads"
     webhook_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    # Extra environment for the service and the function (e.g. LIME_NUM_SAMPLES for a fast test stack).
+    # Extra environment for the service, the function and the receiver (e.g. LIME_NUM_SAMPLES for a
+    # fast test stack); nothing else from the caller's environment reaches them (INHERITED_ENV).
     service_env: dict[str, str] = field(default_factory=dict)
     function_env: dict[str, str] = field(default_factory=dict)
+    webhook_env: dict[str, str] = field(default_factory=dict)
     webhook_fail_first: int = 0
     ready_timeout_s: float = 600.0
 
     @classmethod
     def from_env(cls, root: Path | str = ".local") -> StackConfig:
+        """``make up``/``make demo``: LOCAL_* settings, plus the deliberate overrides only."""
+        service_env = {k: os.environ[k] for k in SERVICE_PASSTHROUGH if os.environ.get(k)}
+        service_env.update(parse_env_list(os.environ.get("LOCAL_SERVICE_ENV", ""), "LOCAL_SERVICE_ENV"))
+        function_env = parse_env_list(os.environ.get("LOCAL_FUNCTION_ENV", ""), "LOCAL_FUNCTION_ENV")
+        webhook_env = {k: os.environ[k] for k in WEBHOOK_PASSTHROUGH if os.environ.get(k)}
         return cls(
             root=Path(root).resolve(),
             ports=Ports.from_env(),
@@ -126,6 +200,9 @@ class StackConfig:
             webhook_secret=os.environ.get("LOCAL_WEBHOOK_SECRET") or secrets.token_hex(32),
             webhook_fail_first=int(os.environ.get("WEBHOOK_FAIL_FIRST", "0")),
             ready_timeout_s=float(os.environ.get("LOCAL_READY_TIMEOUT_S", "600")),
+            service_env=service_env,
+            function_env=function_env,
+            webhook_env=webhook_env,
         )
 
     @property
@@ -167,6 +244,58 @@ def _proc_start_time(pid: int) -> str | None:
 def _alive(record: dict[str, Any]) -> bool:
     start = _proc_start_time(record["pid"])
     return start is not None and start == record.get("start_time")
+
+
+def _owned(record: dict[str, Any]) -> bool:
+    """Whether the recorded process group is still ours to stop: its leader is the process we
+    started, or the leader is gone but members of its group remain. The kernel never reuses a
+    PID that still names a process group, so such a group can only be the one we started; a
+    different live process under the leader's PID is a stranger's."""
+    if _alive(record):
+        return True
+    return _proc_start_time(record["pid"]) is None and process_group_exists(record["pid"])
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM/SIGHUP between starting a child and recording it, so no child is
+    ever running unrecorded (and so never left behind by the cleanup); the first one to arrive
+    is acted on afterwards. Python-level handlers, not a blocked signal mask: a child would
+    inherit the mask and ignore the SIGTERM that ``down`` sends it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only ever handled in the main thread
+        return
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    pending: list[int] = []
+    old = {sig: signal.getsignal(sig) for sig in held}
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(pending[0])
+
+
+def exit_on_termination() -> None:
+    """SIGTERM (a CI timeout, ``kill``) and SIGHUP (a closed terminal) raise SystemExit, like
+    Ctrl-C raises KeyboardInterrupt, so ``up``'s and the demo's cleanup still stops every child
+    (each runs in its own session and would outlive us). A second signal is ignored while the
+    cleanup runs."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _wait_ok(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> None:
@@ -251,7 +380,7 @@ class Stack:
 
     def running(self) -> list[dict[str, Any]]:
         state = self._load()
-        return [r for r in (state or {}).get("components", []) if _alive(r)]
+        return [r for r in (state or {}).get("components", []) if _owned(r)]
 
     # ---- environment -------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -286,19 +415,30 @@ class Stack:
         return env
 
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _NOT_LOCAL}
+        """The process basics (:data:`INHERITED_ENV`), the stack's values, then ``extra``."""
+        env = inherited_env(os.environ)
         env.update(self.env())
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "functions"), str(REPO)])
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str], url: str, health: str
+    ) -> tuple[subprocess.Popen, Path]:
+        """Start one child in its own session and record it at once (signals held in between)."""
         log = self.config.log_dir / f"{name}.log"
-        with log.open("ab") as out:
+        with log.open("ab") as out, signals_deferred():
             proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+            self._record(name, proc.pid, url, health, log)
         return proc, log
 
     # ---- up / down / status ------------------------------------------------------------------
@@ -336,20 +476,22 @@ class Stack:
         c = self.config
         t0 = time.monotonic()
         pubsub = PubSubEmulator(project=c.project, port=c.ports.pubsub, workdir=c.root / "pubsub")
-        try:
+        try:  # stopped here until recorded; from then on, by down()
             pubsub.start()
+            assert pubsub.proc is not None
+            self._link_log(c.root / "pubsub" / "pubsub-emulator.log", "pubsub-emulator")
+            with signals_deferred():
+                self._record(
+                    "pubsub-emulator",
+                    pubsub.proc.pid,
+                    f"http://{pubsub.host}",
+                    "/",
+                    c.log_dir / "pubsub-emulator.log",
+                )
         except BaseException:
-            pubsub.stop()
+            if not self.records:
+                pubsub.stop()
             raise
-        assert pubsub.proc is not None
-        self._link_log(c.root / "pubsub" / "pubsub-emulator.log", "pubsub-emulator")
-        self._record(
-            "pubsub-emulator",
-            pubsub.proc.pid,
-            f"http://{pubsub.host}",
-            "/",
-            c.log_dir / "pubsub-emulator.log",
-        )
         for topic in (NOTIFY_TOPIC, NOTIFY_DEAD_LETTER_TOPIC, INFERENCE_TOPIC, DEAD_LETTER_TOPIC):
             create_topic(pubsub.host, c.project, topic)
         # Dead letters are kept (a pull subscription nobody acknowledges) so that they can be inspected.
@@ -370,32 +512,47 @@ class Stack:
         )
         try:
             gcs.start()
+            assert gcs.proc is not None
+            self._link_log(c.root / "gcs" / "fake-gcs-server.log", "fake-gcs-server")
+            with signals_deferred():
+                self._record(
+                    "fake-gcs-server",
+                    gcs.proc.pid,
+                    gcs.endpoint,
+                    "/storage/v1/b",
+                    c.log_dir / "fake-gcs-server.log",
+                )
         except BaseException:
-            gcs.stop()
+            if len(self.records) < 2:
+                gcs.stop()
             raise
-        assert gcs.proc is not None
-        self._link_log(c.root / "gcs" / "fake-gcs-server.log", "fake-gcs-server")
-        self._record(
-            "fake-gcs-server", gcs.proc.pid, gcs.endpoint, "/storage/v1/b", c.log_dir / "fake-gcs-server.log"
-        )
         gcs.create_bucket(c.bucket)
         write_boto_config(gcs, c.root / "boto.cfg")
 
         procs: list[tuple[str, subprocess.Popen, Path, str]] = []
         py = sys.executable
+        urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
+                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge")}  # fmt: skip
+
+        def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
+            p, log = self._spawn(name, cmd, env, urls[name], health)
+            procs.append((name, p, log, health))
+
         webhook_env = self._child_env(
-            {"WEBHOOK_PORT": str(c.ports.webhook), "WEBHOOK_FAIL_FIRST": str(c.webhook_fail_first)}
+            {
+                "WEBHOOK_PORT": str(c.ports.webhook),
+                "WEBHOOK_FAIL_FIRST": str(c.webhook_fail_first),
+                **c.webhook_env,
+            }
         )
-        p, log = self._spawn("webhook-receiver", [py, "-m", "infra.local.webhook_receiver"], webhook_env)
-        procs.append(("webhook-receiver", p, log, "/healthz"))
+        spawn("webhook-receiver", [py, "-m", "infra.local.webhook_receiver"], webhook_env, "/healthz")
 
         service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
         cmd = [
             str(BIN / "gunicorn"), "-c", "gpu_service/gunicorn.conf.py", "--no-control-socket",
             "--bind", f"{LOOPBACK}:{c.ports.service}", "gpu_service.app:create_app()",
         ]  # fmt: skip
-        p, log = self._spawn("inference-service", cmd, service_env)
-        procs.append(("inference-service", p, log, "/readyz"))
+        spawn("inference-service", cmd, service_env, "/readyz")
 
         function_env = self._child_env(
             {"INFERENCE_TOPIC": INFERENCE_TOPIC, "LOG_LEVEL": "INFO", **c.function_env}
@@ -404,17 +561,17 @@ class Stack:
             str(BIN / "functions-framework"), "--target", "ingest_dicom", "--source", "functions/main.py",
             "--signature-type", "cloudevent", "--host", LOOPBACK, "--port", str(c.ports.function),
         ]  # fmt: skip
-        p, log = self._spawn("ingest-function", cmd, function_env)
-        procs.append(("ingest-function", p, log, "/"))
+        spawn("ingest-function", cmd, function_env, "/")
 
-        bridge_env = self._child_env({"BRIDGE_PORT": str(c.ports.bridge), "FUNCTION_URL": c.url("function")})
-        p, log = self._spawn("eventarc-bridge", [py, "-m", "infra.local.eventarc_bridge"], bridge_env)
-        procs.append(("eventarc-bridge", p, log, "/healthz"))
+        bridge_env = self._child_env(
+            {
+                "BRIDGE_PORT": str(c.ports.bridge),
+                "FUNCTION_URL": c.url("function"),
+                "BRIDGE_TIMEOUT_S": str(BRIDGE_TIMEOUT_S),
+            }
+        )
+        spawn("eventarc-bridge", [py, "-m", "infra.local.eventarc_bridge"], bridge_env, "/healthz")
 
-        urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
-                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge")}  # fmt: skip
-        for name, proc, log, health in procs:
-            self._record(name, proc.pid, urls[name], health, log)
         deadline = time.monotonic() + c.ready_timeout_s
         for name, proc, log, health in procs:
             try:
@@ -433,7 +590,7 @@ class Stack:
         )  # fmt: skip
         create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,
-            push_endpoint=c.url("bridge") + "/", ack_deadline_s=60,
+            push_endpoint=c.url("bridge") + "/", ack_deadline_s=NOTIFY_ACK_DEADLINE_S,
             dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=10, min_backoff_s=1, max_backoff_s=10,
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
@@ -447,8 +604,9 @@ class Stack:
         """Stop every process group this stack recorded, newest first; returns the names stopped."""
         state = self._load()
         records = (state or {}).get("components", []) or self.records
-        # All at once: gunicorn and the emulators each take seconds to drain.
-        stopped = [r for r in reversed(records) if _alive(r)]
+        # All at once: gunicorn and the emulators each take seconds to drain. A group whose
+        # leader died is stopped too: its java emulator or gunicorn workers still hold ports.
+        stopped = [r for r in reversed(records) if _owned(r)]
         with ThreadPoolExecutor(max_workers=max(1, len(stopped))) as pool:
             list(pool.map(lambda r: stop_process_group(r["pid"]), stopped))
         self.config.state_file.unlink(missing_ok=True)
@@ -460,14 +618,15 @@ class Stack:
         state = self._load()
         rows = []
         for record in (state or {}).get("components", []):
-            alive = _alive(record)
+            alive = _owned(record)
             healthy = None
             if alive and record.get("health"):
                 try:
                     healthy = requests.get(record["url"] + record["health"], timeout=3).status_code < 500
                 except requests.RequestException:
                     healthy = False
-            rows.append({**record, "alive": alive, "healthy": healthy})
+            rows.append({**record, "alive": alive, "leader_exited": alive and not _alive(record),
+                         "healthy": healthy})  # fmt: skip
         return rows
 
 
@@ -481,8 +640,10 @@ def _cmd_status(stack: Stack) -> int:
         state = "running" if r["alive"] else "stopped"
         if r["alive"] and r["healthy"] is False:
             state = "unhealthy"
+        if r.get("leader_exited"):
+            state = "orphaned"  # its leader died, other processes of its group remain
         print(f"{r['name']:<18} {r['pid']:>7}  {state:<10} {r['url']:<28} {r['log']}")
-    if all(r["alive"] and r["healthy"] is not False for r in rows):
+    if all(r["alive"] and not r["leader_exited"] and r["healthy"] is not False for r in rows):
         print(f"\nall running; `source {stack.config.env_file}` to use it")
         return 0
     print("\nsome components are not running: see their logs; `make down` then `make up`")
@@ -494,7 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "check-ports"])
     parser.add_argument("--root", default=os.environ.get("LOCAL_ROOT", str(REPO / ".local")))
     args = parser.parse_args(argv)
-    stack = Stack(StackConfig.from_env(args.root))
+    try:
+        stack = Stack(StackConfig.from_env(args.root))
+    except StackError as exc:
+        print(f"local stack: {exc}", file=sys.stderr)
+        return 2
     if args.command == "check-ports":
         if stack.running():
             return 0  # ours: `up` will say it is already running
@@ -503,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prerequisite missing: {p}", file=sys.stderr)
         return 1 if problems else 0
     if args.command == "up":
+        exit_on_termination()
         if stack.running():
             print(f"the local stack is already running from {stack.config.root} (`make down` stops it)")
             return _cmd_status(stack)

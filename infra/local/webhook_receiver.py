@@ -5,7 +5,10 @@ stale signature with 401) and writes every accepted call, duplicates included, t
 JSON-lines file as ``{"received_at", "headers", "body"}``, so the tests can prove
 "exactly once" instead of assuming it. It can be told to fail the next N calls
 (``POST /_control {"fail_next": N}`` or ``WEBHOOK_FAIL_FIRST``) so retries can be seen;
-every attempt, failed or not, also goes to a second file (``WEBHOOK_ATTEMPTS_LOG``).
+``{"fail_next": N, "match": "part/of/the/object"}`` fails only calls whose source object
+name or URI contains ``match``, so a stray webhook for another upload never uses up a
+failure meant for one object. Every attempt, failed or not, also goes to a second file
+(``WEBHOOK_ATTEMPTS_LOG``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class _State:
         self.settings = settings
         self.lock = threading.Lock()
         self.fail_next = settings.fail_first
+        self.fail_match = ""  # empty: any call
         self.fail_status = settings.fail_status
         self.accepted = 0
         self.calls = 0
@@ -86,10 +90,10 @@ class _State:
         finally:
             os.close(fd)
 
-    def take_failure(self) -> int | None:
+    def take_failure(self, payload: Any) -> int | None:
         with self.lock:
             self.calls += 1
-            if self.fail_next > 0:
+            if self.fail_next > 0 and _matches(self.fail_match, payload):
                 self.fail_next -= 1
                 return self.fail_status
             return None
@@ -107,6 +111,7 @@ class _State:
         with self.lock:
             return {
                 "fail_next": self.fail_next,
+                "match": self.fail_match,
                 "fail_status": self.fail_status,
                 "accepted": self.accepted,
                 "calls": self.calls,
@@ -156,6 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 if "fail_next" in wanted:
                     state.fail_next = int(wanted["fail_next"])
+                    state.fail_match = str(wanted.get("match") or "")
                 if "fail_status" in wanted:
                     state.fail_status = int(wanted["fail_status"])
         except (ValueError, TypeError) as exc:
@@ -183,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.attempt({**attempt, "status": HTTPStatus.BAD_REQUEST, "outcome": "not_json"})
             self._reply(HTTPStatus.BAD_REQUEST, {"error": "body is not JSON"})
             return
-        failure = state.take_failure()
+        failure = state.take_failure(payload)
         if failure is not None:
             state.attempt({**attempt, "status": failure, "outcome": "injected_failure"})
             self._reply(failure, {"error": "failing on purpose (fail_next)"})
@@ -191,6 +197,17 @@ class _Handler(BaseHTTPRequestHandler):
         state.accept({"received_at": attempt["received_at"], "headers": headers, "body": payload})
         state.attempt({**attempt, "status": HTTPStatus.OK, "outcome": "accepted"})
         self._reply(HTTPStatus.OK, {"ok": True})
+
+
+def _matches(match: str, payload: Any) -> bool:
+    """Whether an injected failure applies to this call: any call without ``match``, else a call
+    whose ``source.name`` or ``source.uri`` contains it."""
+    if not match:
+        return True
+    source = payload.get("source") if isinstance(payload, dict) else None
+    if not isinstance(source, dict):
+        return False
+    return any(match in str(source.get(key) or "") for key in ("name", "uri"))
 
 
 def _signature_ok(settings: ReceiverSettings, timestamp: str | None, body: bytes, headers: dict) -> bool:

@@ -8,7 +8,9 @@ configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +22,11 @@ import pytest
 import requests
 
 from infra.local.demo import Outcome, read_webhooks, storage_client, wait_for_outcomes
-from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig
+from infra.local.emulators import EmulatorError, private_gcloud_env
+from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig, StackError
+
+# What a component that lost the race for its port says (java, Go, gunicorn, Python).
+BIND_FAILURE = re.compile(r"address already in use|BindException|Connection in use|is in use by", re.I)
 
 
 @dataclass
@@ -34,18 +40,21 @@ class LocalStack:
         return self.env["UPLOAD_BUCKET"]
 
     def run_env(self) -> dict[str, str]:
-        return {**os.environ, **self.env}
+        """The stack's private gcloud configuration, never the developer's, and no prompts."""
+        return {**private_gcloud_env(Path(self.env["CLOUDSDK_CONFIG"])), **self.env}
+
+    def _run(self, cmd: list[str]) -> None:
+        done = subprocess.run(
+            cmd, env=self.run_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
 
     def gcloud_cp(self, sources: list[Path], destination: str) -> None:
         """``gcloud storage cp`` as a user types it (several sources upload in parallel)."""
-        cmd = ["gcloud", "storage", "cp", *map(str, sources), destination]
-        done = subprocess.run(cmd, env=self.run_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        self._run(["gcloud", "storage", "cp", *map(str, sources), destination])
 
     def gsutil_cp(self, source: Path, destination: str) -> None:
-        cmd = ["gsutil", "-q", "cp", str(source), destination]
-        done = subprocess.run(cmd, env=self.run_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        self._run(["gsutil", "-q", "cp", str(source), destination])
 
     def outcomes(self, names: dict[str, str], timeout_s: float = 300) -> dict[str, Outcome]:
         found = wait_for_outcomes(self.env, self.bucket, names, timeout_s)
@@ -93,7 +102,15 @@ def local_stack(tmp_path_factory) -> Iterator[LocalStack]:
     )
     stack = Stack(config)
     started = time.monotonic()
-    env = stack.up()
+    try:
+        env = stack.up()
+    except (StackError, EmulatorError) as exc:
+        # Another process took one of the free ports between the check and the bind: once more.
+        if not BIND_FAILURE.search(str(exc)):
+            raise
+        print(f"\nlocal stack: a port was taken while starting ({exc!s:.200}); retrying on other ports")
+        stack = Stack(dataclasses.replace(config, ports=Ports.free()))
+        env = stack.up()
     print(f"\nlocal stack up in {time.monotonic() - started:.0f}s under {root}")
     try:
         yield LocalStack(stack=stack, env=env, root=root)

@@ -24,6 +24,8 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from gpu_service.synthetic import make_radiograph, to_dicom_dataset
 from gpu_service.webhook_signature import idempotency_key
+from infra.local.emulators import create_subscription, pull
+from infra.local.eventarc_bridge import deliver, notification_to_cloudevent
 from pipeline_common import naming
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +74,14 @@ def test_stack_env_file_is_what_a_user_sources(local_stack):
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSDK_", "BOTO_", "STORAGE_", "PUBSUB_"))
     }
-    done = subprocess.run(["bash", "-c", script], env=clean, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env=clean,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     service, control, function, webhook_log = done.stdout.split()
     assert requests.get(service + "/readyz", timeout=10).status_code == 200
@@ -195,9 +204,9 @@ def test_twenty_uploads_at_once_each_arrive_exactly_once(local_stack, tmp_path):
 
 def test_webhook_that_fails_twice_ends_with_exactly_one_delivery(local_stack, tmp_path):
     """Uploaded with ``gsutil cp`` (BOTO_CONFIG to fake-gcs-server over https)."""
-    assert local_stack.control(fail_next=2)["fail_next"] == 2
     prefix = run_prefix("retry")
     name = prefix + "retry.dcm"
+    assert local_stack.control(fail_next=2, match=name)["fail_next"] == 2
     local_stack.gsutil_cp(
         write_radiograph(tmp_path / "retry.dcm", seed=3), f"gs://{local_stack.bucket}/{name}"
     )
@@ -216,9 +225,9 @@ def test_webhook_that_fails_twice_ends_with_exactly_one_delivery(local_stack, tm
 def test_webhook_down_longer_than_the_service_retries_is_redelivered_by_pubsub(local_stack, tmp_path):
     """The service gives up after WEBHOOK_MAX_ATTEMPTS (5) and answers the push with 5xx; Pub/Sub
     redelivers and the stored record is sent again, so the result still arrives, once."""
-    assert local_stack.control(fail_next=6)["fail_next"] == 6
     prefix = run_prefix("redeliver")
     name = prefix + "late.dcm"
+    assert local_stack.control(fail_next=6, match=name)["fail_next"] == 6
     local_stack.gcloud_cp(
         [write_radiograph(tmp_path / "late.dcm", seed=4)], f"gs://{local_stack.bucket}/{name}"
     )
@@ -234,6 +243,53 @@ def test_webhook_down_longer_than_the_service_retries_is_redelivered_by_pubsub(l
     # One result object, the one that was delivered.
     stored = local_stack.objects(prefix)[naming.output_name(name, naming.RESULT_SUFFIX)]
     assert json.loads(stored.download_as_bytes()) == hooks[0]["body"]
+
+
+def test_the_same_notification_twice_gives_one_webhook(local_stack, tmp_path):
+    """Cloud Storage notifications and Eventarc are at least once: the same upload announced
+    again (a re-published notification, and one CloudEvent posted twice to the function) must
+    not reach Django as a second result."""
+    host, project = local_stack.env["PUBSUB_EMULATOR_HOST"], local_stack.env["GOOGLE_CLOUD_PROJECT"]
+    capture = f"e2e-capture-{uuid.uuid4().hex[:8]}"
+    create_subscription(host, project, capture, local_stack.env["NOTIFY_TOPIC"])
+    try:
+        prefix = run_prefix("duplicate")
+        name = prefix + "twice.dcm"
+        local_stack.gcloud_cp(
+            [write_radiograph(tmp_path / "twice.dcm", seed=5)], f"gs://{local_stack.bucket}/{name}"
+        )
+        outcome = local_stack.outcomes({"twice": name})["twice"]
+        assert outcome.status == "completed", outcome.record.get("error")
+        settle()
+        assert len(local_stack.webhooks_for(name)) == 1
+
+        notification = None
+        deadline = time.monotonic() + 30
+        while notification is None and time.monotonic() < deadline:
+            for message in pull(host, project, capture):
+                attributes = message.get("attributes") or {}
+                if attributes.get("objectId") == name and attributes.get("eventType") == "OBJECT_FINALIZE":
+                    notification = message
+            time.sleep(0.5)
+        assert notification is not None, "fake-gcs-server's notification was not captured"
+
+        # The notification again, through the emulator, the Eventarc stand-in and the function ...
+        topic = f"http://{host}/v1/projects/{project}/topics/{local_stack.env['NOTIFY_TOPIC']}:publish"
+        again = {"data": notification["data"], "attributes": notification["attributes"]}
+        requests.post(topic, json={"messages": [again]}, timeout=10).raise_for_status()
+        # ... and one CloudEvent delivered twice (same id), as an Eventarc redelivery would.
+        event = notification_to_cloudevent(notification)
+        assert event is not None
+        for _ in range(2):
+            assert 200 <= deliver(event, local_stack.env["FUNCTION_URL"], 30) < 300
+
+        settle(15)
+        hooks = local_stack.webhooks_for(name)
+        assert [h["body"]["status"] for h in hooks] == ["completed"], (
+            f"{len(hooks)} webhooks for one upload announced three times"
+        )
+    finally:
+        requests.delete(f"http://{host}/v1/projects/{project}/subscriptions/{capture}", timeout=10)
 
 
 def test_nothing_reached_the_dead_letter_topic(local_stack):

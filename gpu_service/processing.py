@@ -5,8 +5,8 @@ every second, so the answer is a pure function of the outcome (:func:`ack_status
 
 - 2xx only when the work is safe: the result record is stored and the webhook accepted
   it (``completed``), or the failure is permanent and its ``failed`` record is stored and
-  accepted (``failed``), or a redelivery found the same result already stored and the
-  webhook accepted it again (``duplicate``), or a newer upload's result is already there
+  accepted (``failed``), or a redelivery found the same result already stored and either
+  already delivered or now accepted by the webhook (``duplicate``), or a newer upload's result is already there
   (``superseded``). Never without a stored record: if the record's name is held by an
   object the pipeline did not write for this upload, the answer is 5xx (logged as ERROR)
   and the message ends in the dead-letter topic.
@@ -14,6 +14,14 @@ every second, so the answer is a pure function of the outcome (:func:`ack_status
   ``MemoryError`` and ``OSError`` anywhere, the webhook still failing after its own retries
   or rejecting the body. The stored record makes the redelivery cheap: it skips inference
   and only re-sends the webhook.
+- Delivered once: when the webhook accepts a record, the record object gets the custom
+  metadata ``dicom-pipeline-webhook-delivered: <RFC 3339 time>`` (a patch under a
+  precondition on the record's generation). A redelivery (Eventarc and Pub/Sub duplicate
+  at least once) that finds it answers 2xx without calling the webhook; one that does not
+  (the earlier webhook failed, or the instance died in between) re-sends the stored record.
+  Failing to set the marker is logged, not fatal: the worst case is one extra webhook,
+  which Django deduplicates by its ``Idempotency-Key``. The backfill job skips only
+  delivered results, so it also repairs undelivered ones.
 - Permanent failures (:func:`is_transient` is false) are failures of pure stages, which
   would fail again on the same bytes: not DICOM, undecodable, preprocessing shape/value
   errors, object gone or replaced, too many bytes or pixels (``MAX_PIXELS``, checked from
@@ -46,6 +54,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -57,7 +66,15 @@ from gpu_service.model import LoadedModel
 from gpu_service.pixels import DecodedImage, PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
 from gpu_service.push import InferenceRequest
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore, Location, OutputConflict, SourceUnavailable, WriteOutcome
+from gpu_service.storage import (
+    DELIVERED_KEY,
+    GcsStore,
+    Location,
+    OutputConflict,
+    SourceUnavailable,
+    WriteOutcome,
+    Written,
+)
 from gpu_service.webhook import WebhookClient
 from gpu_service.webhook_signature import idempotency_key
 from pipeline_common import naming
@@ -69,7 +86,7 @@ logger = logging.getLogger(__name__)
 class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # permanent failure, recorded and delivered
-    DUPLICATE = "duplicate"  # result already stored for this generation and model; webhook re-sent
+    DUPLICATE = "duplicate"  # result already stored for this generation and model; delivered or re-sent
     SUPERSEDED = "superseded"  # a newer generation's result is stored; nothing to do
     RETRY = "retry"  # transient: let Pub/Sub redeliver
     INVALID = "invalid"  # can never be processed: dead-letter it
@@ -128,6 +145,20 @@ class ProcessResult:
     @property
     def http_status(self) -> int:
         return ack_status(self.outcome)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A result record as stored: its bytes are what the webhook gets, byte for byte."""
+
+    body: bytes
+    record: dict[str, Any]
+    generation: int  # of the record object, for the delivered marker's precondition
+    delivered_at: str | None  # the delivered marker, None until Django accepted it
+
+
+def rfc3339_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -219,7 +250,7 @@ class Processor:
         return self.store.location(request.bucket, request.name, suffix)
 
     # -- entry points --------------------------------------------------------------------
-    def existing_result(self, request: InferenceRequest) -> tuple[bytes, dict[str, Any]] | None:
+    def existing_result(self, request: InferenceRequest) -> StoredRecord | None:
         """The stored result record for this object, if any (whatever generation/model).
 
         An object under the record's name that the pipeline did not write for this very
@@ -228,18 +259,23 @@ class Processor:
         found = self.store.read_output(self._loc(request, naming.RESULT_SUFFIX))
         if found is None:
             return None
-        data, metadata = found
         try:
-            record = json.loads(data)
+            record = json.loads(found.data)
         except ValueError:
             return None  # unreadable record: recompute and replace it
-        if not isinstance(record, dict) or not result.is_record_of(record, metadata, request.uri):
+        if not isinstance(record, dict) or not result.is_record_of(record, found.metadata, request.uri):
             return None
-        return data, record
+        return StoredRecord(found.data, record, found.generation, found.metadata.get(DELIVERED_KEY))
 
     def already_processed(self, request: InferenceRequest) -> bool:
+        """Nothing left to do: this generation's result with this model is stored and Django
+        accepted it. A stored but undelivered result is not done: processing re-sends it."""
         found = self.existing_result(request)
-        return bool(found and result.same_work(found[1], request.uri, request.generation, self.model_sha))
+        return bool(
+            found
+            and found.delivered_at
+            and result.same_work(found.record, request.uri, request.generation, self.model_sha)
+        )
 
     def process(self, request: InferenceRequest, delivery_attempt: int | None = None) -> ProcessResult:
         try:
@@ -269,12 +305,9 @@ class Processor:
         timer = _Timer()
         existing = self.existing_result(request)
         if existing is not None:
-            data, record = existing
-            if result.same_work(record, request.uri, request.generation, self.model_sha):
-                log(logger, logging.INFO, "result already stored; re-sending the webhook only",
-                    status=record.get("status"))  # fmt: skip
-                return self._deliver(request, data, record, Outcome.DUPLICATE, timer)
-            stored_gen = result.record_generation(record)
+            if result.same_work(existing.record, request.uri, request.generation, self.model_sha):
+                return self._redeliver(request, existing, Outcome.DUPLICATE, timer)
+            stored_gen = result.record_generation(existing.record)
             if stored_gen is not None and stored_gen > int(request.generation):
                 log(logger, logging.INFO, "a newer generation's result is stored; skipping",
                     stored_generation=str(stored_gen))  # fmt: skip
@@ -342,7 +375,8 @@ class Processor:
         with timer.stage("write"):
             try:
                 for suffix, role, png in artifacts:
-                    if self._write(request, suffix, role, png, "image/png") is WriteOutcome.SUPERSEDED:
+                    written = self._write(request, suffix, role, png, "image/png")
+                    if written.outcome is WriteOutcome.SUPERSEDED:
                         log(
                             logger, logging.INFO, "a newer generation's output is stored; skipping", role=role
                         )
@@ -398,9 +432,7 @@ class Processor:
             timings_ms=timer.ms,
         )
 
-    def _write(
-        self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str
-    ) -> WriteOutcome:
+    def _write(self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str) -> Written:
         return self.store.write_output(
             self._loc(request, suffix),
             data,
@@ -455,16 +487,46 @@ class Processor:
                 timings_ms=timer.ms,
             )
         timer.ms["write_record"] = round((time.perf_counter() - start) * 1000, 1)
-        if written is WriteOutcome.SUPERSEDED:
+        if written.outcome is WriteOutcome.SUPERSEDED:
             return ProcessResult(Outcome.SUPERSEDED, record=record, timings_ms=timer.ms)
-        if written is WriteOutcome.PRESENT:  # a concurrent twin stored it first: send what is stored
+        if written.outcome is WriteOutcome.PRESENT:  # a concurrent twin stored it first
             existing = self.existing_result(request)
             if existing is not None:
-                body, record = existing
-        return self._deliver(request, body, record, outcome, timer)
+                return self._redeliver(request, existing, outcome, timer)
+        return self._deliver(request, body, record, outcome, timer, written.generation)
+
+    def _redeliver(
+        self, request: InferenceRequest, stored: StoredRecord, outcome: Outcome, timer: _Timer
+    ) -> ProcessResult:
+        """A stored record: acknowledge it if Django already has it, else send it as stored."""
+        record = stored.record
+        if stored.delivered_at:
+            log(logger, logging.INFO, "duplicate: webhook already delivered", outcome=outcome.value,
+                result_status=record.get("status"), delivered_at=stored.delivered_at)  # fmt: skip
+            error = (record.get("error") or {}).get("code")
+            return ProcessResult(outcome, record=record, error_code=error, timings_ms=timer.ms)
+        log(logger, logging.INFO, "result already stored; re-sending the webhook only",
+            status=record.get("status"))  # fmt: skip
+        return self._deliver(request, stored.body, record, outcome, timer, stored.generation)
+
+    def _mark_delivered(self, request: InferenceRequest, record_generation: int) -> None:
+        """Not fatal: without the marker a redelivery sends one more (idempotent) webhook."""
+        try:
+            self.store.mark_delivered(
+                self._loc(request, naming.RESULT_SUFFIX), record_generation, rfc3339_now()
+            )
+        except Exception as exc:  # noqa: BLE001 - storage error, record replaced or deleted
+            log(logger, logging.WARNING, "cannot mark the result record as delivered",
+                reason=f"{type(exc).__name__}: {exc}", record_generation=str(record_generation))  # fmt: skip
 
     def _deliver(
-        self, request: InferenceRequest, body: bytes, record: dict[str, Any], outcome: Outcome, timer: _Timer
+        self,
+        request: InferenceRequest,
+        body: bytes,
+        record: dict[str, Any],
+        outcome: Outcome,
+        timer: _Timer,
+        record_generation: int | None,
     ) -> ProcessResult:
         key = idempotency_key(request.bucket, request.name, request.generation, self.model_sha)
         delivery = self.webhook.deliver(body, idempotency_key=key, correlation_id=request.correlation_id)
@@ -483,6 +545,8 @@ class Processor:
                 detail=delivery.error,
                 timings_ms=timer.ms,
             )
+        if record_generation is not None:
+            self._mark_delivered(request, record_generation)
         log(logger, logging.INFO, f"request {outcome.value}", outcome=outcome.value,
             result_status=record.get("status"), error_code=error,
             sop_instance_uid_hash=naming.hash_uid(record.get("sop_instance_uid")),

@@ -9,6 +9,10 @@ if absent). When the name is taken, the existing object's markers decide:
 - same source object, newer generation: ours is stale, leave it (``SUPERSEDED``);
 - no pipeline marker, or another source object's output: never overwrite (``OutputConflict``).
 Errors other than these (5xx, timeouts, auth) propagate: the caller treats them as transient.
+
+Once Django accepted a result, its record object gets ``dicom-pipeline-webhook-delivered``
+(:meth:`GcsStore.mark_delivered`), patched under a precondition on the record's generation:
+a redelivery that finds it has nothing left to do.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pipeline_common import naming
 SOURCE_KEY = "dicom-pipeline-source"
 CORRELATION_KEY = "dicom-pipeline-correlation-id"
 MODEL_KEY = "dicom-pipeline-model-sha256"
+DELIVERED_KEY = "dicom-pipeline-webhook-delivered"
 MAX_WRITE_RACES = 3
 
 
@@ -52,6 +57,19 @@ class WriteOutcome(enum.Enum):
     WRITTEN = "written"
     PRESENT = "present"  # the same work is already stored
     SUPERSEDED = "superseded"  # a newer generation's output is stored
+
+
+@dataclass(frozen=True)
+class Written:
+    outcome: WriteOutcome
+    generation: int | None = None  # of the object we wrote (WRITTEN only)
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    data: bytes
+    metadata: dict[str, str]
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -163,14 +181,22 @@ class GcsStore:
         return None if blob is None else dict(blob.metadata or {})
 
     # -- outputs -------------------------------------------------------------------------
-    def read_output(self, location: Location) -> tuple[bytes, dict[str, str]] | None:
+    def read_output(self, location: Location) -> StoredOutput | None:
         blob = self.client().bucket(location.bucket).get_blob(location.name)
         if blob is None:
             return None
         try:
-            return blob.download_as_bytes(if_generation_match=blob.generation), dict(blob.metadata or {})
+            data = blob.download_as_bytes(if_generation_match=blob.generation)
         except (gexc.NotFound, gexc.PreconditionFailed):
             return None  # replaced or deleted between the two calls: the caller recomputes
+        return StoredOutput(data, dict(blob.metadata or {}), int(blob.generation))
+
+    def mark_delivered(self, location: Location, generation: int, when: str) -> None:
+        """Add the delivered marker to exactly ``generation`` of an output (a metadata patch
+        merges keys; a replaced object raises ``PreconditionFailed``, a deleted one ``NotFound``)."""
+        blob = self.client().bucket(location.bucket).blob(location.name)
+        blob.metadata = {DELIVERED_KEY: when}
+        blob.patch(if_generation_match=generation)
 
     def write_output(
         self,
@@ -184,7 +210,7 @@ class GcsStore:
         source_generation: str,
         correlation_id: str,
         model_sha256: str,
-    ) -> WriteOutcome:
+    ) -> Written:
         metadata = {
             naming.MARKER_KEY: role,
             SOURCE_KEY: source_marker(source_bucket, source_name, source_generation),
@@ -199,7 +225,7 @@ class GcsStore:
             blob.metadata = metadata
             try:
                 blob.upload_from_string(data, content_type=content_type, if_generation_match=expected)
-                return WriteOutcome.WRITTEN
+                return Written(WriteOutcome.WRITTEN, int(blob.generation) if blob.generation else None)
             except gexc.PreconditionFailed:
                 pass
             existing = handle.get_blob(location.name)
@@ -213,8 +239,8 @@ class GcsStore:
             if their_uri and their_uri != ours_uri:
                 raise OutputConflict(f"{location.uri} belongs to another upload")
             if their_gen is not None and their_gen > ours_gen:
-                return WriteOutcome.SUPERSEDED
+                return Written(WriteOutcome.SUPERSEDED)
             if their_gen == ours_gen and found.get(MODEL_KEY) == model_sha256:
-                return WriteOutcome.PRESENT
+                return Written(WriteOutcome.PRESENT)
             expected = int(existing.generation)
         raise StorageRace(f"lost the write race for {location.uri} {MAX_WRITE_RACES} times")

@@ -99,6 +99,25 @@ def test_prefix_job_processes_dicoms_once(
     assert processor.stats.inferences == 3 and len(webhook.accepted()) == 3
 
 
+def test_prefix_job_repairs_an_undelivered_result(
+    processor: Processor, webhook: WebhookServer, bucket_name: str
+) -> None:
+    """A result stored while Django was down is not done: the next run re-sends it, once."""
+    upload(bucket_name, "undelivered/a.dcm", dicom_bytes(seed=45, size=96))
+    webhook.fail_next = 100
+    first = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/undelivered/")
+    assert first.as_dict().get("retry") == 1 and webhook.accepted() == []
+    stored = read_object(bucket_name, "undelivered/a.result.json")
+    assert stored is not None and "dicom-pipeline-webhook-delivered" not in stored[1]
+
+    webhook.fail_next = 0
+    second = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/undelivered/")
+    assert second.as_dict().get("duplicate") == 1 and processor.stats.inferences == 1
+    assert [c.body for c in webhook.accepted()] == [stored[0]]
+    third = job.run_prefix(processor, processor.store, f"gs://{bucket_name}/undelivered/")
+    assert third.as_dict().get("skipped_done") == 1 and len(webhook.accepted()) == 1
+
+
 def test_prefix_job_shards_partition_the_work(processor: Processor, bucket_name: str) -> None:
     for i in range(6):
         upload(bucket_name, f"s/{i}.dcm", dicom_bytes(seed=50 + i, size=96))

@@ -10,11 +10,13 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+from google.api_core.exceptions import NotFound, ServiceUnavailable
 from google.cloud import pubsub_v1, storage
 from PIL import Image
 from service_support import (
@@ -35,6 +37,7 @@ from gpu_service.app import create_app
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.pixels import decode, read_dicom, to_uint8
 from gpu_service.settings import Settings
+from gpu_service.storage import DELIVERED_KEY, GcsStore
 from gpu_service.webhook_signature import idempotency_key, verify_signature
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
@@ -174,22 +177,36 @@ def blob_correlation(blob: storage.Blob) -> str:
     return naming.correlation_id(blob.bucket.name, blob.name, blob.generation)
 
 
-def test_redelivery_skips_inference_and_resends_webhook(
-    make_app: Any, webhook: WebhookServer, bucket_name: str
+def _delivered_marker(bucket: str, name: str) -> str | None:
+    found = read_object(bucket, name)
+    assert found is not None
+    return found[1].get(DELIVERED_KEY)
+
+
+def test_duplicate_after_an_accepted_webhook_sends_nothing(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, caplog: Any
 ) -> None:
+    """Eventarc and Pub/Sub deliver at least once: a redelivery of a result Django already
+    accepted is acknowledged with no inference and no second webhook."""
     app = make_app()
     blob = upload(bucket_name, "a.dcm", dicom_bytes(seed=3))
     env = envelope(request_body(blob))
     assert app.test_client().post("/", json=env).get_json()["outcome"] == "completed"
     record_blob = storage.Client(project=PROJECT).bucket(bucket_name).get_blob("a.result.json")
-    again = app.test_client().post("/", json=envelope(request_body(blob), attempt=2))
-    assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
-    assert _stats(app).inferences == 1
-    calls = webhook.accepted()
-    assert len(calls) == 2 and calls[0].body == calls[1].body
-    assert calls[0].headers["Idempotency-Key"] == calls[1].headers["Idempotency-Key"]
+    marker = (record_blob.metadata or {}).get(DELIVERED_KEY)
+    assert marker and datetime.fromisoformat(marker).tzinfo is not None  # RFC 3339, UTC
+    assert (record_blob.metadata or {})[naming.MARKER_KEY] == "result"  # the patch merged
+
+    with caplog.at_level(logging.INFO, logger="gpu_service.processing"):
+        for attempt in (2, None):
+            again = app.test_client().post("/", json=envelope(request_body(blob), attempt=attempt))
+            assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"
+    assert "duplicate: webhook already delivered" in caplog.messages
+    assert _stats(app).inferences == 1 and _stats(app).webhooks_sent == 1
+    assert len(webhook.calls) == 1
     after = storage.Client(project=PROJECT).bucket(bucket_name).get_blob("a.result.json")
     assert after.generation == record_blob.generation  # not rewritten
+    assert after.metadata[DELIVERED_KEY] == marker
 
 
 def test_webhook_down_then_redelivery_runs_inference_once(
@@ -205,11 +222,68 @@ def test_webhook_down_then_redelivery_runs_inference_once(
     stored = read_object(bucket_name, "down/x.result.json")
     assert stored is not None  # the result is safe before the webhook is tried
 
+    assert DELIVERED_KEY not in stored[1]
+
     webhook.fail_next = 0
     second = app.test_client().post("/", json=env)
     assert second.status_code == 200 and second.get_json()["outcome"] == "duplicate"
     assert _stats(app).inferences == 1
-    assert [c.body for c in webhook.accepted()] == [stored[0]]
+    accepted = webhook.accepted()
+    assert [c.body for c in accepted] == [stored[0]]  # re-sent once, byte for byte
+    assert accepted[0].headers["Idempotency-Key"] == webhook.calls[0].headers["Idempotency-Key"]
+    assert _delivered_marker(bucket_name, "down/x.result.json")
+    # Any later redelivery finds the marker: nothing more reaches Django.
+    third = app.test_client().post("/", json=env)
+    assert third.status_code == 200 and third.get_json()["outcome"] == "duplicate"
+    assert len(webhook.calls) == 3
+
+
+def test_delivered_marker_failure_is_not_fatal(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, monkeypatch: Any
+) -> None:
+    """Without the marker the worst case is one more, idempotent, webhook."""
+    app = make_app()
+    store = app.extensions["gpu_service"].processor.store
+    blob = upload(bucket_name, "nomark/x.dcm", dicom_bytes(seed=6))
+    env = envelope(request_body(blob))
+
+    def outage(*args: Any, **kwargs: Any) -> None:
+        raise ServiceUnavailable("storage is down")
+
+    monkeypatch.setattr(store, "mark_delivered", outage)
+    first = app.test_client().post("/", json=env)
+    assert first.status_code == 200 and first.get_json()["outcome"] == "completed"
+    assert _delivered_marker(bucket_name, "nomark/x.result.json") is None
+
+    monkeypatch.undo()
+    second = app.test_client().post("/", json=env)
+    assert second.status_code == 200 and second.get_json()["outcome"] == "duplicate"
+    assert _delivered_marker(bucket_name, "nomark/x.result.json")
+    assert len(webhook.accepted()) == 2 and _stats(app).inferences == 1
+
+
+def test_delivered_marker_is_merged_into_the_record_it_names(bucket_name: str) -> None:
+    """The patch adds one key to the record's own markers; a record gone since it was
+    delivered is an error (for the caller to log), never a new object. (fake-gcs-server does
+    not enforce ``ifGenerationMatch`` on a metadata patch; Cloud Storage does.)"""
+    store = GcsStore(project=PROJECT)
+    loc = store.location(bucket_name, "gen/x.dcm", naming.RESULT_SUFFIX)
+    written = store.write_output(
+        loc, b"{}", content_type="application/json", role="result", source_bucket=bucket_name,
+        source_name="gen/x.dcm", source_generation="2", correlation_id="c", model_sha256="m",
+    )  # fmt: skip
+    assert written.generation
+    store.mark_delivered(loc, written.generation, "2024-01-01T00:00:00Z")
+    stored = store.read_output(loc)
+    assert stored is not None and stored.generation == written.generation
+    assert stored.metadata[DELIVERED_KEY] == "2024-01-01T00:00:00Z"
+    assert stored.metadata[naming.MARKER_KEY] == "result"
+    assert stored.metadata["dicom-pipeline-source"].endswith("/gen/x.dcm#2")
+
+    storage.Client(project=PROJECT).bucket(bucket_name).blob(loc.name).delete()
+    with pytest.raises(NotFound):
+        store.mark_delivered(loc, written.generation, "2024-01-01T00:00:01Z")
+    assert read_object(bucket_name, loc.name) is None
 
 
 def test_concurrent_identical_deliveries_store_one_result(

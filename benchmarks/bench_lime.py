@@ -1,15 +1,21 @@
-"""LIME time, side by side in one run: the prototype's way, ours, and the floor.
+"""LIME time, side by side in one run: the prototype's way, lime with our segmentation, ours, the floor.
 
-    .venv/bin/python benchmarks/bench_lime.py [--samples 1000] [--densenet-samples 1000] [--quick]
+    .venv/bin/python benchmarks/bench_lime.py [--samples 1000] [--repeat 5] [--no-densenet]
+    .venv/bin/python benchmarks/bench_lime.py --densenet-samples 200   # DenseNet too (slow on CPU)
 
 For each model (the bundled demo CNN and a DenseNet-121-sized Keras model with random
-weights) and the same synthetic radiograph it prints three times:
+weights) and the same synthetic radiograph it prints, each timed `--repeat` times,
+interleaved (so a busy neighbour slows all alike), as median (and min):
+- floor: the same number of images through `LoadedModel.predict` in large batches, i.e.
+  N x the model's per-image time, which no LIME with N samples can beat;
+- ours: `gpu_service.explain.explain` through `LoadedModel.predict` (batch 256), mask at
+  1024x1024, everything included (segmentation, perturbation, regression, mask);
 - prototype: `lime_image.LimeImageExplainer` with its defaults (quickshift, batch_size 10)
   calling the Keras model's `predict`, as the original Celery worker did;
-- ours: `gpu_service.explain.explain` through `LoadedModel.predict` (batch 256), mask at
-  1024x1024, everything included (segmentation, perturbation, regression, upsampling);
-- floor: the same number of images through `LoadedModel.predict` in large batches, i.e.
-  N x the model's per-image time, which no LIME with N samples can beat.
+- lime + our SLIC: the same explainer and classifier with `segmentation_fn` = our
+  segmentation, so prototype/ours splits into the segmentation choice and the rest;
+- lime + our SLIC + batch 256: also through `LoadedModel.predict` in our batch size, so what
+  is left is lime's per-sample perturbation loop against our vectorised one.
 Goals: ours/floor <= 1.15; prototype/ours >= 10 on the demo model.
 """
 
@@ -28,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from gpu_service.explain import LimeParams, explain  # noqa: E402
+from gpu_service.explain import LimeParams, explain, segment  # noqa: E402
 from gpu_service.model import LoadedModel, ModelInfo, load_model  # noqa: E402
 from gpu_service.pixels import to_model_input  # noqa: E402
 from gpu_service.synthetic import make_radiograph  # noqa: E402
@@ -53,20 +59,33 @@ def densenet() -> LoadedModel:
     return LoadedModel(model, info)
 
 
-def time_prototype(model: LoadedModel, image: np.ndarray, samples: int) -> float:
+def time_lime(
+    model: LoadedModel, image: np.ndarray, samples: int, *, ours_segmentation: bool, fast_predict: bool
+) -> float:
+    """lime_image.LimeImageExplainer, as the prototype called it unless told otherwise."""
     from lime import lime_image
 
     keras_model = model.keras_model
     channels = model.info.channels
 
     def classifier_fn(images: np.ndarray) -> np.ndarray:  # lime hands RGB; a 1-channel model takes one
+        if fast_predict:
+            return model.predict(images[..., :channels])
         return keras_model.predict(images[..., :channels], verbose=0)
 
+    kwargs: dict = {}
+    if ours_segmentation:
+        params = LimeParams(num_samples=samples)
+        kwargs["segmentation_fn"] = lambda img: segment(img, params)
+    if fast_predict:
+        kwargs["batch_size"] = 256
     explainer = lime_image.LimeImageExplainer()
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
     started = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # lime's tqdm bar
-        explainer.explain_instance(rgb, classifier_fn, top_labels=5, hide_color=None, num_samples=samples)
+        explainer.explain_instance(
+            rgb, classifier_fn, top_labels=5, hide_color=None, num_samples=samples, **kwargs
+        )
     return time.perf_counter() - started
 
 
@@ -91,25 +110,61 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
     image = to_model_input(sample.image, model.info.input_size, model.info.channels)
     model.warmup()
     model.predict(np.repeat(image[None], batch, axis=0))  # trace/allocate at the full batch too
-    floors, ours = [], []
-    stages: dict = {}
-    for _ in range(repeat):  # interleaved, so a busy neighbour slows both alike
-        floors.append(time_floor(model, image, samples, batch))
-        t, stages = time_ours(model, image, samples, batch)
-        ours.append(t)
-    floor, mine = min(floors), min(ours)
-    print(
-        f"\n== {name}: input {model.info.input_size} x{model.info.channels}, {samples} samples, batch {batch}"
-    )
-    print(
-        f"floor     (N x per-image time, large batches): {floor:8.2f} s   ({1000 * floor / samples:.2f} ms/image)"
-    )
-    print(f"ours      (gpu_service.explain):               {mine:8.2f} s   ours/floor = {mine / floor:.3f}")
-    print(f"          stages of the last run (ms): {stages}")
+    timers = {
+        "floor": lambda: time_floor(model, image, samples, batch),
+        "ours": lambda: time_ours(model, image, samples, batch)[0],
+    }
     if prototype:
-        proto = time_prototype(model, image, samples)
-        print(
-            f"prototype (LimeImageExplainer defaults, model.predict): {proto:8.2f} s   prototype/ours = {proto / mine:.1f}x"
+        timers["prototype"] = lambda: time_lime(
+            model, image, samples, ours_segmentation=False, fast_predict=False
+        )
+        timers["lime_slic"] = lambda: time_lime(
+            model, image, samples, ours_segmentation=True, fast_predict=False
+        )
+        timers["lime_slic_256"] = lambda: time_lime(
+            model, image, samples, ours_segmentation=True, fast_predict=True
+        )
+    times: dict[str, list[float]] = {k: [] for k in timers}
+    for _ in range(repeat):  # interleaved, so a busy neighbour slows all alike
+        for key, timer in timers.items():
+            times[key].append(timer())
+    _, stages = time_ours(model, image, samples, batch)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    low = {k: min(v) for k, v in times.items()}
+    ratios = [o / f for o, f in zip(times["ours"], times["floor"], strict=True)]
+
+    def line(label: str, key: str, extra: str = "") -> None:
+        print(f"{label:52s} {med[key]:8.3f} s  (min {low[key]:.3f})  {extra}")
+
+    print(
+        f"\n== {name}: input {model.info.input_size} x{model.info.channels}, {samples} samples, "
+        f"batch {batch}, {repeat} interleaved runs, median (min)"
+    )
+    line(
+        "floor (N x per-image time, large batches)", "floor", f"{1000 * med['floor'] / samples:.3f} ms/image"
+    )
+    line(
+        "ours (gpu_service.explain)",
+        "ours",
+        f"ours/floor = {med['ours'] / med['floor']:.3f} (min/min {low['ours'] / low['floor']:.3f}, "
+        f"median of per-run ratios {np.median(ratios):.3f})",
+    )
+    print(f"{'':52s} stages of one more run (ms): {stages}")
+    if prototype:
+        line(
+            "prototype (lime defaults: quickshift, batch 10)",
+            "prototype",
+            f"prototype/ours = {med['prototype'] / med['ours']:.1f}x",
+        )
+        line(
+            "lime + our SLIC (batch 10, keras predict)",
+            "lime_slic",
+            f"lime_slic/ours = {med['lime_slic'] / med['ours']:.1f}x  (same segmentation)",
+        )
+        line(
+            "lime + our SLIC + LoadedModel.predict, batch 256",
+            "lime_slic_256",
+            f"/ours = {med['lime_slic_256'] / med['ours']:.2f}x  (lime's per-sample loop only)",
         )
 
 
@@ -123,13 +178,19 @@ def main() -> int:
     )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of floor/ours (min taken) for the demo model"
+        "--repeat",
+        type=int,
+        default=5,
+        help="interleaved runs of every variant (median reported), demo model",
     )
+    parser.add_argument("--no-densenet", action="store_true", help="demo model only")
     parser.add_argument("--quick", action="store_true", help="demo 1000 samples, DenseNet 100, one repeat")
-    parser.add_argument("--no-prototype", action="store_true", help="skip the slow lime defaults run")
+    parser.add_argument("--no-prototype", action="store_true", help="skip the lime runs")
     args = parser.parse_args()
     if args.quick:
         args.densenet_samples, args.repeat = min(args.densenet_samples, 100), 1
+    if args.no_densenet:
+        args.densenet_samples = 0
 
     import tensorflow as tf
 

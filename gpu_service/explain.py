@@ -14,12 +14,14 @@ thread while the previous batch is in `predict_fn`, and batches are large.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -27,10 +29,14 @@ from lime.lime_base import LimeBase
 from lime.wrappers.scikit_image import SegmentationAlgorithm
 from PIL import Image
 from sklearn.utils import check_random_state
+from threadpoolctl import ThreadpoolController
 
 from gpu_service.pixels import resize
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
+FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
+_BLAS = ThreadpoolController()  # scoped limits below; threadpoolctl comes with scikit-learn
+CHUNK_ROWS = 32  # perturbations built per step: the keep-mask of a chunk stays in cache
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,9 @@ class LimeParams:
     ratio: float = 0.2
     scale: float = 100.0  # felzenszwalb
     min_size: int = 50
-    segmentation_max_side: int = 256  # segment a downscaled copy when the input is larger
+    # SLIC cost grows with pixels; 50 superpixels need far fewer than a 128x128 or 224x224 input
+    # has, and the mask is upsampled anyway: segment a copy no larger than this (labels upsampled).
+    segmentation_max_side: int = 64
     kernel_width: float = 0.25
     hide_color: float | None = None  # None: each superpixel hidden by its mean colour (lime's default)
     min_weight: float = 0.0
@@ -59,11 +67,29 @@ class LimeParams:
 
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATIONS:
-            raise ValueError(f"segmentation must be one of {SEGMENTATIONS}")
+            raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
         if self.device not in ("auto", "cpu", "tensorflow"):
-            raise ValueError("device must be auto, cpu or tensorflow")
-        if self.num_samples < 2 or self.batch_size < 1 or self.num_features < 1:
-            raise ValueError("num_samples >= 2, batch_size >= 1 and num_features >= 1 are required")
+            raise ValueError(f"device must be auto, cpu or tensorflow, got {self.device!r}")
+        if self.feature_selection not in FEATURE_SELECTIONS:
+            raise ValueError(
+                f"feature_selection must be one of {FEATURE_SELECTIONS}, got {self.feature_selection!r}"
+            )
+        minimums = {"num_samples": 2, "batch_size": 1, "num_features": 1, "n_segments": 1}
+        minimums |= {"segmentation_max_side": 1, "min_size": 0}
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("kernel_width", "compactness", "kernel_size", "max_dist", "scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (isinstance(self.sigma, numbers.Real) and math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+        if not (isinstance(self.ratio, numbers.Real) and 0 <= self.ratio <= 1):
+            raise ValueError(f"ratio must be in [0, 1], got {self.ratio!r}")
+        if self.hide_color is not None and not math.isfinite(self.hide_color):
+            raise ValueError(f"hide_color must be finite or None, got {self.hide_color!r}")
 
 
 @dataclass(frozen=True)
@@ -83,24 +109,25 @@ def segment(image: np.ndarray, params: LimeParams) -> np.ndarray:
     """Superpixels of the model-input image, labelled 0..n-1.
 
     Segmentation runs on the 3-channel image lime would use (gray2rgb for grayscale) and
-    on a copy no larger than `segmentation_max_side`, then labels are upsampled (nearest).
+    on a copy no larger than `segmentation_max_side`, then labels are upsampled (nearest,
+    which never drops a label when enlarging, so they stay consecutive).
     """
     h, w = image.shape[:2]
-    rgb = (
-        image if image.ndim == 3 and image.shape[-1] == 3 else np.repeat(_gray(image)[..., None], 3, axis=-1)
-    )
-    rgb = rgb.astype(np.float64)
     scale = min(1.0, params.segmentation_max_side / max(h, w))
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
-    work = resize(rgb.astype(np.float32), small).astype(np.float64) if small != (h, w) else rgb
-    algo = segmentation_algorithm(params)
-    labels = np.asarray(algo(work))
-    if labels.shape != (h, w):
-        labels = upsample_segments(labels, (h, w))
+    gray = image.ndim == 2 or image.shape[-1] != 3
+    work = _gray(image) if gray else image
+    if small != (h, w):
+        work = resize(work.astype(np.float32), small)
+    work = work.astype(np.float64)
+    if gray:
+        work = np.repeat(work[..., None], 3, axis=-1)
+    labels = np.asarray(segmentation_algorithm(params)(work))
     _, inverse = np.unique(labels, return_inverse=True)
-    return inverse.reshape(h, w).astype(np.int32)
+    return upsample_segments(inverse.reshape(labels.shape).astype(np.int32), (h, w))
 
 
+@lru_cache(maxsize=32)  # lime's wrapper inspects signatures on construction; params are frozen
 def segmentation_algorithm(params: LimeParams) -> SegmentationAlgorithm:
     if params.segmentation == "slic":
         return SegmentationAlgorithm(
@@ -134,18 +161,25 @@ def upsample_segments(segments: np.ndarray, shape: tuple[int, int]) -> np.ndarra
 def fudged_image(image: np.ndarray, segments: np.ndarray, hide_color: float | None) -> np.ndarray:
     """What a hidden superpixel looks like: its mean colour (lime's default) or `hide_color`.
 
-    The means are taken exactly as lime takes them (np.mean per segment and channel), so
-    the hidden pixels are bit-identical to lime's; it is one pass over segments, not samples.
+    The means are taken exactly as lime takes them (np.mean per segment and channel over
+    the segment's pixels in raster order, which a stable sort by label preserves), so the
+    hidden pixels are bit-identical to lime's; one sort, not one full-image pass per segment.
     """
-    fudged = image.copy()
     if hide_color is not None:
-        fudged[:] = hide_color
-        return fudged
-    for x in np.unique(segments):
-        where = segments == x
-        values = image[where]
-        fudged[where] = [np.mean(values[:, c]) for c in range(image.shape[-1])]
-    return fudged
+        return np.full_like(image, hide_color)
+    labels = segments.ravel()
+    flat = image.reshape(labels.size, -1)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels)
+    groups = np.split(flat[order], np.cumsum(counts)[:-1])
+    means = np.array(
+        [
+            [np.mean(g[:, c]) for c in range(flat.shape[1])] if len(g) else [0.0] * flat.shape[1]
+            for g in groups
+        ],
+        dtype=image.dtype,
+    )
+    return means[segments].reshape(image.shape)
 
 
 def cosine_distances_to_first(data: np.ndarray) -> np.ndarray:
@@ -166,11 +200,28 @@ def kernel(d: np.ndarray, kernel_width: float) -> np.ndarray:
 
 
 class _Perturber:
-    """Builds perturbed batches: out = where(Z[:, segments], image, fudged), vectorised."""
+    """Builds perturbed batches: pixel p of sample n is image[p] if rows[n, segments[p]] else fudged[p].
 
-    def __init__(self, image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, device: str) -> None:
-        self.image, self.fudged, self.segments = image, fudged, segments
+    numpy (CPU): per chunk of rows, one gather of the 0/1 rows by the flat label map and
+    one masked copy into the batch. TensorFlow (accelerator): the same as one gather +
+    where on the device; the tensor goes to predict_fn as is when it `accepts_tensors`.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        fudged: np.ndarray,
+        segments: np.ndarray,
+        device: str,
+        tensors_ok: bool = False,
+    ) -> None:
+        self.shape = image.shape
+        h, w, c = image.shape
+        self.labels = segments.ravel().astype(np.intp)
+        self.image = image.reshape(h * w, c) if c > 1 else image.reshape(h * w)
+        self.fudged = fudged.reshape(h * w, c) if c > 1 else fudged.reshape(h * w)
         self.backend = "numpy"
+        self.tensors_ok = tensors_ok
         self._tf_fn = None
         tf = sys.modules.get("tensorflow")  # only when the service already loaded TF for the model
         if device == "tensorflow":
@@ -191,23 +242,49 @@ class _Perturber:
 
             self._tf_fn = build
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        keep = rows.astype(bool)
+    def __call__(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None) -> Any:
+        """One batch; with `pool`, numpy fills its halves on two threads (for when nothing else runs)."""
+        keep_rows = rows.astype(bool)
         if self._tf_fn is not None:
-            return self._tf_fn(keep).numpy()
-        return np.where(keep[:, self.segments][..., None], self.image, self.fudged)
+            batch = self._tf_fn(keep_rows)
+            return batch if self.tensors_ok else batch.numpy()
+        n = len(keep_rows)
+        out = np.empty((n, *self.image.shape), dtype=self.image.dtype)
+        if pool is None or n < 2 * CHUNK_ROWS:
+            self._fill(keep_rows, out)
+        else:
+            half = n // 2
+            parts = [pool.submit(self._fill, keep_rows[a:b], out[a:b]) for a, b in ((0, half), (half, n))]
+            for part in parts:
+                part.result()
+        return out.reshape(n, *self.shape)
+
+    def _fill(self, keep_rows: np.ndarray, out: np.ndarray) -> None:
+        for i in range(0, len(keep_rows), CHUNK_ROWS):
+            keep = np.take(keep_rows[i : i + CHUNK_ROWS], self.labels, axis=1)
+            if self.image.ndim == 2:
+                keep = keep[..., None]
+            chunk = out[i : i + CHUNK_ROWS]
+            np.copyto(chunk, self.fudged)
+            np.copyto(chunk, self.image, where=keep)
 
 
 def _predict_all(
-    data: np.ndarray, perturb: _Perturber, predict_fn: Callable[[np.ndarray], np.ndarray], batch_size: int
+    data: np.ndarray, perturb: _Perturber, predict_fn: Callable[[Any], np.ndarray], batch_size: int
 ) -> np.ndarray:
-    """Run every perturbation through predict_fn, building batch i+1 while batch i predicts."""
+    """Run every perturbation through predict_fn, building batch i+1 while batch i predicts.
+
+    The first batch has nothing to overlap with, so it is built on two threads; the others
+    on one, beside the model.
+    """
     starts = list(range(0, len(data), batch_size))
     outputs = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lime-perturb") as pool:
-        pending = pool.submit(perturb, data[starts[0] : starts[0] + batch_size])
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lime-perturb") as pool:
+        batch = perturb(data[:batch_size], pool)
+        pending = None
         for i, _ in enumerate(starts):
-            batch = pending.result()
+            if pending is not None:
+                batch = pending.result()
             if i + 1 < len(starts):
                 nxt = starts[i + 1]
                 pending = pool.submit(perturb, data[nxt : nxt + batch_size])
@@ -215,7 +292,24 @@ def _predict_all(
             if preds.ndim != 2 or preds.shape[0] != len(batch):
                 raise ValueError(f"predict_fn returned shape {preds.shape} for a batch of {len(batch)}")
             outputs.append(preds)
+            del batch
     return np.concatenate(outputs, axis=0)
+
+
+def selected_mask(segments: np.ndarray, top: list[int], output_shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of the `top` superpixels at `output_shape`.
+
+    Built at the label map's (model input) resolution and only the 1-byte mask is resized
+    (nearest, the same sampling as `upsample_segments`), so a 10k x 10k original costs a
+    100 MB bool, not a 400 MB int32 label map.
+    """
+    selected = np.zeros(int(segments.max()) + 1, dtype=np.uint8)
+    selected[top] = 1
+    small = selected[segments]
+    if small.shape == tuple(output_shape):
+        return small.astype(bool)
+    img = Image.fromarray(small)
+    return np.asarray(img.resize((output_shape[1], output_shape[0]), Image.Resampling.NEAREST)).astype(bool)
 
 
 def explain(
@@ -235,13 +329,20 @@ def explain(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3:
+    if image.ndim != 3 or 0 in image.shape:
         raise ValueError(f"image must be (h, w, c), got {image.shape}")
+    if len(output_shape) != 2 or min(output_shape) < 1:
+        raise ValueError(f"output_shape must be (height, width) >= 1, got {tuple(output_shape)}")
+    if label_index is not None and (isinstance(label_index, bool) or int(label_index) < 0):
+        raise ValueError(f"label_index must be a class index >= 0 or None, got {label_index!r}")
     timings: dict[str, float] = {}
 
-    segments = segment(image, params)
+    # The BLAS calls here are tiny (colour conversion, a 1000 x 50 ridge), and an idle OpenBLAS
+    # pool busy-waits ~0.1 s after each call, stealing a core from the model that runs next.
+    with _BLAS.limit(limits=1, user_api="blas"):
+        segments = segment(image, params)
+        fudged = fudged_image(image, segments, params.hide_color)
     n_features = int(segments.max()) + 1
-    fudged = fudged_image(image, segments, params.hide_color)
     timings["segmentation"] = (time.perf_counter() - t0) * 1000
 
     t1 = time.perf_counter()
@@ -250,7 +351,8 @@ def explain(
         (params.num_samples, n_features)
     )
     data[0, :] = 1
-    perturb = _Perturber(image, fudged, segments, params.device)
+    tensors_ok = bool(getattr(predict_fn, "accepts_tensors", False))
+    perturb = _Perturber(image, fudged, segments, params.device, tensors_ok)
     labels = _predict_all(data, perturb, predict_fn, params.batch_size)
     if not np.all(np.isfinite(labels)):
         raise ValueError("predict_fn returned non-finite scores")
@@ -258,19 +360,19 @@ def explain(
 
     t2 = time.perf_counter()
     label = int(np.argmax(labels[0])) if label_index is None else int(label_index)
-    distances = cosine_distances_to_first(data)
-    base = LimeBase(
-        partial(kernel, kernel_width=params.kernel_width), verbose=False, random_state=random_state
-    )
-    intercept, local_exp, score, _local_pred = base.explain_instance_with_data(
-        data, labels, distances, label, n_features, feature_selection=params.feature_selection
-    )
+    if label >= labels.shape[1]:
+        raise ValueError(f"label_index {label} is out of range: the model returns {labels.shape[1]} scores")
+    with _BLAS.limit(limits=1, user_api="blas"):
+        distances = cosine_distances_to_first(data)
+        base = LimeBase(
+            partial(kernel, kernel_width=params.kernel_width), verbose=False, random_state=random_state
+        )
+        intercept, local_exp, score, _local_pred = base.explain_instance_with_data(
+            data, labels, distances, label, n_features, feature_selection=params.feature_selection
+        )
     weights = {int(f): float(w) for f, w in local_exp}
     top = [int(f) for f, w in local_exp if w > 0 and w > params.min_weight][: params.num_features]
-    full_segments = upsample_segments(segments, output_shape)
-    selected = np.zeros(n_features, dtype=bool)
-    selected[top] = True
-    mask = selected[full_segments]
+    mask = selected_mask(segments, top, output_shape)
     timings["regression"] = (time.perf_counter() - t2) * 1000
     timings["total"] = (time.perf_counter() - t0) * 1000
 

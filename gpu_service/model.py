@@ -3,8 +3,9 @@
 Accepts `.keras`, legacy `.h5`/`.hdf5` and SavedModel directories (wrapped in
 `keras.layers.TFSMLayer`, inference only), from a local path or a `gs://` URI (downloaded
 once into a local cache). A sidecar JSON beside the model (same path, extension `.json`)
-says what the numbers mean: labels, input scaling, input size, channels, name, version.
-The reported SHA-256 is of the bytes loaded, so a result names exactly the model that made it.
+says what the numbers mean: labels, input scaling, input size, channels, name, version, and
+optionally the model's `sha256`, which is then enforced. The reported SHA-256 is of the bytes
+loaded, so a result names exactly the model that made it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ SCALINGS = ("unit", "symmetric", "imagenet")
 OUTPUTS = ("probabilities", "logits")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_BATCH = int(os.environ.get("MODEL_MAX_BATCH", "256"))
+DEFAULT_MAX_BATCH = 256
 
 
 class ModelLoadError(Exception):
@@ -88,8 +91,15 @@ class LoadedModel:
     def keras_model(self) -> Any:
         return self._model
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, K) for a float32 batch (N, h, w, c) in [0, 1]."""
+    def predict(self, batch: Any) -> np.ndarray:
+        """Probabilities (N, K) for a float32 batch (N, h, w, c) in [0, 1].
+
+        A `tf.Tensor` is accepted as is (no trip through host memory), so perturbations
+        built on the accelerator stay there; callers check `predict.accepts_tensors`.
+        """
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(batch, tf.Tensor):
+            return self._predict_tensor(tf, batch)
         arr = np.asarray(batch, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[None]
@@ -102,6 +112,21 @@ class LoadedModel:
             self._fn(arr[i : i + self.max_batch_size]).numpy()
             for i in range(0, len(arr), self.max_batch_size)
         ]
+        return np.concatenate(outs, axis=0)
+
+    predict.accepts_tensors = True  # type: ignore[attr-defined]
+
+    def _predict_tensor(self, tf: Any, batch: Any) -> np.ndarray:
+        x = tf.cast(batch, tf.float32)
+        if x.shape.rank == 3:
+            x = x[None]
+        expected = (*self.info.input_size, self.info.channels)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"batch shape {tuple(x.shape)} does not match model input (N, {expected})")
+        n = int(x.shape[0])
+        if n == 0:
+            return np.zeros((0, len(self.info.labels)), dtype=np.float32)
+        outs = [self._fn(x[i : i + self.max_batch_size]).numpy() for i in range(0, n, self.max_batch_size)]
         return np.concatenate(outs, axis=0)
 
     def warmup(self) -> None:
@@ -140,11 +165,17 @@ _CACHE_LOCK = threading.Lock()
 
 
 def load_model(
-    uri: str | None = None, *, cache_dir: str | os.PathLike | None = None, max_batch_size: int | None = None
+    uri: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
 ) -> LoadedModel:
-    """Load (once per process and URI) a model from a local path or gs:// URI; None means the bundled demo."""
+    """Load (once per process and URI) a model from a local path or gs:// URI; None means the bundled demo.
+
+    `max_batch_size` caps the rows per model call (GPU memory); the service passes BATCH_MAX_SIZE.
+    """
     uri = uri or DEFAULT_MODEL_URI
-    batch = max_batch_size or DEFAULT_MAX_BATCH
+    batch = max(1, int(max_batch_size or DEFAULT_MAX_BATCH))
     key = (uri, batch)
     with _CACHE_LOCK:
         if key not in _CACHE:
@@ -162,8 +193,7 @@ def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
     suffix = path.suffix.lower()
     try:
         if path.is_dir():
-            endpoint = sidecar.get("call_endpoint") or _savedmodel_endpoint(path)
-            model = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+            model = _savedmodel_layer(path, sidecar.get("call_endpoint"))
             shape = _savedmodel_input_shape(model)
             n_out = None
         elif suffix in (".keras", ".h5", ".hdf5"):
@@ -190,10 +220,16 @@ def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
     output = sidecar.get("output", "probabilities")
     if output not in OUTPUTS:
         raise ModelLoadError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+    digest = file_sha256(path)
+    expected = sidecar.get("sha256")
+    if expected is not None and str(expected).strip().lower() != digest:
+        raise ModelLoadError(
+            f"model {uri} has SHA-256 {digest}, but its sidecar requires {str(expected)[:64]}: refusing to load"
+        )
     info = ModelInfo(
         name=str(sidecar.get("name") or path.stem),
         version=str(sidecar.get("version") or "unversioned"),
-        sha256=file_sha256(path),
+        sha256=digest,
         labels=[str(x) for x in labels],
         input_size=(int(size[0]), int(size[1])),
         channels=int(channels),
@@ -218,11 +254,20 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _savedmodel_endpoint(path: Path) -> str:
-    import tensorflow as tf
+def _savedmodel_layer(path: Path, endpoint: str | None) -> Any:
+    """TFSMLayer on the sidecar's endpoint, else the standard signature, else Keras' `serve`.
 
-    obj = tf.saved_model.load(str(path))
-    return "serve" if hasattr(obj, "serve") else "serving_default"
+    Trying the layer directly loads the SavedModel once per attempt instead of loading it a
+    second time just to look up which endpoints it has.
+    """
+    import keras
+
+    if endpoint:
+        return keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+    try:
+        return keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    except ValueError:  # no such signature: a model exported with only the `serve` function
+        return keras.layers.TFSMLayer(str(path), call_endpoint="serve")
 
 
 def _savedmodel_input_shape(layer: Any) -> tuple | None:
@@ -255,7 +300,12 @@ def file_sha256(path: Path) -> str:
 
 
 def _download(uri: str, cache_dir: str | os.PathLike | None) -> Path:
-    """Fetch a gs:// model (file plus sidecar, or a SavedModel prefix) into the local cache."""
+    """Fetch a gs:// model (file plus sidecar, or a SavedModel prefix) into the local cache.
+
+    Cache entries are keyed by the generations of the model and its sidecar, so a replaced
+    object is fetched again; each file is written under a unique temporary name and renamed
+    into place, so concurrent processes sharing the cache never see (or load) a partial file.
+    """
     from google.cloud import storage
 
     bucket_name, _, name = uri[len("gs://") :].partition("/")
@@ -270,38 +320,58 @@ def _download(uri: str, cache_dir: str | os.PathLike | None) -> Path:
     try:
         blob = bucket.get_blob(name)
         if blob is not None:
-            target = (
-                root / hashlib.sha256(f"{uri}#{blob.generation}".encode()).hexdigest()[:24] / Path(name).name
-            )
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                blob.download_to_filename(str(tmp))
-                tmp.replace(target)
-            side_name = str(sidecar_path(Path(name)).as_posix())
-            side = bucket.get_blob(side_name)
+            side = bucket.get_blob(sidecar_path(Path(name)).as_posix())
+            stamp = f"{uri}#{blob.generation}|sidecar#{side.generation if side is not None else '-'}"
+            target = root / _digest(stamp) / Path(name).name
+            _fetch_file(blob, target)
             if side is not None:
-                side.download_to_filename(str(sidecar_path(target)))
+                _fetch_file(side, sidecar_path(target))
             return target
         blobs = [b for b in client.list_blobs(bucket_name, prefix=name + "/") if not b.name.endswith("/")]
         if not blobs:
             raise ModelLoadError(f"model not found: {uri}")
-        stamp = ",".join(f"{b.name}#{b.generation}" for b in sorted(blobs, key=lambda b: b.name))
-        target = root / hashlib.sha256(stamp.encode()).hexdigest()[:24] / Path(name).name
-        if not target.exists():
-            root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=root))
-            for b in blobs:
-                dest = staging / b.name[len(name) + 1 :]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                b.download_to_filename(str(dest))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging.replace(target)
         side = bucket.get_blob(name + ".json")
+        stamp = ",".join(f"{b.name}#{b.generation}" for b in sorted(blobs, key=lambda b: b.name))
+        stamp += f"|sidecar#{side.generation if side is not None else '-'}"
+        target = root / _digest(stamp) / Path(name).name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+            try:
+                for b in blobs:
+                    dest = staging / b.name[len(name) + 1 :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    b.download_to_filename(str(dest), if_generation_match=b.generation)
+                try:
+                    staging.rename(target)
+                except OSError:  # another process renamed its complete copy first
+                    if not target.is_dir():
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         if side is not None:
-            side.download_to_filename(str(sidecar_path(target)))
+            _fetch_file(side, sidecar_path(target))
         return target
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - network / permission errors
         raise ModelLoadError(f"cannot download {uri}: {type(exc).__name__}: {exc}") from exc
+
+
+def _digest(stamp: str) -> str:
+    return hashlib.sha256(stamp.encode()).hexdigest()[:24]
+
+
+def _fetch_file(blob: Any, target: Path) -> None:
+    """Download exactly `blob.generation` to `target` unless a complete copy is already there."""
+    if target.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        blob.download_to_filename(tmp, if_generation_match=blob.generation)
+        os.replace(tmp, target)  # atomic; a concurrent writer of the same generation wrote the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

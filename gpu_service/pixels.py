@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +35,20 @@ from pydicom.pixels import (
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PHOTOMETRICS = frozenset(
+    ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "XYB")
+    + ("YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT")
+)
 _YBR = ("YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT")
 
 
 class PixelDecodeError(Exception):
-    """An image that cannot be turned into pixels; `code` is stable and goes into error records."""
+    """An image that cannot be turned into pixels; `code` is stable and goes into error records.
+
+    `message` goes into result records and the webhook too, so it is always a fixed text plus,
+    at most, an exception type name, a validated UID or photometric keyword, never the text
+    of a library exception: pydicom quotes element values, which can be patient data.
+    """
 
     def __init__(self, code: str, message: str | None = None) -> None:
         self.code = code
@@ -78,9 +88,9 @@ def read_dicom(data: bytes | str | os.PathLike) -> pydicom.Dataset:
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except EOFError as exc:
-        raise PixelDecodeError("truncated", f"the file ends early: {exc}") from exc
+        raise PixelDecodeError("truncated", f"the file ends early ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on corrupt input
-        raise PixelDecodeError("not_dicom", f"cannot parse as DICOM: {type(exc).__name__}: {exc}") from exc
+        raise PixelDecodeError("not_dicom", f"cannot parse as DICOM ({type(exc).__name__})") from exc
     _ensure_transfer_syntax(ds)
     return ds
 
@@ -169,11 +179,11 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
         raise PixelDecodeError(
-            "unsupported_transfer_syntax", f"no decoder for transfer syntax {tsyntax} ({tsyntax.name})"
+            "unsupported_transfer_syntax", f"no decoder for transfer syntax {_safe_uid(tsyntax)}"
         ) from exc
     if not decoder.is_available:
         raise PixelDecodeError(
-            "unsupported_transfer_syntax", f"no installed plugin decodes {tsyntax} ({tsyntax.name})"
+            "unsupported_transfer_syntax", f"no installed plugin decodes {_safe_uid(tsyntax)}"
         )
 
     try:
@@ -183,11 +193,14 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
     except PixelDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError/RuntimeError/...
-        text = str(exc)
-        lowered = text.lower()
+        lowered = str(exc).lower()  # only classified, never copied into the message
         short = "less than expected" in lowered or ("length" in lowered and "pixel data" in lowered)
-        code = "truncated" if short else "decode_failed"
-        raise PixelDecodeError(code, f"{type(exc).__name__}: {text}") from exc
+        what = f"{_safe_uid(tsyntax)}, photometric {_safe_photometric(source_pi)}, {type(exc).__name__}"
+        if short:
+            raise PixelDecodeError(
+                "truncated", f"pixel data is shorter than the image attributes say ({what})"
+            ) from exc
+        raise PixelDecodeError("decode_failed", f"the pixel data cannot be decoded ({what})") from exc
     if arr.size == 0:
         raise PixelDecodeError("empty_image", "decoded pixel array is empty")
 
@@ -209,12 +222,15 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
         elif pi == "RGB" or pi in _YBR:
             pixels = _rgb(arr, ds, pi, details)
         else:
-            raise PixelDecodeError("unsupported_photometric", f"photometric interpretation {pi!r}")
+            raise PixelDecodeError(
+                "unsupported_photometric", f"photometric interpretation {_safe_photometric(pi)}"
+            )
     except PixelDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise PixelDecodeError(
-            "decode_failed", f"LUT/colour step failed: {type(exc).__name__}: {exc}"
+            "decode_failed",
+            f"the LUT/colour step failed (photometric {_safe_photometric(pi)}, {type(exc).__name__})",
         ) from exc
     pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
@@ -253,9 +269,9 @@ def _grayscale(arr: np.ndarray, view: pydicom.Dataset, pi: str, details: dict[st
             details["window_center"] = _num(_first(view["WindowCenter"].value))
             details["window_width"] = _num(_first(view["WindowWidth"].value))
             details["voi_function"] = str(view.get("VOILUTFunction", "LINEAR"))
-        except ValueError as exc:  # e.g. width < 1: ignore the broken window, say so
+        except ValueError as exc:  # e.g. width < 1: ignore the broken window, say so (not its value)
             out = None
-            details["voi_error"] = str(exc)
+            details["voi_error"] = f"invalid window, ignored ({type(exc).__name__})"
     if out is None:
         out = np.asarray(arr, dtype=np.float64)
         finite = out[np.isfinite(out)]
@@ -283,6 +299,21 @@ def _rgb(arr: np.ndarray, ds: pydicom.Dataset, pi: str, details: dict[str, Any])
         details["converted_from"] = pi
     bits = int(ds.get("BitsStored") or 8)
     return arr.astype(np.float64) / float((1 << bits) - 1)
+
+
+def _safe_uid(uid: str) -> str:
+    """A transfer syntax UID for a message: its name when known, digits and dots only otherwise."""
+    uid = str(uid)
+    if not re.fullmatch(r"[0-9.]{1,64}", uid):
+        return "an invalid transfer syntax UID"
+    name = UID(uid).name
+    return f"{uid} ({name})" if name != uid else uid
+
+
+def _safe_photometric(value: str) -> str:
+    """A photometric interpretation for a message: only the standard's defined terms, never free text."""
+    value = str(value).strip().upper()
+    return repr(value) if value in PHOTOMETRICS else "(not a defined term)"
 
 
 def _int_attr(ds: pydicom.Dataset, keyword: str, default: int) -> int:

@@ -174,3 +174,70 @@ def test_pointing_game_on_synthetic_positives() -> None:
         top = upsample_segments(result.segments, (256, 256)) == result.top_segments[0]
         hits += bool(np.any(top & nodule_mask(sample)))
     assert hits / n >= 0.75
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n_segments", 0),
+        ("kernel_width", 0.0),
+        ("kernel_width", float("nan")),
+        ("segmentation_max_side", 0),
+        ("num_samples", 1),
+        ("batch_size", 0),
+        ("num_features", 0),
+        ("feature_selection", "best"),
+    ],
+)
+def test_bad_params_are_rejected_with_the_field_named(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        LimeParams(**{field: value})
+
+
+def test_label_index_out_of_range_is_rejected() -> None:
+    image = _image(32, 1)
+    fn = LinearSoftmax(image.shape)
+    for bad in (2, -1):
+        with pytest.raises(ValueError, match="label_index"):
+            explain(image, fn, bad, LimeParams(num_samples=20), (32, 32))
+
+
+def test_mask_is_resized_not_the_label_map() -> None:
+    """The mask equals the old label-map route (upsample labels, then select) at any output size."""
+    image = _image(96, 1, seed=12)
+    fn = LinearSoftmax(image.shape)
+    for shape in ((96, 96), (1000, 700), (50, 61)):
+        result = explain(image, fn, 1, LimeParams(num_samples=100, num_features=3), shape)
+        assert result.segments.shape == (96, 96) and result.mask.shape == shape
+        full = upsample_segments(result.segments, shape)
+        np.testing.assert_array_equal(result.mask, np.isin(full, result.top_segments))
+
+
+class RecordingPredict:
+    """Forwards to the model and records what type of batch it was handed."""
+
+    def __init__(self, predict, accepts_tensors: bool) -> None:
+        self._predict = predict
+        self.accepts_tensors = accepts_tensors
+        self.types: list[str] = []
+
+    def __call__(self, batch):
+        self.types.append(type(batch).__module__.split(".")[0])
+        return self._predict(batch)
+
+
+def test_tensorflow_path_hands_tensors_only_to_a_predict_that_accepts_them() -> None:
+    from gpu_service.model import load_model
+
+    model = load_model()
+    h, w = model.info.input_size
+    image = _image(h, model.info.channels, seed=13)
+    params = LimeParams(num_samples=60, batch_size=25, device="tensorflow")
+    tensors = RecordingPredict(model.predict, accepts_tensors=True)
+    arrays = RecordingPredict(model.predict, accepts_tensors=False)
+    a = explain(image, tensors, 1, params, (h, w))
+    b = explain(image, arrays, 1, params, (h, w))
+    c = explain(image, model.predict, 1, LimeParams(num_samples=60, batch_size=25, device="cpu"), (h, w))
+    assert set(tensors.types) == {"tensorflow"} and set(arrays.types) == {"numpy"}
+    for k, wt in c.weights.items():
+        assert abs(a.weights[k] - wt) <= 1e-6 and abs(b.weights[k] - wt) <= 1e-6

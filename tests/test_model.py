@@ -139,3 +139,104 @@ def test_gs_uri_downloads_model_and_sidecar(bucket_name: str, tmp_path: Path) ->
     np.testing.assert_allclose(model.predict(x), load_model().predict(x), atol=1e-6)
     with pytest.raises(ModelLoadError):
         load_model(f"gs://{bucket_name}/models/v1/absent.keras", cache_dir=tmp_path / "cache")
+
+
+def _upload_demo(bucket_name: str, name: str, **sidecar_fields) -> tuple[object, dict]:
+    from google.cloud import storage
+
+    client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test-project"))
+    bucket = client.bucket(bucket_name)
+    local = Path(DEFAULT_MODEL_URI)
+    bucket.blob(f"{name}.keras").upload_from_filename(str(local))
+    sidecar = json.loads(local.with_suffix(".json").read_text()) | sidecar_fields
+    bucket.blob(f"{name}.json").upload_from_string(json.dumps(sidecar))
+    return bucket, sidecar
+
+
+def test_sidecar_sha256_is_enforced(bucket_name: str, tmp_path: Path) -> None:
+    digest = hashlib.sha256(Path(DEFAULT_MODEL_URI).read_bytes()).hexdigest()
+    _upload_demo(bucket_name, "pinned/good", sha256=digest.upper(), version="pinned")
+    good = load_model(f"gs://{bucket_name}/pinned/good.keras", cache_dir=tmp_path)
+    assert good.info.sha256 == digest and good.info.version == "pinned"
+
+    _upload_demo(bucket_name, "pinned/bad", sha256="0" * 64)
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        load_model(f"gs://{bucket_name}/pinned/bad.keras", cache_dir=tmp_path)
+
+    local = tmp_path / "local" / "m.keras"  # the same rule for a local path
+    local.parent.mkdir()
+    local.write_bytes(Path(DEFAULT_MODEL_URI).read_bytes())
+    local.with_suffix(".json").write_text(json.dumps({"sha256": "f" * 64}))
+    with pytest.raises(ModelLoadError, match="refusing"):
+        load_model(str(local))
+
+
+def test_gs_cache_is_keyed_by_generation_and_safe_under_concurrency(bucket_name: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_service.model import _download
+
+    bucket, sidecar = _upload_demo(bucket_name, "cache/m", version="1")
+    uri = f"gs://{bucket_name}/cache/m.keras"
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(8) as pool:  # eight loaders racing for one empty cache entry
+        paths = list(pool.map(lambda _: _download(uri, cache), range(8)))
+    assert len(set(paths)) == 1
+    first = paths[0]
+    assert first.read_bytes() == Path(DEFAULT_MODEL_URI).read_bytes()
+    assert json.loads(first.with_suffix(".json").read_text())["version"] == "1"
+    leftovers = [p.name for p in cache.rglob("*") if p.is_file() and p.name.endswith(".part")]
+    assert leftovers == []
+
+    # A stale partial file from a killed process is never mistaken for the model.
+    (first.parent / ".m.keras.dead.part").write_bytes(b"half a model")
+    assert _download(uri, cache) == first
+
+    # A new sidecar generation (same model bytes) is a new cache entry with the new metadata.
+    bucket.blob("cache/m.json").upload_from_string(json.dumps(sidecar | {"version": "2"}))
+    second = _download(uri, cache)
+    assert second != first
+    assert json.loads(second.with_suffix(".json").read_text())["version"] == "2"
+    assert json.loads(first.with_suffix(".json").read_text())["version"] == "1"
+
+    # A new model generation is fetched again, not served from the old entry.
+    bucket.blob("cache/m.keras").upload_from_string(b"not a keras file")
+    third = _download(uri, cache)
+    assert third not in (first, second) and third.read_bytes() == b"not a keras file"
+    with pytest.raises(ModelLoadError):
+        load_model(uri, cache_dir=cache)
+
+
+def test_max_batch_size_is_a_parameter_and_tensors_skip_the_host() -> None:
+    import tensorflow as tf
+
+    small = load_model(max_batch_size=3)
+    assert small.max_batch_size == 3 and load_model().max_batch_size == 256
+    assert small is not load_model() and load_model(max_batch_size=3) is small
+    x, _ = _batch(small, 7, seed=21)
+    expected = load_model().predict(x)
+    np.testing.assert_allclose(small.predict(x), expected, atol=1e-6)  # 3 + 3 + 1 rows
+    assert getattr(small.predict, "accepts_tensors", False) is True
+    np.testing.assert_allclose(small.predict(tf.constant(x)), expected, atol=1e-6)
+    with pytest.raises(ValueError):
+        small.predict(tf.zeros((2, 64, 64, 1)))
+
+
+def test_savedmodel_with_only_a_serve_function(tmp_path: Path) -> None:
+    """No serving_default signature: the loader falls back to the `serve` endpoint."""
+    import tensorflow as tf
+
+    class Exported(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable([[1.0, -1.0]])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def serve(self, x):
+            return tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]) @ self.w)
+
+    path = tmp_path / "serve-only"
+    tf.saved_model.save(Exported(), str(path), signatures={})
+    model = load_model(str(path))
+    assert model.info.input_size == (8, 8) and model.info.channels == 1
+    x = np.full((2, 8, 8, 1), 0.5, np.float32)
+    np.testing.assert_allclose(model.predict(x)[0], tf.nn.softmax([[0.5, -0.5]]).numpy()[0], atol=1e-6)

@@ -294,3 +294,38 @@ def test_rgb_to_one_channel_and_resize() -> None:
     x = to_model_input(image, (10, 15), 1)
     assert x.shape == (10, 15, 1)
     np.testing.assert_allclose(x, 0.7154, atol=1e-4)
+
+
+PATIENT_LIKE = "DOE^JOHN"
+
+
+def _no_patient_text(err: PixelDecodeError) -> None:
+    for text in (err.message, str(err)):
+        assert PATIENT_LIKE not in text and "DOE" not in text, text
+
+
+def test_decode_error_messages_never_quote_element_values() -> None:
+    """Messages go into records and the webhook; pydicom's own texts quote element values."""
+    ds = _dataset(_ramp(8))
+    ds.PhotometricInterpretation = PATIENT_LIKE  # pydicom: "Unknown ... value 'DOE^JOHN'"
+    with pytest.raises(PixelDecodeError) as err:
+        decode(ds)
+    assert err.value.code == "decode_failed"
+    assert "ValueError" in err.value.message and "1.2.840.10008.1.2.1" in err.value.message
+    _no_patient_text(err.value)
+
+    # A window centre that is not a number, straight from the file's bytes: the LUT step fails on it.
+    ds = _dataset(_ramp(8))
+    ds.WindowCenter, ds.WindowWidth = "12345678", "100"
+    data = _part10_bytes(ds).replace(b"12345678", PATIENT_LIKE.encode())
+    with pytest.raises(PixelDecodeError) as err:
+        decode(read_dicom(data))
+    assert err.value.code == "decode_failed"
+    _no_patient_text(err.value)
+
+    ds = _dataset(_ramp(8))
+    ds.file_meta.TransferSyntaxUID = PATIENT_LIKE
+    with pytest.raises(PixelDecodeError) as err:
+        decode(ds)
+    assert err.value.code == "unsupported_transfer_syntax"
+    _no_patient_text(err.value)

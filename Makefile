@@ -8,7 +8,14 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs test test-fast lint fmt clean up down status demo
+.PHONY: help venv prereqs prereqs-test prereqs-stack test test-fast lint fmt clean
+
+# Checked before anything is installed, so a missing Java or gcloud is reported at once.
+prereqs-test:
+	@bash infra/local/check_prereqs.sh test
+
+prereqs-stack:
+	@bash infra/local/check_prereqs.sh stack ports up down status demo
 
 help:
 	@echo "make demo   run the whole pipeline end to end on the local stack"
@@ -41,17 +48,16 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP) $(CHECKOV_STAMP)
-	@bash infra/local/check_prereqs.sh test
+test: prereqs-test $(STAMP) $(CHECKOV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Local stack (infra/local): ports LOCAL_*_PORT, state and logs under .local/.
-up: $(STAMP)
-	@bash infra/local/check_prereqs.sh stack ports
+up: prereqs-stack $(STAMP)
 	$(PY) -m infra.local.stack up
 
 down:
@@ -61,8 +67,7 @@ status:
 	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack status; else echo "local stack: not running (no $(VENV))"; fi
 
 # make demo KEEP=1 leaves the stack running afterwards (make down stops it).
-demo: $(STAMP)
-	@bash infra/local/check_prereqs.sh stack ports
+demo: prereqs-stack $(STAMP)
 	PYTHONPATH=functions:. $(PY) -m infra.local.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
 
 clean:

@@ -157,23 +157,23 @@ def test_bad_predict_fn_output_is_rejected() -> None:
 
 
 def test_pointing_game_on_synthetic_positives() -> None:
-    """A small version of scripts/check_faithfulness.py: the top superpixel hits the nodule."""
+    """A small version of scripts/check_faithfulness.py, with its bar: the top superpixel hits the nodule."""
     from gpu_service.model import load_model
 
     model = load_model()
     nodule = model.info.labels.index("nodule")
     rng = np.random.default_rng(99)
     hits = 0
-    n = 8
+    n = 20
     for _ in range(n):
         sample = make_radiograph(rng, size=256, nodule=True)
         x = to_model_input(sample.image, model.info.input_size, model.info.channels)
         result: Explanation = explain(
-            x, model.predict, nodule, LimeParams(num_samples=400, seed=0), (256, 256)
+            x, model.predict, nodule, LimeParams(num_samples=1000, seed=0), (256, 256)
         )
         top = upsample_segments(result.segments, (256, 256)) == result.top_segments[0]
         hits += bool(np.any(top & nodule_mask(sample)))
-    assert hits / n >= 0.75
+    assert hits / n >= 0.8
 
 
 @pytest.mark.parametrize(

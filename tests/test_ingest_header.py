@@ -559,6 +559,31 @@ def test_policy_modality_pixel_budget_and_transfer_syntax() -> None:
     assert "MPEG2" in result.message
 
 
+def test_rejection_messages_never_carry_free_text_from_the_file() -> None:
+    """Messages and details are logged: a value outside its VR's characters must not reach them."""
+    phi = "DOE^JOHN 19700101"
+    data = make_dicom(16, 16, modality="MG")
+    ds = oracle(data)
+    ds.Modality = phi
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    result, _ = run(out.getvalue(), allowed=frozenset({"CR", "DX"}))
+    assert isinstance(result, hdr.Rejection) and result.reason == "modality_not_allowed"
+    assert phi not in result.message and phi not in json.dumps(result.details)
+    assert "<invalid value>" in result.message
+
+    ds = oracle(data)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.SOPClassUID = "1.2.3"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    rejected, _ = run(out.getvalue())
+    assert isinstance(rejected, hdr.Rejection) and rejected.reason == "unsupported_transfer_syntax"
+    # A legitimate UID still appears, so the check is about the characters, not about hiding UIDs.
+    assert pydicom.uid.MPEG2MPML in rejected.message
+
+
 def test_decodable_transfer_syntaxes_are_what_pydicom_can_decode_here() -> None:
     """The list the function applies matches the decoders installed for the service."""
     from pydicom.pixels import get_decoder

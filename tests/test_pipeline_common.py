@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from pipeline_common import naming
@@ -52,3 +54,48 @@ def test_emulators_round_trip(pubsub_emulator, gcs_server, bucket_name):
     publisher.publish("projects/test-project/topics/t-roundtrip", b"payload", k="v").result(timeout=30)
     messages = pull(pubsub_emulator.host, "test-project", "s-roundtrip")
     assert [m["attributes"] for m in messages] == [{"k": "v"}]
+
+
+def _log_exception(exc_factory) -> dict:
+    import io
+    import json
+    import logging
+
+    from pipeline_common.jsonlog import CloudLoggingFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CloudLoggingFormatter())
+    logger = logging.getLogger("test.jsonlog.exceptions")
+    logger.propagate = False
+    logger.handlers = [handler]
+    try:
+        exc_factory()
+    except Exception:
+        logger.exception("failed")
+    return json.loads(stream.getvalue())
+
+
+def test_stack_trace_withholds_messages_raised_inside_pydicom():
+    import pydicom
+
+    from pipeline_common.jsonlog import WITHHELD
+
+    phi = "".join(["DOE", "^JOHN-", "19700101"])  # built at run time: source lines are in traces
+
+    def bad():
+        pydicom.valuerep.validate_value("DA", phi, pydicom.config.RAISE)  # quotes the value
+
+    entry = _log_exception(bad)
+    assert phi not in json.dumps(entry)
+    assert WITHHELD in entry["stack_trace"]
+    assert entry["stack_trace"].startswith("Traceback (most recent call last):")
+    assert "in bad" in entry["stack_trace"]  # frames are kept for Error Reporting
+
+
+def test_stack_trace_keeps_messages_of_our_own_exceptions():
+    def ours():
+        raise RuntimeError("storage answered 503 for gs://bucket/path/img.dcm")
+
+    entry = _log_exception(ours)
+    assert "storage answered 503 for gs://bucket/path/img.dcm" in entry["stack_trace"]

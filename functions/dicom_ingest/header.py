@@ -27,6 +27,7 @@ whole rest of the object, pixels included), so they cost no more than the others
 from __future__ import annotations
 
 import bisect
+import re
 import warnings
 import zlib
 from collections.abc import Callable
@@ -444,8 +445,11 @@ def inspect(chunks: Chunks, size: int, pull: _Pull | None = None) -> DicomHeader
         return Rejection(
             NO_PIXEL_DATA,
             f"The DICOM object has no Pixel Data: it is not an image "
-            f"(SOP Class {_sop_class_name(ds)}, Modality {_text(ds, 'Modality') or 'missing'}).",
-            {"sop_class_uid": _text(ds, "SOPClassUID"), "modality": _text(ds, "Modality")},
+            f"(SOP Class {_sop_class_name(ds)}, Modality {_safe(_text(ds, 'Modality'), _CS) or 'missing'}).",
+            {
+                "sop_class_uid": _safe(_text(ds, "SOPClassUID"), _UI),
+                "modality": _safe(_text(ds, "Modality"), _CS),
+            },
         )
 
     offset: int | None = None
@@ -513,10 +517,24 @@ def _transfer_syntax(ds: Dataset) -> str:
     return dcm_uid.ExplicitVRLittleEndian if little else dcm_uid.ExplicitVRBigEndian
 
 
+# Rejection messages and details are logged: only values that match their VR's character set
+# go in, so a malformed file cannot smuggle free text (patient data) into the logs.
+_UI = re.compile(r"[0-9.]{1,64}")
+_CS = re.compile(r"[A-Z0-9 _]{1,16}")
+
+
+def _safe(value: str | None, pattern: re.Pattern[str]) -> str | None:
+    if value is None:
+        return None
+    return value if pattern.fullmatch(value) else "<invalid value>"
+
+
 def _sop_class_name(ds: Dataset) -> str:
-    uid = _text(ds, "SOPClassUID")
+    uid = _safe(_text(ds, "SOPClassUID"), _UI)
     if not uid:
         return "missing"
+    if not _UI.fullmatch(uid):
+        return uid
     name = dcm_uid.UID(uid).name
     return f"{name} ({uid})" if name and name != uid else uid
 
@@ -627,16 +645,18 @@ def check(
         if modality.upper() not in allowed_modalities:
             return Rejection(
                 MODALITY_NOT_ALLOWED,
-                f"Modality {modality} is not processed here (allowed: {', '.join(sorted(allowed_modalities))}).",
-                {"modality": modality},
+                f"Modality {_safe(modality, _CS)} is not processed here "
+                f"(allowed: {', '.join(sorted(allowed_modalities))}).",
+                {"modality": _safe(modality, _CS)},
             )
     ts = dicom["transfer_syntax_uid"]
     if ts not in DECODABLE_TRANSFER_SYNTAXES:
-        name = dcm_uid.UID(ts).name if ts else "missing"
+        safe_ts = _safe(ts, _UI)
+        name = dcm_uid.UID(safe_ts).name if safe_ts and _UI.fullmatch(safe_ts) else "missing"
         return Rejection(
             UNSUPPORTED_TRANSFER_SYNTAX,
-            f"Pixel Data encoded as {name} ({ts}) cannot be decoded by the pipeline.",
-            {"transfer_syntax_uid": ts},
+            f"Pixel Data encoded as {name} ({safe_ts}) cannot be decoded by the pipeline.",
+            {"transfer_syntax_uid": safe_ts},
         )
     frames = dicom.get("number_of_frames") or 1
     pixels = dicom["rows"] * dicom["columns"] * frames

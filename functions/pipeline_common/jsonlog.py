@@ -44,9 +44,41 @@ class CloudLoggingFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
-        if record.exc_info:
-            entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["stack_trace"] = stack_trace(record.exc_info[1])
         return json.dumps(entry, default=str)
+
+
+# Exceptions raised by the DICOM readers and codecs can quote element values (patient data).
+_DICOM_MODULES = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle")
+WITHHELD = "<message withheld: raised while reading DICOM data>"
+
+
+def _from_dicom_code(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            if module.split(".")[0] in _DICOM_MODULES:
+                return True
+            tb = tb.tb_next
+        if type(exc).__module__.split(".")[0] in _DICOM_MODULES:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def stack_trace(exc: BaseException) -> str:
+    """A Python-format trace Error Reporting groups on, without DICOM readers' messages.
+
+    Frames (file, line, function) are kept; the message is withheld when the exception,
+    or one it was raised from, passed through pydicom or a codec plugin.
+    """
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    message = WITHHELD if _from_dicom_code(exc) else str(exc)
+    return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {message}\n"
 
 
 # Libraries whose log lines and warnings quote DICOM element values (patient names, ids,

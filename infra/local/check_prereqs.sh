@@ -19,8 +19,18 @@ need_python() {
 }
 
 need_emulators() {
-  command -v java >/dev/null 2>&1 \
-    || say "java not found: the Pub/Sub emulator needs a Java 11+ runtime (Debian: apt-get install default-jre-headless)"
+  if ! command -v java >/dev/null 2>&1; then
+    say "java not found: the Pub/Sub emulator needs a Java 11+ runtime (Debian: apt-get install default-jre-headless)"
+  else
+    local jv
+    # `java -version` prints e.g. 'openjdk version "17.0.15"' or 'java version "1.8.0_392"'.
+    jv=$(java -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\)\(\.\([0-9][0-9]*\)\)\{0,1\}.*/\1 \3/p' | head -n 1)
+    set -- $jv
+    local major=${1:-0}
+    [ "$major" = "1" ] && major=${2:-0}
+    [ "$major" -ge 11 ] 2>/dev/null \
+      || say "java is version ${major}; the Pub/Sub emulator needs Java 11+ (Debian: apt-get install default-jre-headless)"
+  fi
   if ! command -v gcloud >/dev/null 2>&1; then
     say "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then: gcloud components install beta pubsub-emulator (Debian package: google-cloud-cli-pubsub-emulator)"
     return

@@ -401,14 +401,11 @@ class Processor:
         timer: _Timer,
     ) -> dict[str, Any]:
         expl, preview = inference.explanation, inference.preview
-        return result.build_record(
-            status=result.COMPLETED,
-            correlation_id=request.correlation_id,
-            bucket=request.bucket,
-            name=request.name,
-            generation=request.generation,
-            header=header,
-            model=self.model.info.as_record(),
+        return self._record(
+            request,
+            result.COMPLETED,
+            header,
+            timer,
             prediction=result.prediction_fields(inference.probs, self.model.info.labels),
             image_uri=self._loc(request, naming.PREVIEW_SUFFIX).uri,
             explanation={
@@ -429,7 +426,22 @@ class Processor:
                 "n_frames": int(decoded.n_frames),
                 "photometric": decoded.photometric,
             },
+        )
+
+    def _record(
+        self, request: InferenceRequest, status: str, header: dict[str, Any], timer: _Timer, **fields: Any
+    ) -> dict[str, Any]:
+        """A result record of this request: what every record, completed or failed, carries."""
+        return result.build_record(
+            status=status,
+            correlation_id=request.correlation_id,
+            bucket=request.bucket,
+            name=request.name,
+            generation=request.generation,
+            header=header,
+            model=self.model.info.as_record(),
             timings_ms=timer.ms,
+            **fields,
         )
 
     def _write(self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str) -> Written:
@@ -453,17 +465,7 @@ class Processor:
         header = result.merge_header(
             request.dicom, result.header_from_dataset(ds) if ds is not None else None
         )
-        record = result.build_record(
-            status=result.FAILED,
-            correlation_id=request.correlation_id,
-            bucket=request.bucket,
-            name=request.name,
-            generation=request.generation,
-            header=header,
-            model=self.model.info.as_record(),
-            timings_ms=timer.ms,
-            error={"code": code, "message": message},
-        )
+        record = self._record(request, result.FAILED, header, timer, error={"code": code, "message": message})
         return self._commit(request, record, Outcome.FAILED, timer)
 
     def _commit(

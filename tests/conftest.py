@@ -53,5 +53,15 @@ def bucket_name(gcs_server: FakeGcsServer) -> str:
     return name
 
 
+@pytest.fixture
+def webhook():
+    """A real local HTTP server standing in for Django (see tests/service_support.py)."""
+    from service_support import WebhookServer
+
+    server = WebhookServer()
+    yield server
+    server.stop()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -33,13 +33,6 @@ def model() -> LoadedModel:
     return m
 
 
-@pytest.fixture
-def webhook() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    yield server
-    server.stop()
-
-
 def _settings(webhook: WebhookServer) -> Settings:
     return Settings(
         project=PROJECT,

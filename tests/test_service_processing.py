@@ -51,13 +51,6 @@ def model() -> LoadedModel:
     return m
 
 
-@pytest.fixture
-def webhook() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    yield server
-    server.stop()
-
-
 def _settings(webhook: WebhookServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "project": PROJECT,

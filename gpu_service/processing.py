@@ -195,6 +195,8 @@ def lime_params(settings: Settings) -> LimeParams:
         params = replace(params, segmentation=settings.lime_segmentation)
     if settings.lime_batch_size:
         params = replace(params, batch_size=settings.lime_batch_size)
+    if settings.lime_segmentation_max_side:
+        params = replace(params, segmentation_max_side=settings.lime_segmentation_max_side)
     return params
 
 

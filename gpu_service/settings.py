@@ -69,6 +69,9 @@ class Settings:
     lime_segmentation: str | None = None  # None: the inference core's default
     lime_seed: int = 0
     lime_batch_size: int | None = None
+    # Side (px) of the downscaled copy that is segmented; None: the inference core's default.
+    # Larger inputs than the demo model's may want more detailed superpixels.
+    lime_segmentation_max_side: int | None = None
     # Shared batcher across concurrent requests.
     batching: bool = True
     batch_max_size: int = 256
@@ -108,6 +111,7 @@ class Settings:
             lime_segmentation=_str(env, "LIME_SEGMENTATION"),
             lime_seed=_int(env, "LIME_SEED", 0),
             lime_batch_size=_int(env, "LIME_BATCH_SIZE", 0) or None,
+            lime_segmentation_max_side=_int(env, "LIME_SEGMENTATION_MAX_SIDE", 0) or None,
             batching=_bool(env, "BATCHING", True),
             batch_max_size=_int(env, "BATCH_MAX_SIZE", 256),
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 10.0),

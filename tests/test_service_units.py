@@ -62,6 +62,26 @@ def test_settings_pixel_budget_and_delivery_attempts() -> None:
         Settings.from_env({"MAX_DELIVERY_ATTEMPTS": "0"})
 
 
+def test_lime_settings_reach_the_explanation_parameters() -> None:
+    from gpu_service.explain import LimeParams
+    from gpu_service.processing import lime_params
+
+    assert lime_params(Settings.from_env({})) == LimeParams()  # the core's defaults, untouched
+    params = lime_params(
+        Settings.from_env(
+            {
+                "LIME_NUM_SAMPLES": "300",
+                "LIME_SEGMENTATION": "quickshift",
+                "LIME_BATCH_SIZE": "64",
+                "LIME_SEGMENTATION_MAX_SIDE": "224",
+                "LIME_SEED": "7",
+            }
+        )
+    )
+    assert (params.num_samples, params.segmentation, params.batch_size) == (300, "quickshift", 64)
+    assert (params.segmentation_max_side, params.seed) == (224, 7)
+
+
 def test_settings_refuse_unsigned_webhook() -> None:
     with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
         Settings.from_env({"WEBHOOK_URL": "http://x/hook"})

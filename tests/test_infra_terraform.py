@@ -198,7 +198,8 @@ def check_providers_pinned(cfg: dict[str, Any]) -> None:
             providers.update(rp)
     for name in ("google", "google-beta", "archive"):
         assert name in providers, f"provider {name} not declared"
-        assert str(providers[name]["version"]).startswith("~>"), f"{name} not pinned to one major"
+        version = str(providers[name]["version"])
+        assert version.startswith("~>") and version.count(".") == 2, f"{name} not pinned to one minor release"
     assert any(t.get("required_version") for t in cfg["terraform"]), "terraform required_version missing"
 
 

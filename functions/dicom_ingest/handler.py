@@ -8,6 +8,7 @@ retries the event; every step is safe to repeat (see ``message`` for deduplicati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -135,7 +136,7 @@ def handle(
         )
         try:
             if upload.size < 0:
-                upload = _with_size(upload, reader.size())
+                upload = dataclasses.replace(upload, size=reader.size())
             read = hdr.read_header(
                 reader.fetch,
                 upload.size,
@@ -195,10 +196,6 @@ def handle(
             fetches=reader.requests,
             object_size=upload.size,
         )
-
-
-def _with_size(upload: message.Upload, size: int) -> message.Upload:
-    return message.Upload(**{**upload.__dict__, "size": size})
 
 
 def _reject(

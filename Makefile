@@ -8,14 +8,18 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs prereqs-test prereqs-stack test test-fast lint fmt clean
+.PHONY: help venv prereqs prereqs-test prereqs-stack ports-free test test-fast lint fmt clean up down status demo
 
 # Checked before anything is installed, so a missing Java or gcloud is reported at once.
 prereqs-test:
 	@bash infra/local/check_prereqs.sh test
 
 prereqs-stack:
-	@bash infra/local/check_prereqs.sh stack ports up down status demo
+	@bash infra/local/check_prereqs.sh stack
+
+# The port check names the process holding a busy port; it runs in the environment, so after it.
+ports-free: $(STAMP)
+	@bash infra/local/check_prereqs.sh ports
 
 help:
 	@echo "make demo   run the whole pipeline end to end on the local stack"
@@ -57,7 +61,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Local stack (infra/local): ports LOCAL_*_PORT, state and logs under .local/.
-up: prereqs-stack $(STAMP)
+up: prereqs-stack $(STAMP) ports-free
 	$(PY) -m infra.local.stack up
 
 down:
@@ -67,7 +71,7 @@ status:
 	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack status; else echo "local stack: not running (no $(VENV))"; fi
 
 # make demo KEEP=1 leaves the stack running afterwards (make down stops it).
-demo: prereqs-stack $(STAMP)
+demo: prereqs-stack $(STAMP) ports-free
 	PYTHONPATH=functions:. $(PY) -m infra.local.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
 
 clean:

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import functions_framework
@@ -233,6 +235,132 @@ def test_bridge_ignores_notifications_outside_the_trigger():
     assert event is not None and event["type"] == "google.cloud.storage.object.v1.deleted"
     message["attributes"]["payloadFormat"] = "NONE"
     assert eventarc_bridge.notification_to_cloudevent(message) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "on_the_wire"),
+    [
+        # The CloudEvents HTTP binding's own example, then what object names bring.
+        ("Euro € 😀", "Euro%20%E2%82%AC%20%F0%9F%98%80"),
+        (
+            "objects/wards/응급실 A/환자 01.DCM",
+            "objects/wards/%EC%9D%91%EA%B8%89%EC%8B%A4%20A/%ED%99%98%EC%9E%90%2001.DCM",
+        ),
+        ('objects/a#b?c[1]*d+e%20"f', "objects/a#b?c[1]*d+e%2520%22f"),
+        ("plain/ascii-name.dcm", "plain/ascii-name.dcm"),
+    ],
+)
+def test_cloudevent_header_values_are_percent_encoded_as_the_http_binding_says(value, on_the_wire):
+    assert eventarc_bridge.encode_header_value(value) == on_the_wire
+    assert urllib.parse.unquote(on_the_wire) == value
+    on_the_wire.encode("ascii")  # what http.client will accept
+
+
+def _notification(bucket: str, name: str, message_id: str = "41") -> dict:
+    data = {"bucket": bucket, "name": name, "generation": "1700000000000001", "size": "400"}
+    attributes = {"eventType": "OBJECT_FINALIZE", "payloadFormat": "JSON_API_V1", "bucketId": bucket,
+                  "objectId": name}  # fmt: skip
+    message = {"messageId": message_id, "attributes": attributes,
+               "data": base64.b64encode(json.dumps(data).encode()).decode()}  # fmt: skip
+    return {"message": message, "subscription": "projects/p/subscriptions/s"}
+
+
+def test_bridge_delivers_any_object_name_exactly(cloudevent_function):
+    """A Unicode name with spaces and URL characters reaches a real function intact in the data;
+    the two failures the function makes first leave it pending, as the emulator redelivers."""
+    function_url, events = cloudevent_function
+    bridge = eventarc_bridge.make_server(eventarc_bridge.BridgeSettings(target_url=function_url, port=0))
+    _serve(bridge)
+    name = "wards/응급실 A/환자 01#2?x[1]*%41+.DCM"
+    url = f"http://127.0.0.1:{bridge.server_port}"
+    try:
+        answers = [
+            requests.post(url, json=_notification("b", name), timeout=30).status_code for _ in range(2)
+        ]
+        pending = requests.get(url + "/stats", timeout=10).json()["pending"]
+        answers.append(requests.post(url, json=_notification("b", name), timeout=30).status_code)
+        stats = requests.get(url + "/stats", timeout=10).json()
+    finally:
+        bridge.shutdown()
+    assert answers == [502, 502, 204] and pending == 1
+    (received,) = _lines(events)
+    assert received["data"]["name"] == name
+    assert urllib.parse.unquote(received["attributes"]["subject"]) == "objects/" + name
+    assert (stats["delivered"], stats["pending"], stats["failed"]) == (1, 0, 0)
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    status = 400
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("function_status", "bridge_answer", "failed", "pending"), [(400, 204, 1, 0), (503, 502, 0, 1)]
+)
+def test_bridge_gives_up_loudly_on_what_can_never_succeed(
+    capsys, function_status, bridge_answer, failed, pending
+):
+    """A 4xx from the function is an ERROR naming the object and a failed event, never a silent retry loop;
+    a 5xx stays pending, to be redelivered."""
+    handler = type("Handler", (_Refusing,), {"status": function_status})
+    function = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    _serve(function)
+    bridge = eventarc_bridge.make_server(
+        eventarc_bridge.BridgeSettings(target_url=f"http://127.0.0.1:{function.server_port}/", port=0)
+    )
+    _serve(bridge)
+    name = "wards/응급실 A/환자 02.dcm"
+    try:
+        answer = requests.post(
+            f"http://127.0.0.1:{bridge.server_port}/", json=_notification("b", name), timeout=30
+        )
+        stats = requests.get(f"http://127.0.0.1:{bridge.server_port}/stats", timeout=10).json()
+    finally:
+        bridge.shutdown()
+        function.shutdown()
+    assert answer.status_code == bridge_answer
+    assert (stats["failed"], stats["pending"]) == (failed, pending)
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    if failed:
+        (error,) = [line for line in logged if line["severity"] == "ERROR"]
+        assert error["object"] == f"gs://b/{name}" and "HTTP 400" in error["reason"]
+        assert stats["failures"] == [
+            {"event_id": "41", "object": f"gs://b/{name}", "reason": error["reason"]}
+        ]
+    else:
+        assert not [line for line in logged if line["severity"] == "ERROR"]
+
+
+def test_bridge_gives_up_at_the_dead_letter_limit(capsys):
+    handler = type("Handler", (_Refusing,), {"status": 503})
+    function = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    _serve(function)
+    settings = eventarc_bridge.BridgeSettings(
+        target_url=f"http://127.0.0.1:{function.server_port}/", port=0, max_attempts=3
+    )
+    bridge = eventarc_bridge.make_server(settings)
+    _serve(bridge)
+    try:
+        for attempt in (1, 2, 3):
+            envelope = {**_notification("b", "x.dcm"), "deliveryAttempt": attempt}
+            answer = requests.post(f"http://127.0.0.1:{bridge.server_port}/", json=envelope, timeout=30)
+            assert answer.status_code == 502, (
+                "refused, so that Pub/Sub keeps it (redelivery, then dead letter)"
+            )
+        stats = requests.get(f"http://127.0.0.1:{bridge.server_port}/stats", timeout=10).json()
+    finally:
+        bridge.shutdown()
+        function.shutdown()
+    assert (stats["pending"], stats["failed"]) == (0, 1)
+    assert "dead-letter" in stats["failures"][0]["reason"]
 
 
 def test_stack_refuses_a_busy_port_and_names_its_owner(tmp_path):

@@ -99,3 +99,29 @@ def test_stack_trace_keeps_messages_of_our_own_exceptions():
 
     entry = _log_exception(ours)
     assert "storage answered 503 for gs://bucket/path/img.dcm" in entry["stack_trace"]
+
+
+@pytest.mark.parametrize("suffix", naming.OUTPUT_SUFFIXES)
+def test_outputs_of_a_name_near_the_limit_fit_and_stay_apart(suffix):
+    """Cloud Storage takes names up to 1024 bytes; an output of such a name must still be writable."""
+    folder = "wards/응급실 A/"  # multi-byte characters, so the cut falls inside one
+    name = folder + "환" * ((naming.MAX_NAME_BYTES - len(folder.encode()) - 4) // 3) + ".dcm"
+    other = name[:-5] + "자.dcm"
+    assert len(name.encode()) <= naming.MAX_NAME_BYTES
+    out = naming.output_name(name, suffix)
+    assert len(out.encode()) <= naming.MAX_NAME_BYTES
+    assert out.endswith(suffix) and out.startswith(folder)
+    out.encode().decode("utf-8")  # no half character
+    assert out == naming.output_name(name, suffix)
+    assert out != naming.output_name(other, suffix)
+    assert naming.is_pipeline_output(out, None)
+
+
+def test_names_with_room_keep_their_exact_stem():
+    name = "wards/응급실 A/환자 01#1?x[2]*%20+.DCM"
+    assert naming.output_name(name, naming.MASK_SUFFIX) == "wards/응급실 A/환자 01#1?x[2]*%20+.lime.png"
+    longest_fitting = "a" * (naming.MAX_NAME_BYTES - len(naming.REJECTION_SUFFIX)) + ".dcm"
+    assert (
+        naming.output_name(longest_fitting, naming.REJECTION_SUFFIX)
+        == longest_fitting[:-4] + ".rejected.json"
+    )

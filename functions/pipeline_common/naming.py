@@ -27,6 +27,9 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (
 )
 
 _DCM = re.compile(r"\.dcm$", re.IGNORECASE)
+# Cloud Storage object names are at most 1024 bytes of UTF-8.
+MAX_NAME_BYTES = 1024
+_HASH_CHARS = 16
 
 
 def stem(object_name: str) -> str:
@@ -35,11 +38,21 @@ def stem(object_name: str) -> str:
 
 
 def output_name(object_name: str, suffix: str, prefix: str = "") -> str:
-    """Name of an output for ``object_name``; ``prefix`` relocates it (read-only upload buckets)."""
+    """Name of an output for ``object_name``; ``prefix`` relocates it (read-only upload buckets).
+
+    A name so long that ``STEM + suffix`` would pass Cloud Storage's 1024-byte limit keeps as
+    much of its stem as fits, then ``~`` and a hash of the whole name, so its outputs can
+    still be written beside it and never collide with another upload's.
+    """
     base = stem(object_name)
     if prefix:
         base = prefix.rstrip("/") + "/" + base.lstrip("/")
-    return base + suffix
+    if len((base + suffix).encode()) <= MAX_NAME_BYTES:
+        return base + suffix
+    digest = hashlib.sha256(object_name.encode()).hexdigest()[:_HASH_CHARS]
+    room = MAX_NAME_BYTES - len(suffix.encode()) - 1 - _HASH_CHARS
+    kept = base.encode()[:room].decode("utf-8", errors="ignore")  # never half a character
+    return f"{kept}~{digest}{suffix}"
 
 
 def is_pipeline_output(

@@ -9,6 +9,10 @@ CloudEvent (``cloudevents`` library, binary mode) to the function under
 functions-framework. The bridge answers the push with the function's verdict, so a
 failing function leaves the message unacknowledged and the emulator's retry policy
 redelivers it, as Eventarc does.
+
+A delivery that can never succeed (the function answers 4xx, or the event cannot be put on
+the wire) is logged as an ERROR naming the object, counted, and acknowledged so it is not
+retried forever; ``GET /stats`` gives the counts that ``make status`` prints.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from cloudevents.conversion import to_binary
@@ -47,6 +53,7 @@ class BridgeSettings:
     port: int = 8084
     event_type: str = FINALIZED  # the trigger's event filter, as in the Eventarc trigger
     timeout_s: float = 60.0
+    max_attempts: int = 0  # the subscription's dead-letter limit; 0: no limit
 
     @classmethod
     def from_env(cls) -> BridgeSettings:
@@ -59,6 +66,7 @@ class BridgeSettings:
             port=int(os.environ.get("BRIDGE_PORT") or os.environ.get("LOCAL_BRIDGE_PORT") or 8084),
             event_type=os.environ.get("BRIDGE_EVENT_TYPE", FINALIZED),
             timeout_s=float(os.environ.get("BRIDGE_TIMEOUT_S", "60")),
+            max_attempts=int(os.environ.get("BRIDGE_MAX_ATTEMPTS", "0")),
         )
 
 
@@ -90,20 +98,75 @@ def notification_to_cloudevent(message: dict[str, Any]) -> CloudEvent | None:
     )
 
 
+# CloudEvents HTTP binding 1.0.2, 3.1.3.2: header values are UTF-8, then percent-encoded for
+# space, '"', '%' and every byte outside printable ASCII; all other characters stay as they are.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
+def encode_header_value(value: str) -> str:
+    """A CloudEvent attribute as an HTTP header value. The cloudevents SDK (1.12) leaves this to
+    the caller, and http.client then refuses any object name outside Latin-1."""
+    return quote(value, safe=_HEADER_SAFE, encoding="utf-8")
+
+
+def binary_request(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    headers, body = to_binary(event)
+    encoded = {k: encode_header_value(v) if k.lower().startswith("ce-") else v for k, v in headers.items()}
+    return encoded, body
+
+
 def deliver(event: CloudEvent, url: str, timeout_s: float) -> int:
     """POST the event in binary content mode; the HTTP status, or 503 when the function is unreachable."""
-    headers, body = to_binary(event)
+    headers, body = binary_request(event)
     try:
         return requests.post(url, headers=headers, data=body, timeout=timeout_s).status_code
     except requests.RequestException:
         return HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def _log(message: str, **fields: Any) -> None:
-    print(
-        json.dumps({"severity": "INFO", "message": message, "time": datetime.now(UTC).isoformat(), **fields}),
-        flush=True,
-    )
+def can_never_succeed(status: int) -> bool:
+    """4xx (but a timeout or throttling) from the function: the same event will be refused again."""
+    return 400 <= status < 500 and status not in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS)
+
+
+@dataclass
+class DeliveryStats:
+    """What ``make status`` shows: events still being retried, and those given up on, by object."""
+
+    delivered: int = 0
+    pending: dict[str, str] = field(default_factory=dict)  # message id -> gs:// object
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, message_id: str, uri: str, status: int, reason: str | None = None) -> None:
+        with self.lock:
+            if reason is not None:
+                self.pending.pop(message_id, None)
+                self.failed.append({"event_id": message_id, "object": uri, "reason": reason})
+            elif 200 <= status < 300:
+                self.pending.pop(message_id, None)
+                self.delivered += 1
+            else:
+                self.pending[message_id] = uri
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "delivered": self.delivered,
+                "pending": len(self.pending),
+                "failed": len(self.failed),
+                "failures": self.failed[-20:],
+            }
+
+
+def _log(message: str, severity: str = "INFO", **fields: Any) -> None:
+    line = {"severity": severity, "message": message, "time": datetime.now(UTC).isoformat(), **fields}
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+def _object_uri(event: CloudEvent) -> str:
+    data = event.get_data() or {}
+    return f"gs://{data.get('bucket', '')}/{data.get('name', '')}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,42 +182,78 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
+        if self.path == "/stats":
+            body = json.dumps(self.server.stats.snapshot(), ensure_ascii=False).encode()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self._reply(HTTPStatus.OK if self.path == "/healthz" else HTTPStatus.NOT_FOUND)
 
     def do_POST(self) -> None:
         settings = self.server.settings
         length = int(self.headers.get("Content-Length") or 0)
         try:
-            message = json.loads(self.rfile.read(length))["message"]
-            event = notification_to_cloudevent(message)
+            envelope = json.loads(self.rfile.read(length))
+            event = notification_to_cloudevent(envelope["message"])
+            attempt = int(envelope.get("deliveryAttempt") or 0)
         except (ValueError, KeyError, TypeError):
             # A push that is not a Pub/Sub envelope can never succeed: acknowledge and say so.
-            _log("dropping malformed push", path=self.path)
+            _log("dropping malformed push", "ERROR", path=self.path)
             self._reply(HTTPStatus.NO_CONTENT)
             return
         if event is None or event["type"] != settings.event_type:
             self._reply(HTTPStatus.NO_CONTENT)  # outside the trigger's filter
             return
-        status = deliver(event, settings.target_url, settings.timeout_s)
+        uri, reason = _object_uri(event), None
+        try:
+            status = deliver(event, settings.target_url, settings.timeout_s)
+        except (UnicodeError, ValueError) as exc:  # the request could not be built: never will be
+            status, reason = 0, f"cannot encode the CloudEvent: {type(exc).__name__}"
+        if reason is None and can_never_succeed(status):
+            reason = f"the function refused the event with HTTP {status}"
+        dead_end = reason is not None
+        if reason is None and not 200 <= status < 300 and 0 < settings.max_attempts <= attempt:
+            reason = f"HTTP {status} at attempt {attempt}: Pub/Sub moves it to the dead-letter topic"
+        self.server.stats.record(event["id"], uri, status, reason)
+        if reason is not None:
+            # Retrying cannot help (or is over): say so loudly, name the object, stop the retries.
+            _log(
+                "event can never be delivered; giving up",
+                "ERROR",
+                event_id=event["id"],
+                object=uri,
+                reason=reason,
+                function_status=status,
+            )
+            # A refused event is acknowledged; an exhausted one is refused once more, so that
+            # Pub/Sub keeps it on the dead-letter topic.
+            self._reply(HTTPStatus.NO_CONTENT if dead_end else HTTPStatus.BAD_GATEWAY)
+            return
+        ok = 200 <= status < 300
         _log(
-            "delivered CloudEvent",
+            "delivered CloudEvent" if ok else "delivery failed; the emulator will redeliver",
+            "INFO" if ok else "WARNING",
             event_id=event["id"],
-            subject=event["subject"],
-            source=event["source"],
+            object=uri,
             function_status=status,
         )
         # 2xx acknowledges; anything else makes the emulator redeliver with backoff.
-        self._reply(HTTPStatus.NO_CONTENT if 200 <= status < 300 else HTTPStatus.BAD_GATEWAY)
+        self._reply(HTTPStatus.NO_CONTENT if ok else HTTPStatus.BAD_GATEWAY)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     settings: BridgeSettings
+    stats: DeliveryStats
 
 
 def make_server(settings: BridgeSettings) -> _Server:
     server = _Server((settings.host, settings.port), _Handler)
     server.settings = settings
+    server.stats = DeliveryStats()
     return server
 
 

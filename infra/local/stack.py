@@ -72,6 +72,7 @@ NOTIFY_TOPIC = "gcs-object-notifications"
 NOTIFY_SUBSCRIPTION = "eventarc-ingest-dicom"
 NOTIFY_DEAD_LETTER_TOPIC = "eventarc-ingest-dicom-dead-letter"
 NOTIFY_ACK_DEADLINE_S = 60
+NOTIFY_MAX_DELIVERY_ATTEMPTS = 10
 # The bridge answers each push within the ack deadline: a delivery still running when the
 # deadline passes would be pushed again while the first one is in flight.
 BRIDGE_TIMEOUT_S = NOTIFY_ACK_DEADLINE_S - 15
@@ -568,6 +569,7 @@ class Stack:
                 "BRIDGE_PORT": str(c.ports.bridge),
                 "FUNCTION_URL": c.url("function"),
                 "BRIDGE_TIMEOUT_S": str(BRIDGE_TIMEOUT_S),
+                "BRIDGE_MAX_ATTEMPTS": str(NOTIFY_MAX_DELIVERY_ATTEMPTS),
             }
         )
         spawn("eventarc-bridge", [py, "-m", "infra.local.eventarc_bridge"], bridge_env, "/healthz")
@@ -591,7 +593,7 @@ class Stack:
         create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,
             push_endpoint=c.url("bridge") + "/", ack_deadline_s=NOTIFY_ACK_DEADLINE_S,
-            dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=10, min_backoff_s=1, max_backoff_s=10,
+            dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=NOTIFY_MAX_DELIVERY_ATTEMPTS, min_backoff_s=1, max_backoff_s=10,
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
 
@@ -629,6 +631,29 @@ class Stack:
                          "healthy": healthy})  # fmt: skip
         return rows
 
+    def event_stats(self) -> dict[str, Any] | None:
+        """The Eventarc stand-in's counts of events delivered, still retried and given up on."""
+        bridge = next(
+            (r for r in (self._load() or {}).get("components", []) if r["name"] == "eventarc-bridge"), None
+        )
+        if bridge is None:
+            return None
+        try:
+            return requests.get(bridge["url"] + "/stats", timeout=3).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+
+def _print_events(stats: dict[str, Any] | None) -> bool:
+    """One line of event counts, and the objects given up on; False when any was."""
+    if stats is None:
+        print("\nevents: unknown (the eventarc bridge does not answer /stats)")
+        return True
+    print(f"\nevents: {stats['delivered']} delivered, {stats['pending']} pending, {stats['failed']} failed")
+    for failure in stats.get("failures", []):
+        print(f"  failed: {failure['object']}: {failure['reason']}")
+    return not stats["failed"]
+
 
 def _cmd_status(stack: Stack) -> int:
     rows = stack.status()
@@ -643,9 +668,12 @@ def _cmd_status(stack: Stack) -> int:
         if r.get("leader_exited"):
             state = "orphaned"  # its leader died, other processes of its group remain
         print(f"{r['name']:<18} {r['pid']:>7}  {state:<10} {r['url']:<28} {r['log']}")
+    events_ok = _print_events(stack.event_stats())
     if all(r["alive"] and not r["leader_exited"] and r["healthy"] is not False for r in rows):
         print(f"\nall running; `source {stack.config.env_file}` to use it")
-        return 0
+        if not events_ok:
+            print(f"some events could not be delivered: see {stack.config.log_dir / 'eventarc-bridge.log'}")
+        return 0 if events_ok else 1
     print("\nsome components are not running: see their logs; `make down` then `make up`")
     return 1
 

@@ -38,13 +38,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from gpu_service.app import make_store, make_webhook
-from gpu_service.batcher import Batcher
-from gpu_service.model import load_model
-from gpu_service.processing import Outcome, Processor, ProcessResult, is_acked
+from gpu_service.acknowledgement import ProcessResult, RequestOutcome, is_acked
+from gpu_service.processing import Processor
 from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
 from gpu_service.settings import Settings
 from gpu_service.storage import SOURCE_KEY, GcsStore, ObjectInfo, parse_source_marker
+from gpu_service.wiring import build_processor, load_warm_model
 from pipeline_common import jsonlog, naming
 from pipeline_common.jsonlog import log
 
@@ -81,7 +80,7 @@ class Summary:
 
     @property
     def to_retry(self) -> int:
-        return self.counts[Outcome.RETRY.value] + self.counts[Outcome.INVALID.value]
+        return self.counts[RequestOutcome.RETRY.value] + self.counts[RequestOutcome.INVALID.value]
 
     def as_dict(self) -> dict[str, object]:
         with self.lock:
@@ -174,16 +173,17 @@ def run_prefix(
                     log(logger, logging.INFO, "skipped: rejected by the ingest function")
                     summary.add("skipped_rejected")
                     return
-                if processor.already_processed(request):
+                stored = processor.existing_result(request)
+                if processor.is_done(request, stored):
                     summary.add("skipped_done")
                     return
             except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
                 logger.exception("cannot inspect object")
-                summary.add(Outcome.RETRY.value)
+                summary.add(RequestOutcome.RETRY.value)
                 return
-            result = processor.process(request)
+            result = processor.process(request, stored=stored)
         summary.add(result.outcome.value)
-        done = sum(summary.counts[o.value] for o in Outcome)
+        done = sum(summary.counts[o.value] for o in RequestOutcome)
         if done % progress_every == 0:
             log(logger, logging.INFO, "job progress", **summary.as_dict())
 
@@ -229,7 +229,7 @@ def run_subscription(
         except MessageError as exc:
             log(logger, logging.ERROR, "unprocessable message; handing it back for dead-lettering",
                 message_id=msg.message_id, reason=str(exc))  # fmt: skip
-            summary.add(Outcome.INVALID.value)
+            summary.add(RequestOutcome.INVALID.value)
             return received.ack_id, False  # type: ignore[attr-defined]
         attempt = received.delivery_attempt or None  # type: ignore[attr-defined]
         with jsonlog.bind(message_id=msg.message_id, delivery_attempt=attempt):
@@ -284,16 +284,6 @@ def run_subscription(
     return summary
 
 
-def build_processor(settings: Settings, concurrency: int) -> tuple[Processor, GcsStore, Batcher | None]:
-    model = load_model(settings.model_uri, max_batch_size=settings.batch_max_size)
-    model.warmup()
-    batcher = None
-    if settings.batching and concurrency > 1:
-        batcher = Batcher(model.predict, settings.batch_max_size, settings.batch_max_wait_ms)
-    store = make_store(settings)
-    return Processor(settings, model, store, make_webhook(settings), batcher), store, batcher
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gpu_service.job", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -315,11 +305,12 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
     concurrency = max(1, args.concurrency or settings.concurrency)
-    processor, store, batcher = build_processor(settings, concurrency)
+    wired = build_processor(settings, load_warm_model(settings), batching=concurrency > 1)
+    processor = wired.processor
     try:
         if args.prefix:
             summary = run_prefix(
-                processor, store, args.prefix, task_index=args.task_index, task_count=args.task_count,
+                processor, processor.store, args.prefix, task_index=args.task_index, task_count=args.task_count,
                 concurrency=concurrency, progress_every=max(1, args.progress_every),
             )  # fmt: skip
         else:
@@ -327,8 +318,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
                 processor, args.subscription, concurrency=concurrency, max_messages=args.max_messages
             )
     finally:
-        if batcher is not None:
-            batcher.close()
+        wired.close()
     log(logger, logging.INFO, "job finished", **summary.as_dict())
     return 1 if summary.to_retry else 0
 

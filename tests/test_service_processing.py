@@ -190,7 +190,7 @@ def test_duplicate_after_an_accepted_webhook_sends_nothing(
     assert marker and datetime.fromisoformat(marker).tzinfo is not None  # RFC 3339, UTC
     assert (record_blob.metadata or {})[naming.MARKER_KEY] == "result"  # the patch merged
 
-    with caplog.at_level(logging.INFO, logger="gpu_service.processing"):
+    with caplog.at_level(logging.INFO, logger="gpu_service.delivery"):
         for attempt in (2, None):
             again = app.test_client().post("/", json=envelope(request_body(blob), attempt=attempt))
             assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"

@@ -34,7 +34,8 @@ from infra.local.emulators import (
     port_is_free,
     private_gcloud_env,
 )
-from infra.local.stack import Ports, Stack, StackConfig, StackError, ephemeral_range
+from infra.local.stack import Ports, Stack, StackConfig, StackError
+from infra.local.stack_config import ephemeral_range
 from tests.conftest import PROJECT, unique
 
 SECRET = "s3cret-for-tests"

@@ -169,13 +169,8 @@ def _handle_push(service: Service) -> tuple[Response, int]:
             return jsonify(outcome=RequestOutcome.INVALID.value, error=str(exc)), ack_status(
                 RequestOutcome.INVALID
             )
-        with jsonlog.bind(
-            correlation_id=req.correlation_id,
-            bucket=req.bucket,
-            object=req.name,
-            generation=req.generation,
-            message_id=message.message_id,
-            delivery_attempt=message.delivery_attempt,
+        with jsonlog.bind_upload(
+            req, message_id=message.message_id, delivery_attempt=message.delivery_attempt
         ):
             if not service.ready.wait(settings.ready_wait_s if not service.error else 0):
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)

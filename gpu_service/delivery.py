@@ -11,10 +11,11 @@ from gpu_service.acknowledgement import ProcessResult, RequestOutcome
 from gpu_service.instrumentation import ProcessorStats, StageTimer
 from gpu_service.outputs import RequestOutputs, StoredRecord
 from gpu_service.push import InferenceRequest
-from gpu_service.storage import OutputConflict, WriteOutcome
+from gpu_service.storage import OutputConflict
 from gpu_service.webhook import WebhookClient
 from gpu_service.webhook_signature import idempotency_key
 from pipeline_common import naming
+from pipeline_common.conditional_write import WriteOutcome
 from pipeline_common.jsonlog import log
 from pipeline_common.timefmt import rfc3339
 

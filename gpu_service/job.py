@@ -42,7 +42,7 @@ from gpu_service.acknowledgement import ProcessResult, RequestOutcome, is_acked
 from gpu_service.processing import Processor
 from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
 from gpu_service.settings import Settings
-from gpu_service.storage import SOURCE_KEY, GcsStore, ObjectInfo, parse_source_marker
+from gpu_service.storage import GcsStore, ObjectInfo
 from gpu_service.wiring import build_processor, load_warm_model
 from pipeline_common import jsonlog, naming
 from pipeline_common.jsonlog import log
@@ -104,17 +104,12 @@ def rejected_at_ingest(store: GcsStore, obj: ObjectInfo) -> bool:
     metadata = store.object_metadata(obj.bucket, naming.output_name(obj.name, naming.REJECTION_SUFFIX))
     if not metadata or naming.MARKER_KEY not in metadata:
         return False
-    uri, generation = parse_source_marker(metadata.get(SOURCE_KEY))
+    uri, generation = naming.parse_source_marker(metadata.get(naming.SOURCE_KEY))
     return uri == naming.gs_uri(obj.bucket, obj.name) and generation == int(obj.generation)
 
 
 def _bound(request: InferenceRequest) -> contextlib.AbstractContextManager[None]:
-    return jsonlog.bind(
-        correlation_id=request.correlation_id,
-        bucket=request.bucket,
-        object=request.name,
-        generation=request.generation,
-    )
+    return jsonlog.bind_upload(request)
 
 
 def _process_logged(

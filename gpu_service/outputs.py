@@ -8,8 +8,9 @@ from typing import Any
 
 from gpu_service import result
 from gpu_service.push import InferenceRequest
-from gpu_service.storage import DELIVERED_KEY, GcsStore, Location, Written
+from gpu_service.storage import GcsStore, Location
 from pipeline_common import naming
+from pipeline_common.conditional_write import WriteResult
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class RequestOutputs:
     def location(self, request: InferenceRequest, suffix: str) -> Location:
         return self.store.location(request.bucket, request.name, suffix)
 
-    def write(self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str) -> Written:
+    def write(
+        self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str
+    ) -> WriteResult:
         return self.store.write_output(
             self.location(request, suffix),
             data,
@@ -60,4 +63,4 @@ class RequestOutputs:
             return None  # unreadable record: recompute and replace it
         if not isinstance(record, dict) or not result.is_record_of(record, found.metadata, request.uri):
             return None
-        return StoredRecord(found.data, record, found.generation, found.metadata.get(DELIVERED_KEY))
+        return StoredRecord(found.data, record, found.generation, found.metadata.get(naming.DELIVERED_KEY))

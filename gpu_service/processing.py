@@ -29,9 +29,10 @@ from gpu_service.outputs import RequestOutputs, StoredRecord
 from gpu_service.pixels import DecodedImage, PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
 from gpu_service.push import InferenceRequest
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore, OutputConflict, SourceUnavailable, WriteOutcome
+from gpu_service.storage import GcsStore, OutputConflict, SourceUnavailable
 from gpu_service.webhook import WebhookClient
 from pipeline_common import naming
+from pipeline_common.conditional_write import WriteOutcome
 from pipeline_common.jsonlog import log
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline_common import naming
-
-SCHEMA = "dicom-inference-request/1"
+from pipeline_common import contract, naming
 
 
 class MessageError(ValueError):
@@ -86,7 +84,7 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
     if not isinstance(body, dict):
         raise MessageError("message data is not a JSON object")
     schema = body.get("schema") or message.attributes.get("schema")
-    if schema != SCHEMA:
+    if schema != contract.INFERENCE_REQUEST:
         raise MessageError(f"unsupported message schema {schema!r}")
     source = body.get("source")
     if not isinstance(source, dict):

@@ -19,8 +19,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pipeline_common.contract import DEFAULT_MAX_PIXELS
+
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # = functions/dicom_ingest/settings.py DEFAULT_MAX_PIXELS
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

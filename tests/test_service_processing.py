@@ -37,10 +37,11 @@ from gpu_service.app import create_app
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.pixels import decode, read_dicom, to_uint8
 from gpu_service.settings import Settings
-from gpu_service.storage import DELIVERED_KEY, GcsStore
+from gpu_service.storage import GcsStore
 from gpu_service.webhook_signature import idempotency_key, verify_signature
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
+from pipeline_common.naming import DELIVERED_KEY
 from tests.conftest import unique
 
 

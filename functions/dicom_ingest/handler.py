@@ -112,14 +112,7 @@ def handle(
         return Outcome("invalid_event", reason="invalid_event")
 
     trace = jsonlog.trace_field(event.get("traceparent"), settings.project)
-    with jsonlog.bind(
-        bucket=upload.bucket,
-        object=upload.name,
-        generation=upload.generation,
-        correlation_id=upload.correlation_id,
-        event_id=upload.event_id,
-        **trace,
-    ):
+    with jsonlog.bind_upload(upload, event_id=upload.event_id, **trace):
         if naming.is_pipeline_output(
             upload.name, data.get("metadata") or {}, settings.output_suffixes, settings.marker_key
         ):

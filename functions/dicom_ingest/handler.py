@@ -19,7 +19,7 @@ from cloudevents.abstract import AnyCloudEvent
 from google.cloud import pubsub_v1, storage
 
 from dicom_ingest import header as hdr
-from dicom_ingest import message, publisher, records
+from dicom_ingest import ingest_policy, message, publisher, records
 from dicom_ingest.reader import ObjectGone, RangedReader
 from dicom_ingest.settings import Settings
 from pipeline_common import jsonlog, naming
@@ -152,7 +152,7 @@ def handle(
         result = read.result
         rejection = result if isinstance(result, hdr.Rejection) else None
         if isinstance(result, hdr.DicomHeader):
-            rejection = hdr.check(result, settings.allowed_modalities, settings.max_pixels)
+            rejection = ingest_policy.check(result, settings.allowed_modalities, settings.max_pixels)
         if rejection is not None:
             return _reject(upload, rejection, settings, storage_client, cost, started)
 

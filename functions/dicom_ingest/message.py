@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_ingest.header import DicomHeader, message_fields
+from dicom_ingest.header_fields import message_fields
+from dicom_ingest.header_parse import DicomHeader
 from pipeline_common import contract, naming
 
 

@@ -16,8 +16,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from dicom_ingest.header import Rejection
 from dicom_ingest.message import Upload
+from dicom_ingest.rejection import Rejection
 from pipeline_common import contract, jsonlog, naming
 from pipeline_common.conditional_write import Relation, WriteOutcome, relation, write_unless_kept
 from pipeline_common.timefmt import rfc3339

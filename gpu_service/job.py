@@ -217,7 +217,6 @@ def run_subscription(
             attributes=dict(msg.attributes),
             message_id=msg.message_id,
             delivery_attempt=received.delivery_attempt or None,  # type: ignore[attr-defined]
-            subscription=subscription,
         )
         try:
             request = parse_request(message)

@@ -137,7 +137,8 @@ def main() -> None:
 
     print()
     print(
-        "| concurrent requests | direct (images/min) | shared batcher (images/min) | batched/direct | batches |"
+        "| concurrent requests | direct (images/min) | shared batcher (images/min) "
+        "| batched/direct | batches |"
     )
     print("|---:|---:|---:|---:|---|")
     for c, direct, batched, note in rows:

@@ -40,7 +40,8 @@ class ResultDelivery:
             # A foreign object holds the record's name: never overwrite it, never ack without a
             # stored record. Redeliveries fail the same way until the dead-letter topic keeps it.
             log(logger, logging.ERROR, "cannot store the result record; not acknowledging",
-                error_code=OutputConflict.code, reason=str(exc), record_status=record.get("status"))  # fmt: skip
+                error_code=OutputConflict.code, reason=str(exc),
+                record_status=record.get("status"))  # fmt: skip
             return ProcessResult(
                 RequestOutcome.RETRY, record=record, error_code=OutputConflict.code, timings_ms=timer.ms
             )
@@ -104,5 +105,6 @@ class ResultDelivery:
         log(logger, logging.INFO, f"request {outcome.value}", outcome=outcome.value,
             result_status=record.get("status"), error_code=error,
             sop_instance_uid_hash=naming.hash_uid(record.get("sop_instance_uid")),
-            webhook_status=delivery.status, webhook_attempts=delivery.attempts, timings_ms=timer.ms)  # fmt: skip
+            webhook_status=delivery.status, webhook_attempts=delivery.attempts,
+            timings_ms=timer.ms)  # fmt: skip
         return ProcessResult(outcome, record=record, error_code=error, timings_ms=timer.ms)

@@ -1,26 +1,8 @@
 """Cloud Run job: reprocess a folder of uploads, or drain a pull subscription's backlog.
 
-``python -m gpu_service.job --prefix gs://bucket/prefix``
-    Every DICOM object under the prefix, split across the job's tasks by a stable hash of
-    the object name (``CLOUD_RUN_TASK_INDEX`` of ``CLOUD_RUN_TASK_COUNT``), so each task owns
-    a fixed share whatever the listing order and a retried task redoes only its share.
-    The pipeline's own outputs are skipped, and so are objects whose result record was
-    made from the same generation by the same model and accepted by the webhook
-    (re-running the job is cheap; a new model reprocesses everything; a stored but
-    undelivered result only has its webhook re-sent, so a run also repairs those) and objects the ingest function rejected (a
-    ``STEM.rejected.json`` with the pipeline's marker for the same generation). Objects not named ``*.dcm`` are processed only if
-    their content type is DICOM or their first bytes carry the ``DICM`` prefix.
-
-``python -m gpu_service.job --subscription projects/P/subscriptions/S``
-    Pull and process until the subscription is empty (e.g. a dead-letter backlog after an
-    outage). A message is acknowledged only when its outcome would have earned a 2xx on
-    the push endpoint; the others are handed back (ack deadline 0) at the end of the run,
-    so a transient failure is redelivered and a hopeless message reaches the dead-letter
-    topic, exactly as with push.
-
-Both reuse :mod:`gpu_service.processing`, with one shared batcher across ``--concurrency``
-worker threads. Progress and a final summary are JSON log lines; the exit status is 1
-when anything is left to retry, so Cloud Run retries the task (done work is skipped).
+``python -m gpu_service.job --prefix gs://bucket/prefix`` | ``--subscription projects/P/subscriptions/S``.
+Both reuse the service's processor, one batcher shared by ``--concurrency`` threads; the exit
+status is 1 when anything is left to retry, so Cloud Run retries the task (done work is skipped).
 """
 
 from __future__ import annotations
@@ -143,6 +125,11 @@ def run_prefix(
     concurrency: int = 1,
     progress_every: int = 25,
 ) -> Summary:
+    """Every DICOM object under the prefix, in this task's share (a stable hash of the name, so
+    a retried task redoes only its share). Skipped: the pipeline's own outputs, objects the ingest
+    function rejected at this generation, and results of this generation and model that the
+    webhook accepted (a stored but undelivered result only has its webhook re-sent). Objects not
+    named ``*.dcm`` count when their content type is DICOM or their bytes start with ``DICM``."""
     bucket, prefix = parse_gs_prefix(uri)
     summary = Summary()
 
@@ -199,6 +186,9 @@ def run_subscription(
     empty_pulls_to_stop: int = 2,
     subscriber: object | None = None,
 ) -> Summary:
+    """Pull and process until the subscription is empty. A message is acknowledged only when
+    its outcome would have earned a 2xx on the push endpoint; the others are handed back (ack
+    deadline 0) at the end, so they are redelivered or dead-lettered exactly as with push."""
     from google.api_core import exceptions as gexc
     from google.cloud import pubsub_v1
 
@@ -304,8 +294,9 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     try:
         if args.prefix:
             summary = run_prefix(
-                processor, processor.store, args.prefix, task_index=args.task_index, task_count=args.task_count,
-                concurrency=concurrency, progress_every=max(1, args.progress_every),
+                processor, processor.store, args.prefix, task_index=args.task_index,
+                task_count=args.task_count, concurrency=concurrency,
+                progress_every=max(1, args.progress_every),
             )  # fmt: skip
         else:
             summary = run_subscription(

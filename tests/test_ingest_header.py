@@ -421,7 +421,8 @@ def test_large_values_before_the_pixels_are_skipped_not_fetched() -> None:
 
 
 def deflate(data: bytes) -> bytes:
-    """The same image with its data set deflated (Deflated Explicit VR Little Endian), as pydicom writes it."""
+    """The same image with its data set deflated (Deflated Explicit VR Little Endian), as pydicom
+    writes it."""
     ds = oracle(data)
     ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     out = io.BytesIO()

@@ -160,7 +160,8 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     assert explanation["overlay_uri"] == f"gs://{bucket_name}/study/1/image.overlay.png"
     assert explanation["parameters"]["num_samples"] == 64 and explanation["top_segments"]
     assert record["source"] == {"bucket": bucket_name, "name": "study/1/image.DCM",
-                                "uri": f"gs://{bucket_name}/study/1/image.DCM", "generation": gen}  # fmt: skip
+                                "uri": f"gs://{bucket_name}/study/1/image.DCM",
+                                "generation": gen}  # fmt: skip
     assert record["model"] == model.info.as_record()
     assert {"download", "decode", "predict", "explain", "render", "write"} <= set(record["timings_ms"])
     assert "error" not in record

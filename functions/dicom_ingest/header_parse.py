@@ -156,7 +156,8 @@ def inspect(chunks: Chunks, size: int, pull: Puller | None = None) -> DicomHeade
         return Rejection(
             NO_PIXEL_DATA,
             f"The DICOM object has no Pixel Data: it is not an image "
-            f"(SOP Class {_sop_class_name(ds)}, Modality {vr_safe(text_value(ds, 'Modality'), CS_VALUE) or 'missing'}).",
+            f"(SOP Class {_sop_class_name(ds)}, "
+            f"Modality {vr_safe(text_value(ds, 'Modality'), CS_VALUE) or 'missing'}).",
             {
                 "sop_class_uid": vr_safe(text_value(ds, "SOPClassUID"), UI_VALUE),
                 "modality": vr_safe(text_value(ds, "Modality"), CS_VALUE),

@@ -299,7 +299,8 @@ class Stack:
         create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,
             push_endpoint=c.url("bridge") + "/", ack_deadline_s=NOTIFY_ACK_DEADLINE_S,
-            dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=10, min_backoff_s=1, max_backoff_s=10,
+            dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=10,
+            min_backoff_s=1, max_backoff_s=10,
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
 

@@ -34,9 +34,10 @@ import numpy as np  # noqa: E402
 from gpu_service import synthetic  # noqa: E402
 from gpu_service.batcher import Batcher  # noqa: E402
 from gpu_service.explain import LimeParams  # noqa: E402
+from gpu_service.instrumentation import StageTimer  # noqa: E402
 from gpu_service.model import LoadedModel, load_model  # noqa: E402
 from gpu_service.pixels import decode, read_dicom, to_model_input, to_uint8  # noqa: E402
-from gpu_service.processing import _Timer, infer  # noqa: E402
+from gpu_service.processing import infer  # noqa: E402
 
 
 def make_dicoms(n: int, size: int) -> list[bytes]:
@@ -56,7 +57,7 @@ def one_request(model: LoadedModel, batcher: Batcher | None, data: bytes, params
     x = to_model_input(decoded, model.info.input_size, model.info.channels)
     predict_fn = batcher.predict if batcher is not None else model.predict
     with batcher.caller() if batcher is not None else contextlib.nullcontext():
-        infer(model, predict_fn, to_uint8(decoded), x, params, _Timer())
+        infer(predict_fn, to_uint8(decoded), x, params, StageTimer())
 
 
 def run(model: LoadedModel, dicoms: list[bytes], concurrency: int, batched: bool, args) -> tuple[float, str]:
@@ -136,7 +137,8 @@ def main() -> None:
 
     print()
     print(
-        "| concurrent requests | direct (images/min) | shared batcher (images/min) | batched/direct | batches |"
+        "| concurrent requests | direct (images/min) | shared batcher (images/min) "
+        "| batched/direct | batches |"
     )
     print("|---:|---:|---:|---:|---|")
     for c, direct, batched, note in rows:

@@ -38,7 +38,7 @@ from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from dicom_ingest import header as hdr  # noqa: E402
-from dicom_ingest import message  # noqa: E402
+from dicom_ingest import ingest_policy, message  # noqa: E402
 from dicom_ingest.reader import RangedReader  # noqa: E402
 from dicom_ingest.settings import IMAGE_MODALITIES  # noqa: E402
 from infra.local.emulators import FakeGcsServer  # noqa: E402
@@ -83,7 +83,7 @@ def header_only(client, bucket: str, name: str, generation: str, size: int) -> t
     reader = RangedReader(client, bucket, name, generation)
     read = hdr.read_header(reader.fetch, size, initial_bytes=INITIAL, max_bytes=MAXIMUM)
     assert isinstance(read.result, hdr.DicomHeader), read.result
-    assert hdr.check(read.result, IMAGE_MODALITIES, 64 << 20) is None
+    assert ingest_policy.check(read.result, IMAGE_MODALITIES, 64 << 20) is None
     upload = message.Upload(bucket, name, generation, size, "application/dicom", "bench", None)
     message.inference_request(upload, read.result)
     return reader.bytes_read, reader.requests

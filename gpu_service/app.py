@@ -15,14 +15,16 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from gpu_service.acknowledgement import RequestOutcome, ack_status
 from gpu_service.auth import AuthError, PushAuthenticator
 from gpu_service.batcher import Batcher
-from gpu_service.model import LoadedModel, load_model
-from gpu_service.processing import Outcome, Processor, ack_status
+from gpu_service.model import LoadedModel
+from gpu_service.processing import Processor
 from gpu_service.push import MessageError, parse_envelope, parse_request
 from gpu_service.settings import Settings
 from gpu_service.storage import GcsStore
 from gpu_service.webhook import WebhookClient
+from gpu_service.wiring import Wired, build_processor, load_warm_model, make_store, make_webhook
 from pipeline_common import jsonlog
 from pipeline_common.jsonlog import log
 
@@ -41,21 +43,6 @@ def _project(settings: Settings) -> str | None:
         return None
 
 
-def make_webhook(settings: Settings) -> WebhookClient:
-    return WebhookClient(
-        settings.webhook_url,
-        settings.webhook_secret,
-        timeout_s=settings.webhook_timeout_s,
-        max_attempts=settings.webhook_max_attempts,
-        backoff_base_s=settings.webhook_backoff_base_s,
-        backoff_max_s=settings.webhook_backoff_max_s,
-    )
-
-
-def make_store(settings: Settings) -> GcsStore:
-    return GcsStore(settings.project, settings.output_bucket, settings.output_prefix)
-
-
 class Service:
     """The process-wide state: model, batcher, processor, and whether they are ready."""
 
@@ -70,8 +57,7 @@ class Service:
         self.store = store or make_store(settings)
         self.webhook = webhook or make_webhook(settings)
         self.model = model
-        self.batcher: Batcher | None = None
-        self.processor: Processor | None = None
+        self.wired: Wired | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self.project = _project(settings)
@@ -93,13 +79,10 @@ class Service:
                 log(
                     logger, logging.INFO, "loading model", model_uri=self.settings.model_uri or "bundled demo"
                 )
-                self.model = load_model(self.settings.model_uri, max_batch_size=self.settings.batch_max_size)
-            self.model.warmup()
-            if self.settings.batching:
-                self.batcher = Batcher(
-                    self.model.predict, self.settings.batch_max_size, self.settings.batch_max_wait_ms
-                )
-            self.processor = Processor(self.settings, self.model, self.store, self.webhook, self.batcher)
+                self.model = load_warm_model(self.settings)
+            else:
+                self.model.warmup()
+            self.wired = build_processor(self.settings, self.model, self.store, self.webhook)
             info = self.model.info
             log(logger, logging.INFO, "model ready", model_name=info.name, model_version=info.version,
                 model_sha256=info.sha256, batching=self.settings.batching)  # fmt: skip
@@ -108,9 +91,17 @@ class Service:
             self.error = f"{type(exc).__name__}: {exc}"
             logger.critical("model failed to load", exc_info=True)
 
+    @property
+    def processor(self) -> Processor | None:
+        return self.wired.processor if self.wired is not None else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.wired.batcher if self.wired is not None else None
+
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.wired is not None:
+            self.wired.close()
 
 
 def create_app(
@@ -172,21 +163,18 @@ def _handle_push(service: Service) -> tuple[Response, int]:
             message = parse_envelope(request.get_json(silent=True, force=True))
             req = parse_request(message)
         except MessageError as exc:
-            # Not acknowledged: Pub/Sub retries, then dead-letters it (see processing's docstring).
+            # Not acknowledged: Pub/Sub retries, then dead-letters it (docs/contracts.md).
             log(logger, logging.ERROR, "unprocessable push message", reason=str(exc),
-                message_id=_message_id(), outcome=Outcome.INVALID.value)  # fmt: skip
-            return jsonify(outcome=Outcome.INVALID.value, error=str(exc)), ack_status(Outcome.INVALID)
-        with jsonlog.bind(
-            correlation_id=req.correlation_id,
-            bucket=req.bucket,
-            object=req.name,
-            generation=req.generation,
-            message_id=message.message_id,
-            delivery_attempt=message.delivery_attempt,
+                message_id=_message_id(), outcome=RequestOutcome.INVALID.value)  # fmt: skip
+            return jsonify(outcome=RequestOutcome.INVALID.value, error=str(exc)), ack_status(
+                RequestOutcome.INVALID
+            )
+        with jsonlog.bind_upload(
+            req, message_id=message.message_id, delivery_attempt=message.delivery_attempt
         ):
             if not service.ready.wait(settings.ready_wait_s if not service.error else 0):
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)
-                return jsonify(outcome=Outcome.NOT_READY.value), ack_status(Outcome.NOT_READY)
+                return jsonify(outcome=RequestOutcome.NOT_READY.value), ack_status(RequestOutcome.NOT_READY)
             assert service.processor is not None
             result = service.processor.process(req, message.delivery_attempt)
             body: dict[str, Any] = {"outcome": result.outcome.value, "correlation_id": req.correlation_id}

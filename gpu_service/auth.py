@@ -1,30 +1,26 @@
-"""Authentication of Pub/Sub push requests: the OIDC token Pub/Sub attaches, verified with google-auth.
+"""Authentication of Pub/Sub push requests: the OIDC token Pub/Sub attaches, verified with
+google-auth (``google.oauth2.id_token``) over a caching session (CacheControl), as Google documents.
 
-Cloud Run can check the token itself (``--no-allow-unauthenticated``), but the service
-also verifies it so that it is safe wherever it runs (a load balancer, ingress "all",
-a misconfigured IAM binding): the signature against Google's certificates, the
-audience, the issuer, and the email of the push subscription's service account.
-401 for a missing or invalid token (no identity), 403 for a valid token of someone else.
-
-Certificates are cached for their ``Cache-Control: max-age`` and refetched once when a
-token names a key id we do not have (key rotation), instead of once per request.
+Verified here too, not only by Cloud Run, so the service is safe wherever it runs: signature,
+audience, issuer and the push subscription's service account. 401: no or invalid token;
+403: a valid token of someone else; 503: the certificates cannot be fetched (Pub/Sub retries).
 """
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
+import cachecontrol
 import requests
 from google.auth import exceptions as gauth_exceptions
-from google.auth import jwt
+from google.auth.transport import requests as gauth_requests
+from google.oauth2 import id_token
 
 ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
-DEFAULT_CERTS_TTL_S = 300.0
 CLOCK_SKEW_S = 10
+CERTS_TIMEOUT_S = 10.0
 
 
 class AuthError(Exception):
@@ -34,31 +30,24 @@ class AuthError(Exception):
         self.reason = reason
 
 
-class CertsCache:
-    def __init__(self, url: str, session: requests.Session | None = None, timeout_s: float = 10.0) -> None:
-        self.url = url
-        self._session = session or requests.Session()
-        self._timeout_s = timeout_s
+class _CertsRequest(gauth_requests.Request):
+    """google-auth's transport over one caching session, one fetch at a time (requests sessions
+    are not documented as thread-safe). ``revalidate`` bypasses the cache and refreshes it."""
+
+    def __init__(self, session: requests.Session, revalidate: bool = False) -> None:
+        super().__init__(session)
         self._lock = threading.Lock()
-        self._certs: dict[str, str] = {}
-        self._expires = 0.0
+        self._revalidate = revalidate
 
-    def get(self, refresh: bool = False) -> dict[str, str]:
+    def __call__(
+        self, url: str, method: str = "GET", body: Any = None, headers: Any = None, **kw: Any
+    ) -> Any:
+        headers = dict(headers or {})
+        if self._revalidate:
+            headers["Cache-Control"] = "no-cache"
+        kw.setdefault("timeout", CERTS_TIMEOUT_S)
         with self._lock:
-            if refresh or not self._certs or time.monotonic() >= self._expires:
-                response = self._session.get(self.url, timeout=self._timeout_s)
-                response.raise_for_status()
-                certs = response.json()
-                if not isinstance(certs, dict) or not certs:
-                    raise ValueError("certificate endpoint returned no keys")
-                self._certs = {str(k): str(v) for k, v in certs.items()}
-                self._expires = time.monotonic() + _max_age(response.headers.get("Cache-Control"))
-            return dict(self._certs)
-
-
-def _max_age(cache_control: str | None) -> float:
-    match = re.search(r"max-age=(\d+)", cache_control or "")
-    return float(match.group(1)) if match else DEFAULT_CERTS_TTL_S
+            return super().__call__(url, method=method, body=body, headers=headers, **kw)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -78,25 +67,32 @@ class PushAuthenticator:
     ) -> None:
         self.audience = audience
         self.service_account = service_account
-        self.certs = CertsCache(certs_url, session)
+        self.certs_url = certs_url
+        # Certificates are kept for their Cache-Control max-age, not fetched per request.
+        cached = cachecontrol.CacheControl(session or requests.Session())
+        self._request = _CertsRequest(cached)
+        self._revalidating = _CertsRequest(cached, revalidate=True)
+
+    def _verify_token(self, token: str, request: gauth_requests.Request) -> Mapping[str, Any]:
+        return id_token.verify_token(
+            token,
+            request,
+            audience=self.audience,
+            certs_url=self.certs_url,
+            clock_skew_in_seconds=CLOCK_SKEW_S,
+        )
 
     def _decode(self, token: str) -> Mapping[str, Any]:
         try:
-            certs = self.certs.get()
-        except (requests.RequestException, ValueError) as exc:
+            try:
+                return self._verify_token(token, self._request)
+            except ValueError as exc:
+                if "Certificate for key id" not in str(exc):
+                    raise
+            return self._verify_token(token, self._revalidating)  # unknown key id: Google rotated its keys
+        except (gauth_exceptions.TransportError, requests.RequestException) as exc:
             # We cannot tell a good token from a bad one: 503 lets Pub/Sub retry later.
             raise AuthError(503, f"cannot fetch token certificates: {type(exc).__name__}") from exc
-        try:
-            return jwt.decode(token, certs=certs, audience=self.audience, clock_skew_in_seconds=CLOCK_SKEW_S)
-        except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
-            if "Certificate for key id" not in str(exc):
-                raise
-        return jwt.decode(  # unknown key id: Google rotated its keys
-            token,
-            certs=self.certs.get(refresh=True),
-            audience=self.audience,
-            clock_skew_in_seconds=CLOCK_SKEW_S,
-        )
 
     def verify(self, authorization: str | None) -> Mapping[str, Any]:
         """The token's claims, or :class:`AuthError` (401 no/invalid token, 403 wrong identity)."""

@@ -1,17 +1,4 @@
-"""One batcher per process: concurrent requests share the model through merged batches.
-
-LIME asks the model for hundreds of perturbed copies of one image, in small batches,
-one after the other. With several requests in flight, each would call the model with
-its own small batch and the GPU would idle between them. Here a single thread owns
-the model calls: callers submit arrays and get futures; the thread packs rows from
-every waiting submission, oldest first, into batches of up to ``max_batch_size`` rows,
-waiting at most ``max_wait_ms`` after the oldest row arrived for more to fill a batch,
-and hands each caller back exactly its own rows' outputs.
-
-Callers that announce themselves (``with batcher.caller():`` around one request's work)
-let the thread stop waiting as soon as every active caller has rows queued: no more rows
-can come, so waiting would only add latency (with one request in flight it never waits).
-"""
+"""One batcher per process: concurrent requests share the model through merged batches."""
 
 from __future__ import annotations
 
@@ -49,6 +36,14 @@ class BatcherStats:
 
 
 class Batcher:
+    """LIME asks the model for hundreds of perturbed copies of one image, in small batches, one
+    after the other; with several requests in flight the GPU would idle between their calls.
+    One thread owns the model calls: callers submit arrays and get futures; the thread packs
+    rows of every waiting submission, oldest first, into batches of up to ``max_batch_size``
+    rows, waiting at most ``max_wait_ms`` after the oldest row for more, and hands each caller
+    back its own rows' outputs. Callers that announce themselves (``with batcher.caller():``)
+    let it stop waiting once every active caller has rows queued: no more rows can come."""
+
     def __init__(
         self,
         predict_fn: Callable[[np.ndarray], np.ndarray],

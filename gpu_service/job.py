@@ -1,26 +1,8 @@
 """Cloud Run job: reprocess a folder of uploads, or drain a pull subscription's backlog.
 
-``python -m gpu_service.job --prefix gs://bucket/prefix``
-    Every DICOM object under the prefix, split across the job's tasks by a stable hash of
-    the object name (``CLOUD_RUN_TASK_INDEX`` of ``CLOUD_RUN_TASK_COUNT``), so each task owns
-    a fixed share whatever the listing order and a retried task redoes only its share.
-    The pipeline's own outputs are skipped, and so are objects whose result record was
-    made from the same generation by the same model and accepted by the webhook
-    (re-running the job is cheap; a new model reprocesses everything; a stored but
-    undelivered result only has its webhook re-sent, so a run also repairs those) and objects the ingest function rejected (a
-    ``STEM.rejected.json`` with the pipeline's marker for the same generation). Objects not named ``*.dcm`` are processed only if
-    their content type is DICOM or their first bytes carry the ``DICM`` prefix.
-
-``python -m gpu_service.job --subscription projects/P/subscriptions/S``
-    Pull and process until the subscription is empty (e.g. a dead-letter backlog after an
-    outage). A message is acknowledged only when its outcome would have earned a 2xx on
-    the push endpoint; the others are handed back (ack deadline 0) at the end of the run,
-    so a transient failure is redelivered and a hopeless message reaches the dead-letter
-    topic, exactly as with push.
-
-Both reuse :mod:`gpu_service.processing`, with one shared batcher across ``--concurrency``
-worker threads. Progress and a final summary are JSON log lines; the exit status is 1
-when anything is left to retry, so Cloud Run retries the task (done work is skipped).
+``python -m gpu_service.job --prefix gs://bucket/prefix`` | ``--subscription projects/P/subscriptions/S``.
+Both reuse the service's processor, one batcher shared by ``--concurrency`` threads; the exit
+status is 1 when anything is left to retry, so Cloud Run retries the task (done work is skipped).
 """
 
 from __future__ import annotations
@@ -38,13 +20,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from gpu_service.app import make_store, make_webhook
-from gpu_service.batcher import Batcher
-from gpu_service.model import load_model
-from gpu_service.processing import Outcome, Processor, ProcessResult, is_acked
+from gpu_service.acknowledgement import ProcessResult, RequestOutcome, is_acked
+from gpu_service.processing import Processor
 from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
 from gpu_service.settings import Settings
-from gpu_service.storage import SOURCE_KEY, GcsStore, ObjectInfo, parse_source_marker
+from gpu_service.storage import GcsStore, ObjectInfo
+from gpu_service.wiring import build_processor, load_warm_model
 from pipeline_common import jsonlog, naming
 from pipeline_common.jsonlog import log
 
@@ -81,7 +62,7 @@ class Summary:
 
     @property
     def to_retry(self) -> int:
-        return self.counts[Outcome.RETRY.value] + self.counts[Outcome.INVALID.value]
+        return self.counts[RequestOutcome.RETRY.value] + self.counts[RequestOutcome.INVALID.value]
 
     def as_dict(self) -> dict[str, object]:
         with self.lock:
@@ -105,17 +86,12 @@ def rejected_at_ingest(store: GcsStore, obj: ObjectInfo) -> bool:
     metadata = store.object_metadata(obj.bucket, naming.output_name(obj.name, naming.REJECTION_SUFFIX))
     if not metadata or naming.MARKER_KEY not in metadata:
         return False
-    uri, generation = parse_source_marker(metadata.get(SOURCE_KEY))
+    uri, generation = naming.parse_source_marker(metadata.get(naming.SOURCE_KEY))
     return uri == naming.gs_uri(obj.bucket, obj.name) and generation == int(obj.generation)
 
 
 def _bound(request: InferenceRequest) -> contextlib.AbstractContextManager[None]:
-    return jsonlog.bind(
-        correlation_id=request.correlation_id,
-        bucket=request.bucket,
-        object=request.name,
-        generation=request.generation,
-    )
+    return jsonlog.bind_upload(request)
 
 
 def _process_logged(
@@ -149,6 +125,11 @@ def run_prefix(
     concurrency: int = 1,
     progress_every: int = 25,
 ) -> Summary:
+    """Every DICOM object under the prefix, in this task's share (a stable hash of the name, so
+    a retried task redoes only its share). Skipped: the pipeline's own outputs, objects the ingest
+    function rejected at this generation, and results of this generation and model that the
+    webhook accepted (a stored but undelivered result only has its webhook re-sent). Objects not
+    named ``*.dcm`` count when their content type is DICOM or their bytes start with ``DICM``."""
     bucket, prefix = parse_gs_prefix(uri)
     summary = Summary()
 
@@ -174,16 +155,17 @@ def run_prefix(
                     log(logger, logging.INFO, "skipped: rejected by the ingest function")
                     summary.add("skipped_rejected")
                     return
-                if processor.already_processed(request):
+                stored = processor.existing_result(request)
+                if processor.is_done(request, stored):
                     summary.add("skipped_done")
                     return
             except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
                 logger.exception("cannot inspect object")
-                summary.add(Outcome.RETRY.value)
+                summary.add(RequestOutcome.RETRY.value)
                 return
-            result = processor.process(request)
+            result = processor.process(request, stored=stored)
         summary.add(result.outcome.value)
-        done = sum(summary.counts[o.value] for o in Outcome)
+        done = sum(summary.counts[o.value] for o in RequestOutcome)
         if done % progress_every == 0:
             log(logger, logging.INFO, "job progress", **summary.as_dict())
 
@@ -204,6 +186,9 @@ def run_subscription(
     empty_pulls_to_stop: int = 2,
     subscriber: object | None = None,
 ) -> Summary:
+    """Pull and process until the subscription is empty. A message is acknowledged only when
+    its outcome would have earned a 2xx on the push endpoint; the others are handed back (ack
+    deadline 0) at the end, so they are redelivered or dead-lettered exactly as with push."""
     from google.api_core import exceptions as gexc
     from google.cloud import pubsub_v1
 
@@ -222,14 +207,13 @@ def run_subscription(
             attributes=dict(msg.attributes),
             message_id=msg.message_id,
             delivery_attempt=received.delivery_attempt or None,  # type: ignore[attr-defined]
-            subscription=subscription,
         )
         try:
             request = parse_request(message)
         except MessageError as exc:
             log(logger, logging.ERROR, "unprocessable message; handing it back for dead-lettering",
                 message_id=msg.message_id, reason=str(exc))  # fmt: skip
-            summary.add(Outcome.INVALID.value)
+            summary.add(RequestOutcome.INVALID.value)
             return received.ack_id, False  # type: ignore[attr-defined]
         attempt = received.delivery_attempt or None  # type: ignore[attr-defined]
         with jsonlog.bind(message_id=msg.message_id, delivery_attempt=attempt):
@@ -284,16 +268,6 @@ def run_subscription(
     return summary
 
 
-def build_processor(settings: Settings, concurrency: int) -> tuple[Processor, GcsStore, Batcher | None]:
-    model = load_model(settings.model_uri, max_batch_size=settings.batch_max_size)
-    model.warmup()
-    batcher = None
-    if settings.batching and concurrency > 1:
-        batcher = Batcher(model.predict, settings.batch_max_size, settings.batch_max_wait_ms)
-    store = make_store(settings)
-    return Processor(settings, model, store, make_webhook(settings), batcher), store, batcher
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gpu_service.job", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -315,20 +289,21 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
     concurrency = max(1, args.concurrency or settings.concurrency)
-    processor, store, batcher = build_processor(settings, concurrency)
+    wired = build_processor(settings, load_warm_model(settings), batching=concurrency > 1)
+    processor = wired.processor
     try:
         if args.prefix:
             summary = run_prefix(
-                processor, store, args.prefix, task_index=args.task_index, task_count=args.task_count,
-                concurrency=concurrency, progress_every=max(1, args.progress_every),
+                processor, processor.store, args.prefix, task_index=args.task_index,
+                task_count=args.task_count, concurrency=concurrency,
+                progress_every=max(1, args.progress_every),
             )  # fmt: skip
         else:
             summary = run_subscription(
                 processor, args.subscription, concurrency=concurrency, max_messages=args.max_messages
             )
     finally:
-        if batcher is not None:
-            batcher.close()
+        wired.close()
     log(logger, logging.INFO, "job finished", **summary.as_dict())
     return 1 if summary.to_retry else 0
 

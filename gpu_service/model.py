@@ -224,7 +224,8 @@ def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
     expected = sidecar.get("sha256")
     if expected is not None and str(expected).strip().lower() != digest:
         raise ModelLoadError(
-            f"model {uri} has SHA-256 {digest}, but its sidecar requires {str(expected)[:64]}: refusing to load"
+            f"model {uri} has SHA-256 {digest}, but its sidecar requires {str(expected)[:64]}: "
+            "refusing to load"
         )
     info = ModelInfo(
         name=str(sidecar.get("name") or path.stem),

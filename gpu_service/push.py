@@ -13,9 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline_common import naming
-
-SCHEMA = "dicom-inference-request/1"
+from pipeline_common import contract, naming
 
 
 class MessageError(ValueError):
@@ -27,9 +25,7 @@ class PubSubMessage:
     data: bytes
     attributes: dict[str, str]
     message_id: str | None = None
-    publish_time: str | None = None
     delivery_attempt: int | None = None  # absent from the emulator's pushes
-    subscription: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,6 @@ class InferenceRequest:
     generation: str
     correlation_id: str
     size: int | None = None
-    event_id: str | None = None
     dicom: dict[str, Any] = field(default_factory=dict)  # patient data: never log it
 
     @property
@@ -71,9 +66,7 @@ def parse_envelope(envelope: Any) -> PubSubMessage:
         data=data,
         attributes={str(k): str(v) for k, v in attributes.items()},
         message_id=message.get("messageId") or message.get("message_id"),
-        publish_time=message.get("publishTime") or message.get("publish_time"),
         delivery_attempt=int(attempt) if isinstance(attempt, int | str) and str(attempt).isdigit() else None,
-        subscription=envelope.get("subscription"),
     )
 
 
@@ -86,7 +79,7 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
     if not isinstance(body, dict):
         raise MessageError("message data is not a JSON object")
     schema = body.get("schema") or message.attributes.get("schema")
-    if schema != SCHEMA:
+    if schema != contract.INFERENCE_REQUEST:
         raise MessageError(f"unsupported message schema {schema!r}")
     source = body.get("source")
     if not isinstance(source, dict):
@@ -110,7 +103,6 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
         # Recomputed, not trusted: redeliveries and retries of one upload must share it.
         correlation_id=naming.correlation_id(bucket, name, generation),
         size=size,
-        event_id=body.get("event_id"),
         dicom={k: dicom.get(k) for k in dicom},
     )
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from pipeline_common import naming
+from pipeline_common import contract, naming
+from pipeline_common.timefmt import rfc3339
 
-SCHEMA = "dicom-inference-result/1"
 COMPLETED = "completed"
 FAILED = "failed"
 
@@ -90,7 +90,7 @@ def build_record(
     if (status == FAILED) != (error is not None):
         raise ValueError("a failed record needs an error, a completed one must not have one")
     record: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": contract.INFERENCE_RESULT,
         "status": status,
         "correlation_id": correlation_id,
         "patient_id": header.get("patient_id"),
@@ -114,7 +114,7 @@ def build_record(
             "sha256": model.get("sha256"),
         },
         "timings_ms": {k: round(float(v), 1) for k, v in (timings_ms or {}).items()},
-        "completed_at": (completed_at or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+        "completed_at": rfc3339(completed_at),
     }
     if error is not None:
         record["error"] = {"code": str(error["code"]), "message": str(error["message"])}

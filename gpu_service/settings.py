@@ -1,16 +1,6 @@
-"""The inference service's settings, read once from the environment.
-
-One frozen object is passed to every stage, so a test can build the service with
-exactly the configuration it needs and nothing reads ``os.environ`` behind its back.
-
-Output names: beside the upload, ``STEM + suffix`` (``OUTPUT_PREFIX/STEM + suffix`` with a
-prefix). With ``OUTPUT_BUCKET`` set, outputs of many upload buckets share one bucket, so
-the source bucket is part of the name: ``OUTPUT_PREFIX/<source-bucket>/STEM + suffix``.
-
-``MAX_DELIVERY_ATTEMPTS`` mirrors the push subscription's dead-letter policy: a request
-still failing transiently at delivery ``MAX_DELIVERY_ATTEMPTS - 1`` gets a ``failed``
-record (``retries_exhausted``) so Django hears of it before the message is dead-lettered,
-leaving one delivery to re-send that record if the webhook is down.
+"""The inference service's settings, read once from the environment into one frozen object, so a
+test builds the service with exactly the configuration it needs and nothing reads ``os.environ``
+behind its back. Output names and the delivery-attempt policy: docs/contracts.md.
 """
 
 from __future__ import annotations
@@ -19,8 +9,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pipeline_common.contract import DEFAULT_MAX_PIXELS
+
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # = functions/dicom_ingest/settings.py DEFAULT_MAX_PIXELS
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -82,7 +73,9 @@ class Settings:
     # rows x columns x frames, checked from the header before pixels are decoded
     # (same default as the ingest function's MAX_PIXELS).
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # The subscription's max delivery attempts (dead-letter policy); see the module docstring.
+    # The subscription's max delivery attempts (dead-letter policy): a transient failure at
+    # delivery MAX_DELIVERY_ATTEMPTS - 1 is recorded (retries_exhausted), leaving one delivery
+    # to re-send that record if the webhook is down.
     max_delivery_attempts: int = 5
     # How long a push waits for the model to finish loading before answering 503.
     ready_wait_s: float = 60.0

@@ -1,23 +1,10 @@
-"""Cloud Storage adapter: read one upload at one generation, write outputs without clobbering.
-
-Every output is written with a generation precondition (``if_generation_match=0``: only
-if absent). When the name is taken, the existing object's markers decide:
-- same source object, same generation and same model: the work is already there (a
-  redelivery or a concurrent twin finished first);
-- same source object, older generation or another model: replace it, again under a
-  precondition on the generation we just looked at, so a concurrent writer is never lost;
-- same source object, newer generation: ours is stale, leave it (``SUPERSEDED``);
-- no pipeline marker, or another source object's output: never overwrite (``OutputConflict``).
-Errors other than these (5xx, timeouts, auth) propagate: the caller treats them as transient.
-
-Once Django accepted a result, its record object gets ``dicom-pipeline-webhook-delivered``
-(:meth:`GcsStore.mark_delivered`), patched under a precondition on the record's generation:
-a redelivery that finds it has nothing left to do.
+"""Cloud Storage adapter of the service: read one upload at one generation, write outputs
+without clobbering (:mod:`pipeline_common.conditional_write`; which output is replaced when is
+in docs/contracts.md), mark a result record delivered. Storage errors propagate (transient).
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,12 +13,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from pipeline_common import naming
-
-SOURCE_KEY = "dicom-pipeline-source"
-CORRELATION_KEY = "dicom-pipeline-correlation-id"
-MODEL_KEY = "dicom-pipeline-model-sha256"
-DELIVERED_KEY = "dicom-pipeline-webhook-delivered"
-MAX_WRITE_RACES = 3
+from pipeline_common.conditional_write import Relation, WriteOutcome, WriteResult, relation, write_unless_kept
 
 
 class SourceUnavailable(Exception):
@@ -47,22 +29,6 @@ class OutputConflict(Exception):
     """An output name is taken by an object the pipeline did not write for this upload."""
 
     code = "output_conflict"
-
-
-class StorageRace(Exception):
-    """Lost the precondition race repeatedly: let Pub/Sub redeliver (transient)."""
-
-
-class WriteOutcome(enum.Enum):
-    WRITTEN = "written"
-    PRESENT = "present"  # the same work is already stored
-    SUPERSEDED = "superseded"  # a newer generation's output is stored
-
-
-@dataclass(frozen=True)
-class Written:
-    outcome: WriteOutcome
-    generation: int | None = None  # of the object we wrote (WRITTEN only)
 
 
 @dataclass(frozen=True)
@@ -90,18 +56,6 @@ class ObjectInfo:
     size: int | None
     content_type: str | None
     metadata: dict[str, str]
-
-
-def source_marker(bucket: str, name: str, generation: str | int) -> str:
-    return f"{naming.gs_uri(bucket, name)}#{generation}"
-
-
-def parse_source_marker(value: str | None) -> tuple[str, int | None]:
-    """``gs://b/n#gen`` -> (``gs://b/n``, gen)."""
-    if not value:
-        return "", None
-    uri, _, gen = value.rpartition("#")
-    return (uri, int(gen)) if gen.isdigit() and uri else (value, None)
 
 
 class GcsStore:
@@ -195,7 +149,7 @@ class GcsStore:
         """Add the delivered marker to exactly ``generation`` of an output (a metadata patch
         merges keys; a replaced object raises ``PreconditionFailed``, a deleted one ``NotFound``)."""
         blob = self.client().bucket(location.bucket).blob(location.name)
-        blob.metadata = {DELIVERED_KEY: when}
+        blob.metadata = {naming.DELIVERED_KEY: when}
         blob.patch(if_generation_match=generation)
 
     def write_output(
@@ -210,37 +164,31 @@ class GcsStore:
         source_generation: str,
         correlation_id: str,
         model_sha256: str,
-    ) -> Written:
-        metadata = {
-            naming.MARKER_KEY: role,
-            SOURCE_KEY: source_marker(source_bucket, source_name, source_generation),
-            CORRELATION_KEY: correlation_id,
-            MODEL_KEY: model_sha256,
-        }
-        handle = self.client().bucket(location.bucket)
+    ) -> WriteResult:
         ours_uri, ours_gen = naming.gs_uri(source_bucket, source_name), int(source_generation)
-        expected = 0
-        for _ in range(MAX_WRITE_RACES):
-            blob = handle.blob(location.name)
-            blob.metadata = metadata
-            try:
-                blob.upload_from_string(data, content_type=content_type, if_generation_match=expected)
-                return Written(WriteOutcome.WRITTEN, int(blob.generation) if blob.generation else None)
-            except gexc.PreconditionFailed:
-                pass
-            existing = handle.get_blob(location.name)
-            if existing is None:
-                expected = 0
-                continue
-            found = dict(existing.metadata or {})
-            if naming.MARKER_KEY not in found:
+
+        def decide(found: dict[str, str]) -> WriteOutcome | None:
+            kind = relation(found, ours_uri, ours_gen, naming.MARKER_KEY)
+            if kind is Relation.FOREIGN:
                 raise OutputConflict(f"{location.uri} exists and was not written by the pipeline")
-            their_uri, their_gen = parse_source_marker(found.get(SOURCE_KEY))
-            if their_uri and their_uri != ours_uri:
+            if kind is Relation.OTHER_UPLOAD:
                 raise OutputConflict(f"{location.uri} belongs to another upload")
-            if their_gen is not None and their_gen > ours_gen:
-                return Written(WriteOutcome.SUPERSEDED)
-            if their_gen == ours_gen and found.get(MODEL_KEY) == model_sha256:
-                return Written(WriteOutcome.PRESENT)
-            expected = int(existing.generation)
-        raise StorageRace(f"lost the write race for {location.uri} {MAX_WRITE_RACES} times")
+            if kind is Relation.NEWER:
+                return WriteOutcome.SUPERSEDED
+            if kind is Relation.SAME and found.get(naming.MODEL_KEY) == model_sha256:
+                return WriteOutcome.PRESENT
+            return None  # an older generation, or another model's output
+
+        return write_unless_kept(
+            self.client().bucket(location.bucket),
+            location.name,
+            data,
+            content_type=content_type,
+            metadata={
+                naming.MARKER_KEY: role,
+                naming.SOURCE_KEY: naming.source_marker(source_bucket, source_name, source_generation),
+                naming.CORRELATION_KEY: correlation_id,
+                naming.MODEL_KEY: model_sha256,
+            },
+            decide=decide,
+        )

@@ -63,10 +63,6 @@ class WebhookClient:
         self._rng = rng or random.Random()
         self._local = threading.local()
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.url)
-
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:

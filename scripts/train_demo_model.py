@@ -152,7 +152,9 @@ def main() -> int:
         "input_size": list(INPUT_SIZE),
         "channels": CHANNELS,
         "output": "probabilities",
-        "description": "Demo only, trained on synthetic images by scripts/train_demo_model.py; not for clinical use.",
+        "description": (
+            "Demo only, trained on synthetic images by scripts/train_demo_model.py; not for clinical use."
+        ),
         "training": {
             "seed": args.seed,
             "train_images": args.train,

@@ -131,7 +131,7 @@ def _expand_for_each(cfg: dict[str, Any]) -> None:
 
 
 def bucket(key: str) -> str:
-    """Reference to one of the private buckets (storage.tf), e.g. `google_storage_bucket.private["uploads"]`."""
+    """Reference to one of the private buckets (storage.tf): `google_storage_bucket.private["uploads"]`."""
     return f'google_storage_bucket.private["{key}"]'
 
 
@@ -378,20 +378,41 @@ def check_least_privilege(cfg: dict[str, Any]) -> None:
             assert "endsWith" in str(resolve(cfg, cond["expression"])), f"{name}: unconditional {role}"
     # One identity per component.
     identities = {
-        "function": ref(block(res(cfg, "google_cloudfunctions2_function", "ingest"), "service_config")["service_account_email"]),
-        "build": ref(block(res(cfg, "google_cloudfunctions2_function", "ingest"), "build_config")["service_account"]),
-        "trigger": ref(block(res(cfg, "google_cloudfunctions2_function", "ingest"), "event_trigger")["service_account_email"]),
-        "service": ref(block(res(cfg, "google_cloud_run_v2_service", "inference"), "template")["service_account"]),
-        "job": ref(block(block(res(cfg, "google_cloud_run_v2_job", "backfill"), "template"), "template")["service_account"]),
-        "push": ref(block(block(res(cfg, "google_pubsub_subscription", "inference_push"), "push_config"), "oidc_token")["service_account_email"]),
-    }  # fmt: skip
+        "function": ref(
+            block(res(cfg, "google_cloudfunctions2_function", "ingest"), "service_config")[
+                "service_account_email"
+            ]
+        ),
+        "build": ref(
+            block(res(cfg, "google_cloudfunctions2_function", "ingest"), "build_config")["service_account"]
+        ),
+        "trigger": ref(
+            block(res(cfg, "google_cloudfunctions2_function", "ingest"), "event_trigger")[
+                "service_account_email"
+            ]
+        ),
+        "service": ref(
+            block(res(cfg, "google_cloud_run_v2_service", "inference"), "template")["service_account"]
+        ),
+        "job": ref(
+            block(block(res(cfg, "google_cloud_run_v2_job", "backfill"), "template"), "template")[
+                "service_account"
+            ]
+        ),
+        "push": ref(
+            block(
+                block(res(cfg, "google_pubsub_subscription", "inference_push"), "push_config"), "oidc_token"
+            )["service_account_email"]
+        ),
+    }
     sa_names = {v.split(".")[1] for v in identities.values()}
     assert len(sa_names) == len(identities), f"components share a service account: {identities}"
     assert sa_names == set(cfg["resource"]["google_service_account"]), "unused or missing service accounts"
 
 
 def check_grants_for_runtime(cfg: dict[str, Any]) -> None:
-    """Each runtime identity can do its job: the function reads and publishes, the service reads and writes."""
+    """Each runtime identity can do its job: the function reads and publishes, the service reads
+    and writes."""
     ingest = {
         (g[1], ref(g[2].get("bucket") or g[2].get("topic")))
         for g in grants_of(cfg, "google_service_account.ingest.member")
@@ -453,19 +474,34 @@ _JOB = ["resource", "google_cloud_run_v2_job", "backfill", "template", 0, "templ
 
 MUTATIONS = {
     "push-without-oidc": (check_push_subscription, _set([*_SUB, "push_config", 0, "oidc_token"], _DELETE)),
-    "push-elsewhere": (check_push_subscription, _set([*_SUB, "push_config", 0, "push_endpoint"], "https://example.org")),
+    "push-elsewhere": (
+        check_push_subscription,
+        _set([*_SUB, "push_config", 0, "push_endpoint"], "https://example.org"),
+    ),
     "no-dead-letter-policy": (check_dead_letters, _set([*_SUB, "dead_letter_policy"], _DELETE)),
     "dead-letters-dropped": (
         check_dead_letters,
-        _set(["resource", "google_pubsub_subscription", "dead_letter", "topic"], "${google_pubsub_topic.inference.id}"),
+        _set(
+            ["resource", "google_pubsub_subscription", "dead_letter", "topic"],
+            "${google_pubsub_topic.inference.id}",
+        ),
     ),
     "trigger-other-bucket": (
         check_function_trigger,
         _set([*_FN, "event_trigger", 0, "event_filters", 0, "value"], f"${{{bucket('models')}.name}}"),
     ),
-    "trigger-no-retry": (check_function_trigger, _set([*_FN, "event_trigger", 0, "retry_policy"], "RETRY_POLICY_DO_NOT_RETRY")),
-    "service-without-gpu": (check_service_gpu, _set([*_SVC, "containers", 0, "resources", 0, "limits", "nvidia.com/gpu"], _DELETE)),
-    "service-no-readyz": (check_service_gpu, _set([*_SVC, "containers", 0, "startup_probe", 0, "http_get", 0, "path"], "/")),
+    "trigger-no-retry": (
+        check_function_trigger,
+        _set([*_FN, "event_trigger", 0, "retry_policy"], "RETRY_POLICY_DO_NOT_RETRY"),
+    ),
+    "service-without-gpu": (
+        check_service_gpu,
+        _set([*_SVC, "containers", 0, "resources", 0, "limits", "nvidia.com/gpu"], _DELETE),
+    ),
+    "service-no-readyz": (
+        check_service_gpu,
+        _set([*_SVC, "containers", 0, "startup_probe", 0, "http_get", 0, "path"], "/"),
+    ),
     "job-without-gpu": (check_job_gpu, _set([*_JOB, "node_selector"], _DELETE)),
     "project-editor": (
         check_least_privilege,
@@ -477,15 +513,27 @@ MUTATIONS = {
     "key-file": (check_least_privilege, _set(["resource", "google_service_account_key"], {"k": {}})),
     "unconditional-writer": (
         check_least_privilege,
-        _set(["resource", "google_storage_bucket_iam_member", 'gpu_output_writer["inference"]', "condition"], _DELETE),
+        _set(
+            ["resource", "google_storage_bucket_iam_member", 'gpu_output_writer["inference"]', "condition"],
+            _DELETE,
+        ),
     ),
-    "shared-identity": (check_least_privilege, _set([*_JOB, "service_account"], "${google_service_account.inference.email}")),
+    "shared-identity": (
+        check_least_privilege,
+        _set([*_JOB, "service_account"], "${google_service_account.inference.email}"),
+    ),
     "public-bucket": (
         check_buckets_private,
-        _set(["resource", "google_storage_bucket", 'private["uploads"]', "public_access_prevention"], "inherited"),
+        _set(
+            ["resource", "google_storage_bucket", 'private["uploads"]', "public_access_prevention"],
+            "inherited",
+        ),
     ),
-    "unpinned-provider": (check_providers_pinned, _set(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5")),
-}  # fmt: skip
+    "unpinned-provider": (
+        check_providers_pinned,
+        _set(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5"),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))

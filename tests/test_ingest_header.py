@@ -19,7 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_ingest import fetch_policy, header_fields, ingest_policy, sparse_file
 from dicom_ingest import header as hdr
+from dicom_ingest import rejection as rejection_codes
 from dicom_ingest.settings import IMAGE_MODALITIES
 
 TESTDATA = sorted(p for p in get_testdata_files() if os.path.isfile(p))
@@ -128,7 +130,7 @@ def run(data: bytes, initial: int = 65536, maximum: int = 1 << 20, **policy) -> 
     assert read.bytes_read == fetch.bytes_read
     result = read.result
     if isinstance(result, hdr.DicomHeader):
-        rejection = hdr.check(
+        rejection = ingest_policy.check(
             result, policy.get("allowed", IMAGE_MODALITIES), policy.get("max_pixels", 64 << 20)
         )
         return (rejection or result), fetch
@@ -244,8 +246,8 @@ def test_every_pydicom_file(path: str, initial: int) -> None:
         return
     assert isinstance(result, hdr.DicomHeader), f"expected accepted, got {result}"
     ref = oracle(path)
-    dicom = hdr.message_fields(result)
-    assert set(dicom) == set(hdr.DICOM_FIELDS)
+    dicom = header_fields.message_fields(result)
+    assert set(dicom) == set(header_fields.DICOM_FIELDS)
     assert dicom["modality"] == ref.Modality
     assert dicom["rows"] == ref.Rows and dicom["columns"] == ref.Columns
     assert dicom["sop_instance_uid"] == ref.get("SOPInstanceUID")
@@ -256,7 +258,7 @@ def test_every_pydicom_file(path: str, initial: int) -> None:
     assert dicom["bits_stored"] == ref.get("BitsStored")
     assert dicom["number_of_frames"] == (int(ref.NumberOfFrames) if "NumberOfFrames" in ref else None)
     assert dicom["transfer_syntax_uid"] == ref.file_meta.TransferSyntaxUID
-    assert dicom["transfer_syntax_uid"] in hdr.DECODABLE_TRANSFER_SYNTAXES
+    assert dicom["transfer_syntax_uid"] in ingest_policy.DECODABLE_TRANSFER_SYNTAXES
     if result.pixel_data_offset is not None:  # None only for deflated data sets
         little = ref.file_meta.TransferSyntaxUID != pydicom.uid.ExplicitVRBigEndian
         tag = data[result.pixel_data_offset : result.pixel_data_offset + 4]
@@ -392,8 +394,8 @@ def test_a_jump_over_a_skipped_value_fetches_only_where_it_lands() -> None:
     assert isinstance(result, hdr.DicomHeader)
     assert len(fetch.ranges) == 2
     start, end = fetch.ranges[1]
-    assert start > 400_000 and end - start <= 12 + hdr._JUMP_MARGIN
-    assert end <= result.pixel_data_offset + 12 + hdr._JUMP_MARGIN
+    assert start > 400_000 and end - start <= 12 + fetch_policy.JUMP_MARGIN
+    assert end <= result.pixel_data_offset + 12 + fetch_policy.JUMP_MARGIN
 
 
 def test_defined_length_sequences_are_skipped_not_fetched() -> None:
@@ -419,7 +421,8 @@ def test_large_values_before_the_pixels_are_skipped_not_fetched() -> None:
 
 
 def deflate(data: bytes) -> bytes:
-    """The same image with its data set deflated (Deflated Explicit VR Little Endian), as pydicom writes it."""
+    """The same image with its data set deflated (Deflated Explicit VR Little Endian), as pydicom
+    writes it."""
     ds = oracle(data)
     ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     out = io.BytesIO()
@@ -457,7 +460,7 @@ def test_large_deflated_image_reads_only_its_header(initial: int) -> None:
     assert_same_header(result, data)
     assert fetch.bytes_read <= initial
     assert fetch.bytes_read / len(data) < 0.01
-    assert hdr.check(result, IMAGE_MODALITIES, 64 << 20) is None
+    assert ingest_policy.check(result, IMAGE_MODALITIES, 64 << 20) is None
 
 
 @pytest.mark.parametrize("initial", [65536, 4096, 256])
@@ -478,14 +481,14 @@ def test_pydicoms_deflated_file_is_read_only_up_to_its_pixels() -> None:
 
 
 def test_deflated_value_larger_than_the_inflate_window_is_skipped() -> None:
-    data = deflate(make_dicom(256, 256, extra=big_private_blob(3 * hdr._INFLATE_WINDOW)))
+    data = deflate(make_dicom(256, 256, extra=big_private_blob(3 * sparse_file.INFLATE_WINDOW)))
     result, fetch = run(data, initial=4096)
     assert_same_header(result, data)
     assert fetch.bytes_read < len(data)
 
 
 def test_deflated_header_that_inflates_without_end_is_too_large(monkeypatch) -> None:
-    monkeypatch.setattr(hdr, "_MAX_INFLATED", 1 << 20)
+    monkeypatch.setattr(sparse_file, "MAX_INFLATED", 1 << 20)
     data = deflate(make_dicom(64, 64, extra=big_private_blob(2 << 20)))
     result, fetch = run(data)
     assert isinstance(result, hdr.Rejection) and result.reason == "header_too_large"
@@ -588,15 +591,15 @@ def test_decodable_transfer_syntaxes_are_what_pydicom_can_decode_here() -> None:
     """The list the function applies matches the decoders installed for the service."""
     from pydicom.pixels import get_decoder
 
-    for uid in hdr.DECODABLE_TRANSFER_SYNTAXES:
+    for uid in ingest_policy.DECODABLE_TRANSFER_SYNTAXES:
         assert get_decoder(pydicom.uid.UID(uid)).is_available, uid
     for uid in (pydicom.uid.MPEG2MPML, pydicom.uid.MPEG4HP41, pydicom.uid.JPEG2000MC):
-        assert uid not in hdr.DECODABLE_TRANSFER_SYNTAXES
+        assert uid not in ingest_policy.DECODABLE_TRANSFER_SYNTAXES
 
 
 def test_reason_codes_are_the_contract() -> None:
     contract = (Path(__file__).parents[1] / "docs" / "contracts.md").read_text()
-    for code in hdr.REASON_CODES:
+    for code in rejection_codes.REASON_CODES:
         assert f"`{code}`" in contract
 
 
@@ -604,7 +607,7 @@ def test_schema_file_is_draft07_json() -> None:
     schema_path = Path(hdr.__file__).parent / "schemas" / "dicom-inference-request-1.json"
     schema = json.loads(schema_path.read_text())
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
-    assert set(schema["properties"]["dicom"]["required"]) == set(hdr.DICOM_FIELDS)
+    assert set(schema["properties"]["dicom"]["required"]) == set(header_fields.DICOM_FIELDS)
 
 
 def test_message_leaves_out_absent_attributes_and_keeps_null_fields() -> None:

@@ -36,7 +36,8 @@ from infra.local.emulators import (
     port_is_free,
     private_gcloud_env,
 )
-from infra.local.stack import Ports, Stack, StackConfig, StackError, ephemeral_range
+from infra.local.stack import Ports, Stack, StackConfig, StackError
+from infra.local.stack_config import ephemeral_range
 from tests.conftest import PROJECT, unique
 
 SECRET = "s3cret-for-tests"
@@ -485,7 +486,8 @@ from infra.local.stack import Ports, Stack, StackConfig, exit_on_termination
 
 def start_all(self):
     for n in range(2):
-        proc, _ = self._spawn(f"sleeper-{n}", ["sleep", "300"], self._child_env({}), "http://127.0.0.1:1", "/")
+        cmd = ["sleep", "300"]
+        proc, _ = self._spawn(f"sleeper-{n}", cmd, self._child_env({}), "http://127.0.0.1:1", "/")
         print(proc.pid, flush=True)
     time.sleep(300)
 

@@ -125,3 +125,38 @@ def test_names_with_room_keep_their_exact_stem():
         naming.output_name(longest_fitting, naming.REJECTION_SUFFIX)
         == longest_fitting[:-4] + ".rejected.json"
     )
+
+
+def test_source_marker_round_trips_and_rejects_what_is_not_one() -> None:
+    marker = naming.source_marker("b", "dir/x#1.dcm", 42)
+    assert marker == "gs://b/dir/x#1.dcm#42"
+    assert naming.parse_source_marker(marker) == ("gs://b/dir/x#1.dcm", 42)
+    assert naming.parse_source_marker(None) == ("", None)
+    assert naming.parse_source_marker("gs://b/x.dcm") == ("gs://b/x.dcm", None)
+    assert naming.parse_source_marker("gs://b/x.dcm#abc") == ("gs://b/x.dcm#abc", None)
+
+
+def test_relation_of_an_existing_output_to_the_upload() -> None:
+    from pipeline_common.conditional_write import Relation, relation
+
+    uri = "gs://b/x.dcm"
+
+    def of(metadata: dict[str, str], generation: int = 5) -> Relation:
+        return relation(metadata, uri, generation, naming.MARKER_KEY)
+
+    ours = {naming.MARKER_KEY: "result"}
+    assert of({naming.SOURCE_KEY: f"{uri}#5"}) is Relation.FOREIGN  # no marker: never ours
+    assert of({**ours, naming.SOURCE_KEY: "gs://b/x.DCM#5"}) is Relation.OTHER_UPLOAD
+    assert of(ours) is Relation.UNKNOWN_GENERATION
+    assert of({**ours, naming.SOURCE_KEY: f"{uri}#4"}) is Relation.OLDER
+    assert of({**ours, naming.SOURCE_KEY: f"{uri}#5"}) is Relation.SAME
+    assert of({**ours, naming.SOURCE_KEY: f"{uri}#6"}) is Relation.NEWER
+
+
+def test_one_rfc3339_format() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline_common.timefmt import rfc3339
+
+    assert rfc3339(datetime(2024, 1, 31, 12, 0, tzinfo=UTC)) == "2024-01-31T12:00:00Z"
+    assert datetime.fromisoformat(rfc3339()).tzinfo is not None

@@ -15,12 +15,12 @@ from google.cloud import pubsub_v1, storage
 from service_support import PROJECT, SECRET, WebhookServer, dicom_bytes, read_object, request_body, upload
 
 from gpu_service import job
-from gpu_service.app import make_store, make_webhook
 from gpu_service.batcher import Batcher
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.processing import Processor
 from gpu_service.settings import Settings
 from gpu_service.storage import GcsStore, ObjectInfo
+from gpu_service.wiring import make_store, make_webhook
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
 from tests.conftest import unique

@@ -37,10 +37,11 @@ from gpu_service.app import create_app
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.pixels import decode, read_dicom, to_uint8
 from gpu_service.settings import Settings
-from gpu_service.storage import DELIVERED_KEY, GcsStore
+from gpu_service.storage import GcsStore
 from gpu_service.webhook_signature import idempotency_key, verify_signature
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
+from pipeline_common.naming import DELIVERED_KEY
 from tests.conftest import unique
 
 
@@ -159,7 +160,8 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     assert explanation["overlay_uri"] == f"gs://{bucket_name}/study/1/image.overlay.png"
     assert explanation["parameters"]["num_samples"] == 64 and explanation["top_segments"]
     assert record["source"] == {"bucket": bucket_name, "name": "study/1/image.DCM",
-                                "uri": f"gs://{bucket_name}/study/1/image.DCM", "generation": gen}  # fmt: skip
+                                "uri": f"gs://{bucket_name}/study/1/image.DCM",
+                                "generation": gen}  # fmt: skip
     assert record["model"] == model.info.as_record()
     assert {"download", "decode", "predict", "explain", "render", "write"} <= set(record["timings_ms"])
     assert "error" not in record
@@ -190,7 +192,7 @@ def test_duplicate_after_an_accepted_webhook_sends_nothing(
     assert marker and datetime.fromisoformat(marker).tzinfo is not None  # RFC 3339, UTC
     assert (record_blob.metadata or {})[naming.MARKER_KEY] == "result"  # the patch merged
 
-    with caplog.at_level(logging.INFO, logger="gpu_service.processing"):
+    with caplog.at_level(logging.INFO, logger="gpu_service.delivery"):
         for attempt in (2, None):
             again = app.test_client().post("/", json=envelope(request_body(blob), attempt=attempt))
             assert again.status_code == 200 and again.get_json()["outcome"] == "duplicate"

@@ -16,9 +16,10 @@ from PIL import Image
 from service_support import SECRET, WebhookServer, envelope
 
 from gpu_service import render, result, webhook_signature
+from gpu_service.acknowledgement import RequestOutcome, ack_status, gives_up, is_acked, is_transient
 from gpu_service.batcher import Batcher
 from gpu_service.job import parse_gs_prefix, shard_of
-from gpu_service.processing import Outcome, ack_status, gives_up, is_acked, is_transient, pixel_count
+from gpu_service.processing import pixel_count
 from gpu_service.push import MessageError, PubSubMessage, parse_envelope, parse_request
 from gpu_service.settings import Settings
 from gpu_service.webhook import WebhookClient
@@ -64,7 +65,7 @@ def test_settings_pixel_budget_and_delivery_attempts() -> None:
 
 def test_lime_settings_reach_the_explanation_parameters() -> None:
     from gpu_service.explain import LimeParams
-    from gpu_service.processing import lime_params
+    from gpu_service.lime_settings import lime_params
 
     assert lime_params(Settings.from_env({})) == LimeParams()  # the core's defaults, untouched
     params = lime_params(
@@ -277,10 +278,15 @@ def test_mask_and_overlay_png() -> None:
 
 
 def test_ack_rules() -> None:
-    acked = {o for o in Outcome if is_acked(o)}
-    assert acked == {Outcome.COMPLETED, Outcome.FAILED, Outcome.DUPLICATE, Outcome.SUPERSEDED}
-    assert ack_status(Outcome.RETRY) >= 500 and ack_status(Outcome.NOT_READY) >= 500
-    assert ack_status(Outcome.INVALID) == 400  # dead-lettered after max attempts, never dropped
+    acked = {o for o in RequestOutcome if is_acked(o)}
+    assert acked == {
+        RequestOutcome.COMPLETED,
+        RequestOutcome.FAILED,
+        RequestOutcome.DUPLICATE,
+        RequestOutcome.SUPERSEDED,
+    }
+    assert ack_status(RequestOutcome.RETRY) >= 500 and ack_status(RequestOutcome.NOT_READY) >= 500
+    assert ack_status(RequestOutcome.INVALID) == 400  # dead-lettered after max attempts, never dropped
 
 
 def test_transient_errors_and_giving_up() -> None:

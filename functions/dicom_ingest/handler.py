@@ -19,7 +19,7 @@ from cloudevents.abstract import AnyCloudEvent
 from google.cloud import pubsub_v1, storage
 
 from dicom_ingest import header as hdr
-from dicom_ingest import message, publisher, records
+from dicom_ingest import ingest_policy, message, publisher, records
 from dicom_ingest.reader import ObjectGone, RangedReader
 from dicom_ingest.settings import Settings
 from pipeline_common import jsonlog, naming
@@ -30,7 +30,7 @@ FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 
 @dataclass(frozen=True)
-class Outcome:
+class EventOutcome:
     """What happened to one event (returned for tests and benchmarks; the log says the same)."""
 
     status: str  # accepted | rejected | ignored | gone | invalid_event
@@ -88,11 +88,11 @@ def handle(
     settings: Settings,
     storage_client: storage.Client,
     publisher_client: pubsub_v1.PublisherClient,
-) -> Outcome:
+) -> EventOutcome:
     started = time.perf_counter()
     if event["type"] != FINALIZED:
         jsonlog.log(logger, logging.INFO, "event ignored: not an object finalize", event_type=event["type"])
-        return Outcome("ignored", reason="event_type")
+        return EventOutcome("ignored", reason="event_type")
     data = _event_data(event)
     try:
         upload = _upload(event, data)
@@ -109,22 +109,15 @@ def handle(
             object=str(data.get("name") or ""),
             reason="invalid_event",
         )
-        return Outcome("invalid_event", reason="invalid_event")
+        return EventOutcome("invalid_event", reason="invalid_event")
 
     trace = jsonlog.trace_field(event.get("traceparent"), settings.project)
-    with jsonlog.bind(
-        bucket=upload.bucket,
-        object=upload.name,
-        generation=upload.generation,
-        correlation_id=upload.correlation_id,
-        event_id=upload.event_id,
-        **trace,
-    ):
+    with jsonlog.bind_upload(upload, event_id=upload.event_id, **trace):
         if naming.is_pipeline_output(
             upload.name, data.get("metadata") or {}, settings.output_suffixes, settings.marker_key
         ):
             jsonlog.log(logger, logging.INFO, "object ignored: written by the pipeline")
-            return Outcome("ignored", reason="pipeline_output")
+            return EventOutcome("ignored", reason="pipeline_output")
 
         reader = RangedReader(
             storage_client,
@@ -148,7 +141,7 @@ def handle(
             jsonlog.log(
                 logger, logging.WARNING, "object generation gone before it was read", reason="object_gone"
             )
-            return Outcome("gone", reason="object_gone", bytes_read=reader.bytes_read)
+            return EventOutcome("gone", reason="object_gone", bytes_read=reader.bytes_read)
 
         cost = {
             "bytes_read": reader.bytes_read,
@@ -159,7 +152,7 @@ def handle(
         result = read.result
         rejection = result if isinstance(result, hdr.Rejection) else None
         if isinstance(result, hdr.DicomHeader):
-            rejection = hdr.check(result, settings.allowed_modalities, settings.max_pixels)
+            rejection = ingest_policy.check(result, settings.allowed_modalities, settings.max_pixels)
         if rejection is not None:
             return _reject(upload, rejection, settings, storage_client, cost, started)
 
@@ -189,7 +182,7 @@ def handle(
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
             **cost,
         )
-        return Outcome(
+        return EventOutcome(
             "accepted",
             message_id=message_id,
             bytes_read=reader.bytes_read,
@@ -205,7 +198,7 @@ def _reject(
     storage_client: storage.Client,
     cost: dict[str, Any],
     started: float,
-) -> Outcome:
+) -> EventOutcome:
     record = records.rejection_record(upload, rejection)
     written = records.write_rejection(
         storage_client,
@@ -227,7 +220,7 @@ def _reject(
         latency_ms=round((time.perf_counter() - started) * 1000, 1),
         **cost,
     )
-    return Outcome(
+    return EventOutcome(
         "rejected",
         reason=rejection.reason,
         record_name=written.name,

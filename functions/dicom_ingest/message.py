@@ -11,10 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_ingest.header import DicomHeader, message_fields
-from pipeline_common import naming
-
-SCHEMA = "dicom-inference-request/1"
+from dicom_ingest.header_fields import message_fields
+from dicom_ingest.header_parse import DicomHeader
+from pipeline_common import contract, naming
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def inference_request(upload: Upload, header: DicomHeader) -> tuple[bytes, dict[
     """Message body (UTF-8 JSON) and attributes for one accepted image."""
     dicom = message_fields(header)
     body = {
-        "schema": SCHEMA,
+        "schema": contract.INFERENCE_REQUEST,
         "correlation_id": upload.correlation_id,
         "event_id": upload.event_id,
         "event_time": upload.event_time,
@@ -60,7 +59,7 @@ def inference_request(upload: Upload, header: DicomHeader) -> tuple[bytes, dict[
         "dicom": dicom,
     }
     attributes = {
-        "schema": SCHEMA,
+        "schema": contract.INFERENCE_REQUEST,
         "correlation_id": upload.correlation_id,
         "modality": dicom.get("modality") or "",
         "sop_instance_uid": dicom.get("sop_instance_uid") or "",

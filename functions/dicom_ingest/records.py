@@ -9,47 +9,41 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from dicom_ingest.header import Rejection
 from dicom_ingest.message import Upload
-from pipeline_common import jsonlog, naming
+from dicom_ingest.rejection import Rejection
+from pipeline_common import contract, jsonlog, naming
+from pipeline_common.conditional_write import Relation, WriteOutcome, relation, write_unless_kept
+from pipeline_common.timefmt import rfc3339
 
 logger = logging.getLogger("dicom_ingest")
 
-SCHEMA = "dicom-rejection/1"
 ROLE = "rejection"
-SOURCE_KEY = "dicom-pipeline-source"
-CORRELATION_KEY = "dicom-pipeline-correlation-id"
-MAX_WRITE_RACES = 3
 
 # How a write ended (logged as ``record_write``).
-CREATED = "created"
-REPLACED = "replaced"  # a record of an older generation of the upload
-PRESENT = "present"  # this generation's record was already there (a redelivery)
-SUPERSEDED = "superseded"  # a newer generation's record is there and stays
-TAKEN = "taken"  # the name holds another object's record or a foreign object
-
-
-class StorageRace(Exception):
-    """Other writers kept changing the record; the event is retried."""
+CREATED = WriteOutcome.CREATED
+REPLACED = WriteOutcome.REPLACED  # a record of an older generation of the upload
+PRESENT = WriteOutcome.PRESENT  # this generation's record was already there (a redelivery)
+SUPERSEDED = WriteOutcome.SUPERSEDED  # a newer generation's record is there and stays
+TAKEN = WriteOutcome.TAKEN  # the name holds another object's record or a foreign object
 
 
 @dataclass(frozen=True)
 class RecordWrite:
     name: str
-    outcome: str
+    outcome: WriteOutcome
 
 
 def rejection_record(upload: Upload, rejection: Rejection, now: datetime | None = None) -> dict[str, Any]:
     """The record's JSON (pure). ``details`` hold sizes and codes, never patient data."""
     return {
-        "schema": SCHEMA,
+        "schema": contract.REJECTION,
         "status": "rejected",
         "reason": rejection.reason,
         "message": rejection.message,
@@ -57,21 +51,12 @@ def rejection_record(upload: Upload, rejection: Rejection, now: datetime | None 
         "source": upload.source(),
         "correlation_id": upload.correlation_id,
         "event_id": upload.event_id,
-        "rejected_at": (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+        "rejected_at": rfc3339(now),
     }
 
 
 def record_name(object_name: str) -> str:
     return naming.output_name(object_name, naming.REJECTION_SUFFIX)
-
-
-def _source_of(blob: storage.Blob) -> tuple[str | None, int | None]:
-    """The upload (``gs://b/n``) and generation a pipeline object was written for."""
-    uri, _, generation = (blob.metadata or {}).get(SOURCE_KEY, "").rpartition("#")
-    try:
-        return uri or None, int(generation)
-    except ValueError:
-        return uri or None, None
 
 
 def write_rejection(
@@ -95,56 +80,48 @@ def write_rejection(
     its own finalize event is ignored without a read.
     """
     name = record_name(upload.name)
-    handle = client.bucket(upload.bucket)
     ours_uri, ours_gen = naming.gs_uri(upload.bucket, upload.name), int(upload.generation)
-    retry = DEFAULT_RETRY.with_deadline(retry_deadline_s)
-    body = json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8")
-    expected, outcome = 0, CREATED
-    for _ in range(MAX_WRITE_RACES):
-        blob = handle.blob(name)
-        blob.metadata = {
+
+    def decide(found: dict[str, str]) -> WriteOutcome | None:
+        kind = relation(found, ours_uri, ours_gen, marker_key)
+        if kind is Relation.OLDER:
+            return None
+        if kind is Relation.SAME:
+            return PRESENT
+        return SUPERSEDED if kind is Relation.NEWER else TAKEN
+
+    written = write_unless_kept(
+        client.bucket(upload.bucket),
+        name,
+        json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8"),
+        content_type="application/json",
+        metadata={
             marker_key: ROLE,
-            SOURCE_KEY: f"{ours_uri}#{upload.generation}",
-            CORRELATION_KEY: upload.correlation_id,
-        }
-        try:
-            blob.upload_from_string(
-                body,
-                content_type="application/json",
-                if_generation_match=expected,
-                timeout=timeout_s,
-                retry=retry,
-            )
-            return RecordWrite(name, outcome)
-        except gexc.PreconditionFailed:
-            pass
-        existing = handle.get_blob(name, timeout=timeout_s, retry=retry)
-        if existing is None:  # deleted since: create it again
-            expected, outcome = 0, CREATED
-            continue
-        their_uri, their_gen = _source_of(existing)
-        if marker_key not in (existing.metadata or {}) or their_uri != ours_uri or their_gen is None:
-            jsonlog.log(
-                logger,
-                logging.WARNING,
-                "rejection record not written: its name is taken by another object",
-                record_object=name,
-                record_source=their_uri,
-            )
-            return RecordWrite(name, TAKEN)
-        if their_gen == ours_gen:
-            return RecordWrite(name, PRESENT)
-        if their_gen > ours_gen:
-            jsonlog.log(
-                logger,
-                logging.INFO,
-                "rejection record kept: it is for a newer generation of the upload",
-                record_object=name,
-                record_source_generation=str(their_gen),
-            )
-            return RecordWrite(name, SUPERSEDED)
-        expected, outcome = int(existing.generation), REPLACED
-    raise StorageRace(f"lost the write race for {naming.gs_uri(upload.bucket, name)} {MAX_WRITE_RACES} times")
+            naming.SOURCE_KEY: naming.source_marker(upload.bucket, upload.name, upload.generation),
+            naming.CORRELATION_KEY: upload.correlation_id,
+        },
+        decide=decide,
+        timeout=timeout_s,
+        retry=DEFAULT_RETRY.with_deadline(retry_deadline_s),
+    )
+    their_uri, their_gen = naming.parse_source_marker(written.existing_source)
+    if written.outcome is TAKEN:
+        jsonlog.log(
+            logger,
+            logging.WARNING,
+            "rejection record not written: its name is taken by another object",
+            record_object=name,
+            record_source=their_uri or None,
+        )
+    elif written.outcome is SUPERSEDED:
+        jsonlog.log(
+            logger,
+            logging.INFO,
+            "rejection record kept: it is for a newer generation of the upload",
+            record_object=name,
+            record_source_generation=str(their_gen),
+        )
+    return RecordWrite(name, written.outcome)
 
 
 def remove_stale_rejection(
@@ -168,11 +145,12 @@ def remove_stale_rejection(
         blob = client.bucket(upload.bucket).get_blob(name, timeout=timeout_s, retry=retry)
         if blob is None or marker_key not in (blob.metadata or {}):
             return False
-        their_uri, their_gen = _source_of(blob)
-        if their_uri != naming.gs_uri(upload.bucket, upload.name) or their_gen is None:
+        kind = relation(
+            blob.metadata or {}, naming.gs_uri(upload.bucket, upload.name), int(upload.generation), marker_key
+        )
+        if kind is not Relation.OLDER:
             return False
-        if their_gen >= int(upload.generation):
-            return False
+        their_gen = naming.parse_source_marker((blob.metadata or {}).get(naming.SOURCE_KEY))[1]
         blob.delete(if_generation_match=blob.generation, timeout=timeout_s, retry=retry)
     except (gexc.NotFound, gexc.PreconditionFailed):
         return False  # gone or rewritten since we looked: nothing stale to remove

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline_common import naming
+from pipeline_common.contract import DEFAULT_MAX_PIXELS
 
 # Modalities that produce images a reader would look at (DICOM PS3.3 C.7.3.1.1.1).
 # Left out on purpose: objects that carry Pixel Data but are not pictures of the
@@ -19,8 +20,6 @@ IMAGE_MODALITIES: frozenset[str] = frozenset(
         "TG", "US", "XA", "XC",
     }
 )  # fmt: skip
-
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # rows x columns x frames; a 4k x 4k x 4 tomosynthesis fits
 
 
 class SettingsError(ValueError):

@@ -18,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
@@ -130,6 +130,28 @@ def bind(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+class UploadRef(Protocol):
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def generation(self) -> str: ...
+    @property
+    def correlation_id(self) -> str: ...
+
+
+def bind_upload(upload: UploadRef, **more: Any) -> contextlib.AbstractContextManager[None]:
+    """:func:`bind` with the fields that follow one upload from the function to the webhook."""
+    return bind(
+        bucket=upload.bucket,
+        object=upload.name,
+        generation=upload.generation,
+        correlation_id=upload.correlation_id,
+        **more,
+    )
 
 
 def log(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:

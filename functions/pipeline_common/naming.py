@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 
-# Custom object metadata carried by every object the pipeline writes.
-MARKER_KEY = "dicom-pipeline-output"
+# Custom object metadata carried by every object the pipeline writes (docs/contracts.md).
+MARKER_KEY = "dicom-pipeline-output"  # the object's role
+SOURCE_KEY = "dicom-pipeline-source"  # gs://bucket/name#generation of the upload it was made from
+CORRELATION_KEY = "dicom-pipeline-correlation-id"
+MODEL_KEY = "dicom-pipeline-model-sha256"  # the service's outputs only
+DELIVERED_KEY = "dicom-pipeline-webhook-delivered"  # result records Django accepted
 # Suffixes of the pipeline's own outputs, next to ``STEM``.
 PREVIEW_SUFFIX = ".png"
 MASK_SUFFIX = ".lime.png"
@@ -87,3 +91,16 @@ def hash_uid(uid: str | None) -> str | None:
 
 def gs_uri(bucket: str, name: str) -> str:
     return f"gs://{bucket}/{name}"
+
+
+def source_marker(bucket: str, name: str, generation: str | int) -> str:
+    """The ``SOURCE_KEY`` value: ``gs://bucket/name#generation``."""
+    return f"{gs_uri(bucket, name)}#{generation}"
+
+
+def parse_source_marker(value: str | None) -> tuple[str, int | None]:
+    """``gs://b/n#gen`` -> (``gs://b/n``, gen); without a numeric generation, (value, None)."""
+    if not value:
+        return "", None
+    uri, _, gen = value.rpartition("#")
+    return (uri, int(gen)) if gen.isdigit() and uri else (value, None)

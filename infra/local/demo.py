@@ -27,7 +27,7 @@ from pipeline_common import naming
 
 
 @dataclass
-class Outcome:
+class UploadOutcome:
     file: str
     object_name: str
     status: str  # completed | failed | rejected
@@ -70,10 +70,10 @@ def wait_for_outcomes(
     object_names: dict[str, str],
     timeout_s: float,
     progress: bool = False,
-) -> dict[str, Outcome]:
+) -> dict[str, UploadOutcome]:
     """Wait until each uploaded object has a webhook or a rejection record; returns those found."""
     bkt = storage_client(env).bucket(bucket)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, UploadOutcome] = {}
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     last_report = 0.0
@@ -88,14 +88,14 @@ def wait_for_outcomes(
             if hook is not None:
                 received = _parse_time(hook["received_at"])
                 seconds = received - uploaded if received and uploaded else None
-                outcomes[file] = Outcome(file, name, hook["body"]["status"], hook["body"], seconds)
+                outcomes[file] = UploadOutcome(file, name, hook["body"]["status"], hook["body"], seconds)
                 continue
             rejection = bkt.get_blob(naming.output_name(name, naming.REJECTION_SUFFIX))
             if rejection is not None:
                 record = json.loads(rejection.download_as_bytes())
                 created = rejection.time_created.timestamp() if rejection.time_created else None
                 seconds = created - uploaded if created and uploaded else None
-                outcomes[file] = Outcome(file, name, "rejected", record, seconds)
+                outcomes[file] = UploadOutcome(file, name, "rejected", record, seconds)
         if len(outcomes) == len(object_names) or time.monotonic() > deadline:
             return outcomes
         if progress and time.monotonic() - last_report > 10:
@@ -130,7 +130,7 @@ def gcloud_cp(
         raise StackError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
-def format_table(outcomes: list[Outcome]) -> str:
+def format_table(outcomes: list[UploadOutcome]) -> str:
     header = ("file", "modality", "prediction", "score", "mask URI", "seconds")
     rows = []
     for o in outcomes:
@@ -155,7 +155,7 @@ def format_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def copy_overlays(env: dict[str, str], outcomes: list[Outcome], out_dir: Path) -> list[Path]:
+def copy_overlays(env: dict[str, str], outcomes: list[UploadOutcome], out_dir: Path) -> list[Path]:
     client = storage_client(env)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -177,7 +177,7 @@ def _manifest(samples: Path) -> dict[str, dict[str, Any]]:
     return {entry["file"]: entry for entry in json.loads(path.read_text())}
 
 
-def _surprises(outcomes: dict[str, Outcome], files: list[str], manifest: dict[str, dict]) -> list[str]:
+def _surprises(outcomes: dict[str, UploadOutcome], files: list[str], manifest: dict[str, dict]) -> list[str]:
     problems = []
     for file in files:
         outcome = outcomes.get(file)

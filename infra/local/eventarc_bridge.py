@@ -159,6 +159,24 @@ class DeliveryStats:
             }
 
 
+def fetch_stats(bridge_url: str) -> dict[str, Any] | None:
+    try:
+        return requests.get(bridge_url + "/stats", timeout=3).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def print_stats(stats: dict[str, Any] | None) -> bool:
+    """One line of event counts, and the objects given up on; False when any was."""
+    if stats is None:
+        print("\nevents: unknown (the eventarc bridge does not answer /stats)")
+        return True
+    print(f"\nevents: {stats['delivered']} delivered, {stats['pending']} pending, {stats['failed']} failed")
+    for failure in stats.get("failures", []):
+        print(f"  failed: {failure['object']}: {failure['reason']}")
+    return not stats["failed"]
+
+
 def _log(message: str, severity: str = "INFO", **fields: Any) -> None:
     line = {"severity": severity, "message": message, "time": datetime.now(UTC).isoformat(), **fields}
     print(json.dumps(line, ensure_ascii=False), flush=True)

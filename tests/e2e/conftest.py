@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from infra.local.demo import Outcome, read_webhooks, storage_client, wait_for_outcomes
+from infra.local.demo import UploadOutcome, read_webhooks, storage_client, wait_for_outcomes
 from infra.local.emulators import EmulatorError, private_gcloud_env
 from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig, StackError
 
@@ -56,7 +56,7 @@ class LocalStack:
     def gsutil_cp(self, source: Path, destination: str) -> None:
         self._run(["gsutil", "-q", "cp", str(source), destination])
 
-    def outcomes(self, names: dict[str, str], timeout_s: float = 300) -> dict[str, Outcome]:
+    def outcomes(self, names: dict[str, str], timeout_s: float = 300) -> dict[str, UploadOutcome]:
         found = wait_for_outcomes(self.env, self.bucket, names, timeout_s)
         missing = sorted(set(names) - set(found))
         assert not missing, f"no outcome for {missing} within {timeout_s:.0f}s; logs: {self.root / 'logs'}"

@@ -1,0 +1,66 @@
+"""Where one request's outputs live, how they are written, and how its stored record is read back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gpu_service import result
+from gpu_service.push import InferenceRequest
+from gpu_service.storage import GcsStore, Location
+from pipeline_common import naming
+from pipeline_common.conditional_write import WriteResult
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A result record as stored: its bytes are what the webhook gets, byte for byte."""
+
+    body: bytes
+    record: dict[str, Any]
+    generation: int  # of the record object, for the delivered marker's precondition
+    delivered_at: str | None  # the delivered marker, None until Django accepted it
+
+
+class RequestOutputs:
+    """The outputs of requests processed with one model (its sha256 marks every object written)."""
+
+    def __init__(self, store: GcsStore, model_sha256: str) -> None:
+        self.store = store
+        self.model_sha = model_sha256
+
+    def location(self, request: InferenceRequest, suffix: str) -> Location:
+        return self.store.location(request.bucket, request.name, suffix)
+
+    def write(
+        self, request: InferenceRequest, suffix: str, role: str, data: bytes, ctype: str
+    ) -> WriteResult:
+        return self.store.write_output(
+            self.location(request, suffix),
+            data,
+            content_type=ctype,
+            role=role,
+            source_bucket=request.bucket,
+            source_name=request.name,
+            source_generation=request.generation,
+            correlation_id=request.correlation_id,
+            model_sha256=self.model_sha,
+        )
+
+    def stored_record(self, request: InferenceRequest) -> StoredRecord | None:
+        """The stored result record for this object, if any (whatever generation/model).
+
+        An object under the record's name that the pipeline did not write for this very
+        upload is not a record: processing goes on and ``write_output`` refuses to touch it.
+        """
+        found = self.store.read_output(self.location(request, naming.RESULT_SUFFIX))
+        if found is None:
+            return None
+        try:
+            record = json.loads(found.data)
+        except ValueError:
+            return None  # unreadable record: recompute and replace it
+        if not isinstance(record, dict) or not result.is_record_of(record, found.metadata, request.uri):
+            return None
+        return StoredRecord(found.data, record, found.generation, found.metadata.get(naming.DELIVERED_KEY))

@@ -1,0 +1,9 @@
+"""Django app configuration."""
+
+from django.apps import AppConfig
+
+
+class DicomResultsConfig(AppConfig):
+    name = "dicom_results"
+    verbose_name = "DICOM inference results"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -32,11 +32,11 @@ MAX_ID_LENGTH = InferenceResult._meta.get_field("webhook_id").max_length
 
 
 def _refuse(status: int, error: str, detail: str, **fields: object) -> JsonResponse:
-    logger.warning("webhook refused", extra={"status": status, "error": error, **fields})
+    logger.warning("webhook refused", extra={"fields": {"status": status, "error": error, **fields}})
     return JsonResponse({"error": error, "detail": detail}, status=status)
 
 
-def _verify(secret: str, tolerance_s: int, body: bytes, headers: Mapping[str, str]) -> str | None:
+def verify_delivery(secret: str, tolerance_s: int, body: bytes, headers: Mapping[str, str]) -> str | None:
     """None when the delivery is authentic and fresh, else the reason (for the 401's body)."""
     try:
         Webhook(secret).verify(body, dict(headers.items()), json_parse=False)
@@ -70,7 +70,7 @@ def receive_result(request: HttpRequest) -> JsonResponse:
     if len(body) > conf.max_body_bytes:
         return _refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes", **trace)
 
-    reason = _verify(conf.webhook_secret, conf.tolerance_s, body, request.headers)
+    reason = verify_delivery(conf.webhook_secret, conf.tolerance_s, body, request.headers)
     if reason is not None:
         return _refuse(401, "bad_signature", reason, **trace)
     if len(webhook_id) > MAX_ID_LENGTH:
@@ -96,10 +96,10 @@ def receive_result(request: HttpRequest) -> JsonResponse:
         if existing is None:
             raise
         return _duplicate(existing, trace)
-    logger.info("webhook stored", extra={**trace, "id": row.pk, "status": row.status})
+    logger.info("webhook stored", extra={"fields": {**trace, "id": row.pk, "status": row.status}})
     return JsonResponse({"id": row.pk, "duplicate": False}, status=201)
 
 
 def _duplicate(pk: int, trace: dict[str, object]) -> JsonResponse:
-    logger.info("webhook duplicate", extra={**trace, "id": pk})
+    logger.info("webhook duplicate", extra={"fields": {**trace, "id": pk}})
     return JsonResponse({"id": pk, "duplicate": True}, status=200)

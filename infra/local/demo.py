@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = stack.config.log_dir
     started_here = False
     exit_code = 1
+    env: dict[str, str] = {}
     try:
         if stack.running():
             env = json.loads(stack.config.state_file.read_text())["env"]
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.down()
         elif started_here:
             print(f"the stack keeps running: source {stack.config.env_file}; make down stops it")
+        if env.get("VIEWER_URL") and stack.running():
+            print(f"results viewer: {env['VIEWER_URL']}  user {env['VIEWER_USER']}  password {env['VIEWER_PASSWORD']}")
     return exit_code
 
 

@@ -8,7 +8,7 @@ What ``up`` starts, in order, each in its own process group with its log under
 1. Google's Pub/Sub emulator (``gcloud beta emulators pubsub start``).
 2. fake-gcs-server (http for ``gcloud storage``, https for ``gsutil``), publishing
    ``OBJECT_FINALIZE`` notifications of the upload bucket to the emulator.
-3. The webhook receiver (stand-in Django), the inference service under gunicorn, the
+3. The hospital's Django (django-dicom-results under gunicorn, ``infra/local/viewer.py``), the inference service under gunicorn, the
    ingest function under functions-framework and the Eventarc stand-in.
 4. Push subscriptions like production: notifications -> Eventarc stand-in -> function,
    and the inference topic -> service, each with a retry policy and a dead-letter topic.
@@ -48,6 +48,8 @@ from typing import Any
 
 import requests
 
+from gpu_service.webhook_signature import new_secret
+from infra.local import viewer
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -79,7 +81,7 @@ INFERENCE_TOPIC = "dicom-inference-requests"
 INFERENCE_SUBSCRIPTION = "dicom-inference-push"
 DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
-WEBHOOK_PATH = "/webhook"
+WEBHOOK_PATH = viewer.WEBHOOK_PATH
 
 # What the children inherit from the shell that starts them: what a process needs to run
 # (and to find a GPU), nothing that configures the pipeline. Names, or prefixes ending in "*".
@@ -176,7 +178,8 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     project: str = "local-project"
     bucket: str = "dicom-uploads"
-    webhook_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    webhook_secret: str = field(default_factory=new_secret, repr=False)
+    viewer_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     # Extra environment for the service, the function and the receiver (e.g. LIME_NUM_SAMPLES for a
     # fast test stack); nothing else from the caller's environment reaches them (INHERITED_ENV).
     service_env: dict[str, str] = field(default_factory=dict)
@@ -197,7 +200,7 @@ class StackConfig:
             ports=Ports.from_env(),
             project=os.environ.get("LOCAL_PROJECT", "local-project"),
             bucket=os.environ.get("LOCAL_UPLOAD_BUCKET", "dicom-uploads"),
-            webhook_secret=os.environ.get("LOCAL_WEBHOOK_SECRET") or secrets.token_hex(32),
+            webhook_secret=os.environ.get("LOCAL_WEBHOOK_SECRET") or new_secret(),
             webhook_fail_first=int(os.environ.get("WEBHOOK_FAIL_FIRST", "0")),
             ready_timeout_s=float(os.environ.get("LOCAL_READY_TIMEOUT_S", "600")),
             service_env=service_env,
@@ -399,7 +402,8 @@ class Stack:
             "WEBHOOK_LOG": str(c.webhook_log),
             "WEBHOOK_ATTEMPTS_LOG": str(c.webhook_log.with_suffix(".attempts.jsonl")),
             "WEBHOOK_URL": c.url("webhook") + WEBHOOK_PATH,
-            "WEBHOOK_CONTROL_URL": c.url("webhook") + "/_control",
+            "WEBHOOK_CONTROL_URL": c.url("webhook") + viewer.CONTROL_PATH,
+            **viewer.stack_env(c.url("webhook"), c.viewer_password),
             "WEBHOOK_SECRET": c.webhook_secret,
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
@@ -539,13 +543,14 @@ class Stack:
             procs.append((name, p, log, health))
 
         webhook_env = self._child_env(
-            {
-                "WEBHOOK_PORT": str(c.ports.webhook),
-                "WEBHOOK_FAIL_FIRST": str(c.webhook_fail_first),
-                **c.webhook_env,
-            }
+            {**viewer.site_env(c.root, c.viewer_password, c.webhook_fail_first), **c.webhook_env}
         )
-        spawn("webhook-receiver", [py, "-m", "infra.local.webhook_receiver"], webhook_env, "/healthz")
+        try:
+            viewer.prepare(webhook_env, REPO)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise StackError(str(exc)) from None
+        cmd = viewer.command(LOOPBACK, c.ports.webhook, BIN)
+        spawn("webhook-receiver", cmd, webhook_env, viewer.HEALTH_PATH)
 
         service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
         cmd = [

@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         elif started_here:
             print(f"the stack keeps running: source {stack.config.env_file}; make down stops it")
         if env.get("VIEWER_URL") and stack.running():
-            print(f"results viewer: {env['VIEWER_URL']}  user {env['VIEWER_USER']}  password {env['VIEWER_PASSWORD']}")
+            print(
+                f"results viewer: {env['VIEWER_URL']}  user {env['VIEWER_USER']}  password {env['VIEWER_PASSWORD']}"
+            )
     return exit_code
 
 

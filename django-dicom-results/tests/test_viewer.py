@@ -81,6 +81,17 @@ class ViewerAccessTests(TestCase):
             self.assertContains(page, reverse("dicom_results:artifact", args=[self.row.pk, role]))
         self.assertNotContains(page, "gs://uploads/ward3/scan.png")
 
+    def test_admin_lists_results_with_filters(self) -> None:
+        get_user_model().objects.create_superuser("admin", password="pw-admin")
+        self.client.login(username="admin", password="pw-admin")
+        url = reverse("admin:dicom_results_inferenceresult_changelist")
+        page = self.client.get(url, {"status__exact": "completed", "label": "nodule", "modality": "DX"})
+        self.assertEqual(page.status_code, 200)
+        self.assertEqual(list(page.context["cl"].result_list), [self.row])
+        for field in ("status", "label", "modality"):
+            self.assertContains(page, f"By {field}", msg_prefix=field)
+        self.assertEqual(self.client.get(reverse("admin:dicom_results_inferenceresult_add")).status_code, 403)
+
     def test_unknown_role_is_404(self) -> None:
         self.client.login(username="doctor", password="pw-doctor")
         response = self.client.get(reverse("dicom_results:artifact", args=[self.row.pk, "source"]))

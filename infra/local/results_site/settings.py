@@ -54,6 +54,8 @@ LOGIN_REDIRECT_URL = "dicom_results:list"
 DICOM_RESULTS_WEBHOOK_SECRET = os.environ["WEBHOOK_SECRET"]
 DICOM_RESULTS_TOLERANCE_S = int(os.environ.get("WEBHOOK_TOLERANCE_S") or 300)
 DICOM_RESULTS_GCS_PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT")
+# The viewer reads the stack's upload bucket only (empty: any bucket a stored result names).
+DICOM_RESULTS_ALLOWED_BUCKETS = [b for b in [os.environ.get("UPLOAD_BUCKET")] if b]
 
 # The stand-in's test hooks (recording.py).
 WEBHOOK_LOG = Path(os.environ.get("WEBHOOK_LOG", ".local/webhooks.jsonl")).resolve()

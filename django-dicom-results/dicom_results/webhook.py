@@ -76,12 +76,12 @@ def receive_result(request: HttpRequest) -> JsonResponse:
     if len(webhook_id) > MAX_ID_LENGTH:
         return _refuse(400, "bad_webhook_id", f"webhook-id longer than {MAX_ID_LENGTH} characters", **trace)
     try:
-        record = json.loads(body)
+        record = json.loads(body, parse_constant=_no_constants)
         fields = parse_result(record)
     except SchemaError as exc:
         return _refuse(400, "bad_schema", str(exc), **trace)
-    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
-        return _refuse(400, "not_json", "the body is not JSON", **trace)
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        return _refuse(400, "not_json", "the body is not JSON (NaN and Infinity are not JSON)", **trace)
 
     existing = InferenceResult.objects.filter(webhook_id=webhook_id).values_list("pk", flat=True).first()
     if existing is not None:
@@ -98,6 +98,11 @@ def receive_result(request: HttpRequest) -> JsonResponse:
         return _duplicate(existing, trace)
     logger.info("webhook stored", extra={"fields": {**trace, "id": row.pk, "status": row.status}})
     return JsonResponse({"id": row.pk, "duplicate": False}, status=201)
+
+
+def _no_constants(name: str) -> None:
+    """NaN and Infinity: Python's json accepts them, PostgreSQL's jsonb and every other reader do not."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _duplicate(pk: int, trace: dict[str, object]) -> JsonResponse:

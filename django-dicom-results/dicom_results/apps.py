@@ -7,3 +7,6 @@ class DicomResultsConfig(AppConfig):
     name = "dicom_results"
     verbose_name = "DICOM inference results"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from dicom_results import checks  # noqa: F401 - registers the settings check

@@ -182,6 +182,14 @@ class WebhookTests(TestCase):
         self.assertEqual(response.status_code, 400)
         self.assertIn("prediction.score", response.json()["detail"])
 
+    def test_bad_settings_fail_the_system_check(self) -> None:
+        from django.core import checks
+
+        self.assertEqual(checks.run_checks(tags=None), [])
+        for bad in ({"DICOM_RESULTS_TOLERANCE_S": 600}, {"DICOM_RESULTS_WEBHOOK_SECRET": "hunter2"}):
+            with self.subTest(bad=bad), override_settings(**bad):
+                self.assertEqual([m.id for m in checks.run_checks()], ["dicom_results.E001"])
+
     def test_only_post(self) -> None:
         self.assertEqual(self.client.get(self.url).status_code, 405)
 

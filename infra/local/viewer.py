@@ -76,6 +76,7 @@ def setup() -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
     django.setup()
+    call_command("check")  # a bad setting (e.g. WEBHOOK_TOLERANCE_S over 300) stops `make up` here
     call_command("migrate", interactive=False, verbosity=0)
     users = get_user_model()
     user, _ = users.objects.get_or_create(username=os.environ["VIEWER_USER"])

@@ -31,7 +31,7 @@ prereqs:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt functions/requirements.txt gpu_service/requirements.txt
+$(STAMP): requirements.txt functions/requirements.txt gpu_service/requirements.txt django-dicom-results/pyproject.toml
 	@bash infra/local/check_prereqs.sh python
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

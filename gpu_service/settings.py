@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpu_service.webhook_signature import check_secret
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -123,6 +124,8 @@ class Settings:
         """Refuse configurations that would silently weaken security or never work."""
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("WEBHOOK_URL is set but WEBHOOK_SECRET is empty: webhooks must be signed")
+        if self.webhook_secret:
+            check_secret(self.webhook_secret)
         if self.webhook_max_attempts < 1:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.batch_max_size < 1 or self.concurrency < 1 or self.lime_num_samples < 1:

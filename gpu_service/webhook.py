@@ -1,4 +1,5 @@
-"""Delivery of result records to the Django webhook: signed, idempotent, retried with backoff.
+"""Delivery of result records to the Django webhook: signed (Standard Webhooks), idempotent
+(``webhook-id``), retried with backoff.
 
 Only failures that another attempt can fix are retried: connection errors, timeouts,
 5xx, 408 and 429 (honouring a short ``Retry-After``). Any other answer (400, 401, 404...)
@@ -82,7 +83,7 @@ class WebhookClient:
         error: str | None = None
         for attempt in range(1, self.max_attempts + 1):
             headers = webhook_signature.signed_headers(
-                self.secret, body, idempotency=idempotency_key, correlation_id=correlation_id
+                self.secret, body, webhook_id=idempotency_key, correlation_id=correlation_id
             )
             retry_after: float | None = None
             try:

@@ -1,88 +1,68 @@
-"""Signing of webhook bodies (docs/contracts.md, "Webhook"), shared by sender and receivers.
+"""Standard Webhooks signing of result deliveries (docs/contracts.md, "Webhook").
 
-``X-Pipeline-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` with
-``X-Pipeline-Timestamp: <unix seconds>``. The timestamp is inside the MAC so a captured
-request cannot be replayed outside the tolerance window; receivers additionally dedupe
-on ``Idempotency-Key``. Several ``v1=`` values (comma separated) are accepted so a
-secret can be rotated without downtime. Pure functions, no I/O: the local stack's
-receiver and Django import :func:`verify_signature`.
+A thin use of the ``standardwebhooks`` library, the same one the Django app
+(``django-dicom-results``) verifies with: one signature implementation on both sides.
+What is ours: the ``webhook-id`` (the idempotency key) and a strict check of the
+``whsec_`` secret, because the library decodes any string as base64 without complaint,
+so a mistyped secret would silently sign with another key.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import hmac
+import secrets
 import time
+from datetime import UTC, datetime
 
-TIMESTAMP_HEADER = "X-Pipeline-Timestamp"
-SIGNATURE_HEADER = "X-Pipeline-Signature"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+from standardwebhooks import Webhook
+
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 CORRELATION_HEADER = "X-Correlation-Id"
-VERSION = "v1"
-DEFAULT_TOLERANCE_S = 300
+SECRET_PREFIX = "whsec_"
 
 
-def _key(secret: str | bytes) -> bytes:
-    return secret.encode("utf-8") if isinstance(secret, str) else secret
+def check_secret(secret: str) -> None:
+    """Raise ValueError unless ``secret`` is ``whsec_`` followed by a non-empty base64 key."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("WEBHOOK_SECRET must be a Standard Webhooks secret: whsec_<base64 key>")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("WEBHOOK_SECRET: the part after whsec_ is not valid base64") from None
+    if not key:
+        raise ValueError("WEBHOOK_SECRET: the key after whsec_ is empty")
 
 
-def compute_signature(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"<timestamp>." + body``."""
-    message = str(timestamp).encode("ascii") + b"." + body
-    return hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
-
-
-def signature_header(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
-    return f"{VERSION}={compute_signature(secret, timestamp, body)}"
+def new_secret(nbytes: int = 32) -> str:
+    """A random ``whsec_`` secret (the local stack makes one per start)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(nbytes)).decode("ascii")
 
 
 def idempotency_key(bucket: str, name: str, generation: str | int, model_sha256: str) -> str:
-    """Stable for one object generation and one model, so every retry and redelivery shares it."""
+    """The ``webhook-id``: stable for one object generation and one model, so every retry and
+    redelivery shares it and the receiver stores the result once."""
     return hashlib.sha256(f"{bucket}/{name}#{generation}|{model_sha256}".encode()).hexdigest()
 
 
 def signed_headers(
-    secret: str | bytes,
+    secret: str,
     body: bytes,
     *,
-    idempotency: str,
+    webhook_id: str,
     correlation_id: str,
     now: float | None = None,
 ) -> dict[str, str]:
-    """All headers of one delivery attempt (re-signed per attempt, so retries stay in the window)."""
-    timestamp = str(int(time.time() if now is None else now))
+    """All headers of one delivery attempt (signed anew per attempt, so retries stay in the window)."""
+    moment = datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC)
+    signature = Webhook(secret).sign(webhook_id, moment, body.decode("utf-8"))
     return {
         "Content-Type": "application/json",
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: signature_header(secret, timestamp, body),
-        IDEMPOTENCY_HEADER: idempotency,
+        ID_HEADER: webhook_id,
+        TIMESTAMP_HEADER: str(int(moment.timestamp())),
+        SIGNATURE_HEADER: signature,
         CORRELATION_HEADER: correlation_id,
     }
-
-
-def verify_signature(
-    secret: str | bytes,
-    timestamp: str | int | None,
-    body: bytes,
-    signature_header: str | None,
-    tolerance_s: int = DEFAULT_TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """True when one ``v1=`` signature matches and the timestamp is within ``tolerance_s`` of now.
-
-    Timestamps in the future beyond the tolerance are refused too (clock skew is symmetric).
-    """
-    if not secret or timestamp is None or not signature_header:
-        return False
-    ts_text = str(timestamp).strip()
-    if not ts_text.isdigit():
-        return False
-    current = time.time() if now is None else now
-    if abs(current - int(ts_text)) > tolerance_s:
-        return False
-    expected = compute_signature(secret, ts_text, body)
-    for part in signature_header.split(","):
-        version, _, value = part.strip().partition("=")
-        if version == VERSION and hmac.compare_digest(value.strip().lower(), expected):
-            return True
-    return False

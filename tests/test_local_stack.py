@@ -1,6 +1,6 @@
-"""The local stack's own pieces, each with real neighbours: the webhook receiver over HTTP, and
-the Eventarc stand-in between fake-gcs-server notifications in the Pub/Sub emulator and a
-real functions-framework CloudEvent function."""
+"""The local stack's own pieces, each with real neighbours: the Eventarc stand-in between
+fake-gcs-server notifications in the Pub/Sub emulator and a real functions-framework CloudEvent
+function. (The webhook target, Django, is tested in test_results_site.py.)"""
 
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server as make_wsgi_server
 
-from gpu_service.webhook_signature import signed_headers
-from infra.local import eventarc_bridge, webhook_receiver
+from infra.local import eventarc_bridge
 from infra.local.emulators import (
     FakeGcsServer,
     create_subscription,
@@ -40,8 +39,6 @@ from infra.local.stack import Ports, Stack, StackConfig, StackError
 from infra.local.stack_config import ephemeral_range
 from tests.conftest import PROJECT, unique
 
-SECRET = "s3cret-for-tests"
-
 
 def _serve(server) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -49,90 +46,8 @@ def _serve(server) -> threading.Thread:
     return thread
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    settings = webhook_receiver.ReceiverSettings(
-        secret=SECRET, log_path=tmp_path / "hooks.jsonl", attempts_path=tmp_path / "attempts.jsonl", port=0
-    )
-    server = webhook_receiver.make_server(settings)
-    _serve(server)
-    yield f"http://127.0.0.1:{server.server_port}", settings.log_path, settings.attempts_path
-    server.shutdown()
-    server.server_close()
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _post(url: str, body: dict, *, secret: str = SECRET, now: float | None = None, key: str = "k1"):
-    raw = json.dumps(body).encode()
-    headers = signed_headers(secret, raw, idempotency=key, correlation_id="c" * 32, now=now)
-    return requests.post(url + "/webhook", data=raw, headers=headers, timeout=10)
-
-
-def test_receiver_records_signed_calls_and_refuses_bad_ones(receiver):
-    url, log, attempts = receiver
-    body = {"status": "completed", "correlation_id": "c" * 32}
-    assert _post(url, body).status_code == 200
-    assert _post(url, body, secret="wrong").status_code == 401
-    assert _post(url, body, now=time.time() - 3600).status_code == 401  # outside the replay window
-    unsigned = requests.post(url + "/webhook", json=body, timeout=10)
-    assert unsigned.status_code == 401
-
-    records = _lines(log)
-    assert len(records) == 1
-    assert records[0]["body"] == body
-    assert records[0]["headers"]["Idempotency-Key"] == "k1"
-    assert set(records[0]) == {"received_at", "headers", "body"}
-    assert [a["status"] for a in _lines(attempts)] == [200, 401, 401, 401]
-
-
-def test_receiver_fails_on_request_then_accepts(receiver):
-    url, log, attempts = receiver
-    control = requests.post(url + "/_control", json={"fail_next": 2}, timeout=10).json()
-    assert control["fail_next"] == 2
-    statuses = [_post(url, {"n": i}, key="same").status_code for i in range(3)]
-    assert statuses == [503, 503, 200]
-    assert [r["body"] for r in _lines(log)] == [{"n": 2}]
-    assert [(a["status"], a["outcome"]) for a in _lines(attempts)] == [
-        (503, "injected_failure"),
-        (503, "injected_failure"),
-        (200, "accepted"),
-    ]
-    assert requests.get(url + "/_control", timeout=10).json()["fail_next"] == 0
-
-
-def test_receiver_fails_only_the_calls_that_match(receiver):
-    """A failure meant for one object is not used up by a webhook for another."""
-    url, log, attempts = receiver
-    control = requests.post(url + "/_control", json={"fail_next": 2, "match": "study-7/"}, timeout=10).json()
-    assert (control["fail_next"], control["match"]) == (2, "study-7/")
-
-    def body(name: str) -> dict:
-        return {"source": {"bucket": "b", "name": name, "uri": f"gs://b/{name}"}}
-
-    statuses = [
-        _post(url, body("other/x.dcm"), key="a").status_code,
-        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
-        _post(url, {"no": "source"}, key="c").status_code,
-        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
-        _post(url, body("in/study-7/x.dcm"), key="b").status_code,
-    ]
-    assert statuses == [200, 503, 200, 503, 200]
-    assert [r["headers"]["Idempotency-Key"] for r in _lines(log)] == ["a", "c", "b"]
-    assert requests.get(url + "/_control", timeout=10).json()["fail_next"] == 0
-    assert len(_lines(attempts)) == 5
-
-
-def test_receiver_writes_whole_lines_under_concurrency(receiver):
-    url, log, _ = receiver
-    threads = [threading.Thread(target=_post, args=(url, {"n": i, "pad": "x" * 5000})) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(r["body"]["n"] for r in _lines(log)) == list(range(20))
 
 
 # ---- Eventarc stand-in -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from PIL import Image
 from service_support import SECRET, WebhookServer, envelope
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from gpu_service import render, result, webhook_signature
 from gpu_service.acknowledgement import RequestOutcome, ack_status, gives_up, is_acked, is_transient
@@ -33,7 +34,7 @@ def test_settings_from_env_reads_typed_values() -> None:
     s = Settings.from_env(
         {
             "WEBHOOK_URL": "http://x/hook",
-            "WEBHOOK_SECRET": "hunter2-secret",
+            "WEBHOOK_SECRET": "whsec_aHVudGVyMi1zZWNyZXQ=",  # whsec_ + base64("hunter2-secret")
             "WEBHOOK_MAX_ATTEMPTS": "3",
             "PUSH_AUDIENCE": "https://svc",
             "OUTPUT_PREFIX": "/results/",
@@ -45,7 +46,9 @@ def test_settings_from_env_reads_typed_values() -> None:
     assert (s.webhook_max_attempts, s.push_audience, s.output_prefix) == (3, "https://svc", "results")
     assert (s.lime_num_samples, s.batch_max_wait_ms, s.batching) == (64, 2.5, False)
     assert s.push_certs_url.startswith("https://www.googleapis.com/")
-    assert "hunter2" not in repr(s) and s.webhook_secret == "hunter2-secret"  # never in a repr/log
+    assert (
+        "aHVudGVy" not in repr(s) and s.webhook_secret == "whsec_aHVudGVyMi1zZWNyZXQ="
+    )  # never in a repr/log
 
 
 def test_settings_pixel_budget_and_delivery_attempts() -> None:
@@ -149,23 +152,38 @@ def test_envelope_base64_roundtrip() -> None:
 
 
 def test_signature_roundtrip_and_rejections() -> None:
+    """Signed by the service, checked by the library the receivers use (Standard Webhooks)."""
     body = b'{"status":"completed"}'
-    now = 1_700_000_000
-    headers = webhook_signature.signed_headers(SECRET, body, idempotency="k", correlation_id="c", now=now)
-    ts, sig = headers["X-Pipeline-Timestamp"], headers["X-Pipeline-Signature"]
-    assert sig.startswith("v1=") and len(sig) == 3 + 64
-    assert headers["Idempotency-Key"] == "k" and headers["X-Correlation-Id"] == "c"
-    assert webhook_signature.verify_signature(SECRET, ts, body, sig, now=now + 10)
-    assert not webhook_signature.verify_signature("other", ts, body, sig, now=now)
-    assert not webhook_signature.verify_signature(SECRET, ts, body + b" ", sig, now=now)
-    assert not webhook_signature.verify_signature(SECRET, ts, body, sig, now=now + 301)  # replay window
-    assert not webhook_signature.verify_signature(SECRET, ts, body, sig, now=now - 301)  # from the future
-    assert not webhook_signature.verify_signature(SECRET, str(now + 1), body, sig, now=now)
-    assert not webhook_signature.verify_signature(SECRET, "x", body, sig, now=now)
-    assert not webhook_signature.verify_signature(SECRET, ts, body, None, now=now)
-    assert not webhook_signature.verify_signature(SECRET, ts, body, "v0=" + sig[3:], now=now)
-    # Rotation: any one matching v1 value is enough.
-    assert webhook_signature.verify_signature(SECRET, ts, body, f"v1={'0' * 64}, {sig}", now=now)
+    headers = webhook_signature.signed_headers(SECRET, body, webhook_id="k", correlation_id="c")
+    sig = headers["webhook-signature"]
+    assert sig.startswith("v1,") and len(base64.b64decode(sig[3:])) == 32
+    assert headers["webhook-id"] == "k" and headers["X-Correlation-Id"] == "c"
+    assert "Idempotency-Key" not in headers and not any(h.startswith("X-Pipeline") for h in headers)
+    Webhook(SECRET).verify(body, headers)
+    other = webhook_signature.new_secret()
+    bad = [
+        (body, {**headers, "webhook-signature": webhook_signature.signed_headers(other, body, webhook_id="k",
+                                                                                 correlation_id="c")["webhook-signature"]}),
+        (body + b" ", headers),
+        (body, {**headers, "webhook-id": "another-key"}),  # the id is signed: no replay under a new key
+        (body, {k: v for k, v in headers.items() if k != "webhook-signature"}),
+    ]  # fmt: skip
+    for stale in (time.time() - 301, time.time() + 301):  # replay window, both ways
+        bad.append((body, webhook_signature.signed_headers(SECRET, body, webhook_id="k", correlation_id="c",
+                                                           now=stale)))  # fmt: skip
+    for b, h in bad:
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET).verify(b, h)
+    # Rotation: any one matching v1 value (space separated) is enough.
+    Webhook(SECRET).verify(body, {**headers, "webhook-signature": f"v1,{'A' * 44} {sig}"})
+
+
+def test_secret_must_be_whsec_base64() -> None:
+    webhook_signature.check_secret(SECRET)
+    webhook_signature.check_secret(webhook_signature.new_secret())
+    for wrong in ("hunter2", "whsec_", "whsec_not base64!"):
+        with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+            webhook_signature.check_secret(wrong)
 
 
 def test_idempotency_key_is_stable_per_generation_and_model() -> None:
@@ -325,7 +343,7 @@ def test_webhook_delivers_signed_body() -> None:
         assert (d.accepted, d.status, d.attempts) == (True, 200, 1)
         call = server.calls[0]
         assert call.signature_ok and call.body == b'{"a":1}'
-        assert call.headers["Idempotency-Key"] == "key" and call.headers["X-Correlation-Id"] == "corr"
+        assert call.headers["webhook-id"] == "key" and call.headers["X-Correlation-Id"] == "corr"
         assert call.headers["Content-Type"] == "application/json"
     finally:
         server.stop()
@@ -339,7 +357,7 @@ def test_webhook_retries_transient_statuses(status: int) -> None:
         d = client.deliver(b"{}", idempotency_key="k", correlation_id="c")
         assert (d.accepted, d.attempts) == (True, 3)
         assert len(sleeps) == 2 and all(0 <= s <= 0.05 for s in sleeps)
-        keys = {c.headers["Idempotency-Key"] for c in server.calls}
+        keys = {c.headers["webhook-id"] for c in server.calls}
         assert keys == {"k"} and all(c.signature_ok for c in server.calls)
     finally:
         server.stop()

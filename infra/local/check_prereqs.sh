@@ -49,6 +49,15 @@ need_emulators() {
   command -v gsutil >/dev/null 2>&1 || say "gsutil not found: it ships with the Google Cloud CLI (gcloud components install gsutil)"
 }
 
+need_test_services() {
+  # The Django app's tests run on a throw-away PostgreSQL server; the viewer's test drives Chromium.
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    say "PostgreSQL's initdb not found: the Django tests start their own server (Debian: apt-get install postgresql)"
+  fi
+  [ -x /usr/bin/chromium ] \
+    || say "/usr/bin/chromium not found: the viewer's browser test drives it (Debian: apt-get install chromium)"
+}
+
 need_free_ports() {
   # The stack's own check (one list of ports and defaults, LOCAL_*_PORT overrides); it names the
   # process that holds a busy port. Needs the virtual environment, so it runs after `make venv`.
@@ -63,7 +72,8 @@ need_free_ports() {
 for w in "${want[@]}"; do
   case "$w" in
     python) need_python ;;
-    test|stack) need_python; need_emulators ;;
+    test) need_python; need_emulators; need_test_services ;;
+    stack) need_python; need_emulators ;;
     ports) need_free_ports ;;
     *) echo "check_prereqs.sh: unknown check $w" >&2; exit 2 ;;
   esac

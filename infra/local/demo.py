@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = stack.config.log_dir
     started_here = False
     exit_code = 1
+    env: dict[str, str] = {}
     try:
         if stack.running():
             env = json.loads(stack.config.state_file.read_text())["env"]
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.down()
         elif started_here:
             print(f"the stack keeps running: source {stack.config.env_file}; make down stops it")
+        if env.get("VIEWER_URL") and stack.running():
+            url, user, password = env["VIEWER_URL"], env["VIEWER_USER"], env["VIEWER_PASSWORD"]
+            print(f"results viewer: {url}  user {user}  password {password}")
     return exit_code
 
 

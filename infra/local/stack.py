@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from infra.local import eventarc_bridge
+from infra.local import eventarc_bridge, viewer
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -61,12 +61,12 @@ INFERENCE_TOPIC = "dicom-inference-requests"
 INFERENCE_SUBSCRIPTION = "dicom-inference-push"
 DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
-WEBHOOK_PATH = "/webhook"
+WEBHOOK_PATH = viewer.WEBHOOK_PATH
 
 
 class Stack:
     """``up`` starts, each in its own process group, logging under ``ROOT/logs/``: the Pub/Sub
-    emulator, fake-gcs-server (notifying the emulator), the webhook receiver, the service under
+    emulator, fake-gcs-server (notifying the emulator), the Django webhook target, the service under
     gunicorn, the function under functions-framework and the Eventarc stand-in; then the push
     subscriptions, as in production. ``ROOT/stack.env`` then tells a shell how to reach them."""
 
@@ -117,7 +117,8 @@ class Stack:
             "WEBHOOK_LOG": str(c.webhook_log),
             "WEBHOOK_ATTEMPTS_LOG": str(c.webhook_log.with_suffix(".attempts.jsonl")),
             "WEBHOOK_URL": c.url("webhook") + WEBHOOK_PATH,
-            "WEBHOOK_CONTROL_URL": c.url("webhook") + "/_control",
+            "WEBHOOK_CONTROL_URL": c.url("webhook") + viewer.CONTROL_PATH,
+            **viewer.stack_env(c.url("webhook"), c.viewer_password),
             "WEBHOOK_SECRET": c.webhook_secret,
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
@@ -249,13 +250,18 @@ class Stack:
             procs.append((name, p, log, health))
 
         webhook_env = self._child_env(
-            {
-                "WEBHOOK_PORT": str(c.ports.webhook),
-                "WEBHOOK_FAIL_FIRST": str(c.webhook_fail_first),
-                **c.webhook_env,
-            }
+            {**viewer.site_env(c.root, c.viewer_password, c.webhook_fail_first), **c.webhook_env}
         )
-        spawn("webhook-receiver", [py, "-m", "infra.local.webhook_receiver"], webhook_env, "/healthz")
+        try:
+            viewer.prepare(webhook_env, REPO)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise StackError(str(exc)) from None
+        spawn(
+            "webhook-receiver",
+            viewer.command(LOOPBACK, c.ports.webhook, BIN),
+            webhook_env,
+            viewer.HEALTH_PATH,
+        )
 
         service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
         cmd = [

@@ -10,6 +10,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from gpu_service.webhook_signature import new_secret
 from infra.local.emulators import LOOPBACK, free_port, port_is_free
 from infra.local.supervision import port_owner
 
@@ -102,7 +103,8 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     project: str = "local-project"
     bucket: str = "dicom-uploads"
-    webhook_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    webhook_secret: str = field(default_factory=new_secret, repr=False)
+    viewer_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     # Extra environment for the service, the function and the receiver (e.g. LIME_NUM_SAMPLES for a
     # fast test stack); nothing else from the caller's environment reaches them (INHERITED_ENV).
     service_env: dict[str, str] = field(default_factory=dict)
@@ -123,7 +125,7 @@ class StackConfig:
             ports=Ports.from_env(),
             project=os.environ.get("LOCAL_PROJECT", "local-project"),
             bucket=os.environ.get("LOCAL_UPLOAD_BUCKET", "dicom-uploads"),
-            webhook_secret=os.environ.get("LOCAL_WEBHOOK_SECRET") or secrets.token_hex(32),
+            webhook_secret=os.environ.get("LOCAL_WEBHOOK_SECRET") or new_secret(),
             webhook_fail_first=int(os.environ.get("WEBHOOK_FAIL_FIRST", "0")),
             ready_timeout_s=float(os.environ.get("LOCAL_READY_TIMEOUT_S", "600")),
             service_env=service_env,

@@ -1,4 +1,5 @@
-# The HMAC key that signs webhook calls (docs/contracts.md). Terraform creates the secret,
+# The Standard Webhooks secret (whsec_<base64 key>) that signs webhook calls (docs/contracts.md);
+# Django verifies with the same value. Terraform creates the secret,
 # never its value: a value in Terraform would also sit in the state file. Add versions with
 # `gcloud secrets versions add` (README.md, "Deploy to Google Cloud").
 resource "google_secret_manager_secret" "webhook" {

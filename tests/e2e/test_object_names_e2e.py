@@ -11,6 +11,7 @@ application would write them.
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def test_any_name_gives_one_completed_webhook_with_the_exact_name(local_stack, t
         assert blob.metadata["dicom-pipeline-source"] == f"gs://{local_stack.bucket}/{name}#{generation}"
     stored = json.loads(objects[naming.output_name(name, naming.RESULT_SUFFIX)].download_as_bytes())
     assert stored == body
+    with sqlite3.connect(local_stack.root / "results.sqlite3") as db:  # the hospital's Django
+        rows = db.execute(
+            "select label, source_uri from dicom_results_inferenceresult where source_generation = ?",
+            (generation,),
+        ).fetchall()
+    assert rows == [(body["prediction"]["label"], f"gs://{local_stack.bucket}/{name}")]
     # The outputs started nothing (no rejection records for them) and nothing else appeared.
     assert set(objects) == {name, *(naming.output_name(name, s) for s in COMPLETED_OUTPUTS)}
 

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -114,8 +115,8 @@ def test_good_image_gives_one_completed_webhook_and_three_artifacts(local_stack,
         "generation": str(source.generation),
     }
     assert body["correlation_id"] == naming.correlation_id(local_stack.bucket, name, source.generation)
-    assert headers["X-Correlation-Id"] == body["correlation_id"]
-    assert headers["Idempotency-Key"] == idempotency_key(
+    assert headers["x-correlation-id"] == body["correlation_id"]
+    assert headers["webhook-id"] == idempotency_key(
         local_stack.bucket, name, source.generation, body["model"]["sha256"]
     )
     assert body["study_modality"] == "DX"
@@ -140,6 +141,25 @@ def test_good_image_gives_one_completed_webhook_and_three_artifacts(local_stack,
     assert np.asarray(mask).any(), "LIME highlighted something"
     # The outputs did not trigger the pipeline again: nothing else appeared (no rejection of an output).
     assert set(objects) == {name, stem + naming.PREVIEW_SUFFIX, *(stem + s for s in ARTIFACTS)}
+
+    # Django holds exactly one row for it, with the prediction that was sent.
+    with sqlite3.connect(local_stack.root / "results.sqlite3") as db:
+        rows = db.execute(
+            "select webhook_id, status, label, score, overlay_uri from dicom_results_inferenceresult"
+            " where source_uri = ? and source_generation = ?",
+            (body["source"]["uri"], str(source.generation)),
+        ).fetchall()
+    prediction = body["prediction"]
+    assert rows == [(headers["webhook-id"], "completed", prediction["label"], prediction["score"],
+                     body["explanation"]["overlay_uri"])]  # fmt: skip
+    # The captured delivery (stored bytes, recorded headers) replayed: a duplicate as it is,
+    # refused under another webhook-id (the id is signed).
+    raw = objects[stem + naming.RESULT_SUFFIX].download_as_bytes()
+    signed = {k: headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type")}
+    url = local_stack.env["WEBHOOK_URL"]
+    assert requests.post(url, data=raw, headers=signed, timeout=30).status_code == 200
+    replay = {**signed, "webhook-id": "0" * 64}
+    assert requests.post(url, data=raw, headers=replay, timeout=30).status_code == 401
 
 
 def test_non_dicom_upload_gives_rejection_record_and_no_webhook(local_stack, tmp_path):
@@ -198,7 +218,7 @@ def test_twenty_uploads_at_once_each_arrive_exactly_once(local_stack, tmp_path):
     settle(10)
     for name in names.values():
         assert len(local_stack.webhooks_for(name)) == 1, name
-    keys = [h["headers"]["Idempotency-Key"] for n in names.values() for h in local_stack.webhooks_for(n)]
+    keys = [h["headers"]["webhook-id"] for n in names.values() for h in local_stack.webhooks_for(n)]
     assert len(set(keys)) == 20
 
 
@@ -216,8 +236,8 @@ def test_webhook_that_fails_twice_ends_with_exactly_one_delivery(local_stack, tm
     settle()
     hooks = local_stack.webhooks_for(name)
     assert len(hooks) == 1
-    key = hooks[0]["headers"]["Idempotency-Key"]
-    mine = [a for a in local_stack.attempts() if a["idempotency_key"] == key]
+    key = hooks[0]["headers"]["webhook-id"]
+    mine = [a for a in local_stack.attempts() if a["webhook_id"] == key]
     assert [a["outcome"] for a in mine] == ["injected_failure", "injected_failure", "accepted"]
     assert local_stack.control()["fail_next"] == 0
 
@@ -237,8 +257,8 @@ def test_webhook_down_longer_than_the_service_retries_is_redelivered_by_pubsub(l
     settle()
     hooks = local_stack.webhooks_for(name)
     assert len(hooks) == 1
-    key = hooks[0]["headers"]["Idempotency-Key"]
-    mine = [a["outcome"] for a in local_stack.attempts() if a["idempotency_key"] == key]
+    key = hooks[0]["headers"]["webhook-id"]
+    mine = [a["outcome"] for a in local_stack.attempts() if a["webhook_id"] == key]
     assert mine == ["injected_failure"] * 6 + ["accepted"]
     # One result object, the one that was delivered.
     stored = local_stack.objects(prefix)[naming.output_name(name, naming.RESULT_SUFFIX)]

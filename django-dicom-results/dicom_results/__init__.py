@@ -1,0 +1,1 @@
+"""Receives, verifies, deduplicates and shows dicom-inference-result/1 webhooks (docs/contracts.md)."""

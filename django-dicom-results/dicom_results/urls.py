@@ -1,0 +1,26 @@
+"""``path("results/", include("dicom_results.urls"))`` in the host project.
+
+The webhook is ``<prefix>webhook/``; the viewer is the rest. ``accounts/login/`` and
+``accounts/logout/`` are provided for hosts without a login page of their own (set
+``LOGIN_URL = "dicom_results:login"``).
+"""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from dicom_results import viewer, webhook
+
+app_name = "dicom_results"
+
+urlpatterns = [
+    path("webhook/", webhook.receive_result, name="webhook"),
+    path("", viewer.result_list, name="list"),
+    path("<int:pk>/", viewer.result_detail, name="detail"),
+    path("<int:pk>/artifact/<str:role>", viewer.artifact, name="artifact"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="dicom_results/login.html"),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="dicom_results:login"), name="logout"),
+]

@@ -1,0 +1,63 @@
+"""Settings for the app's own tests: SQLite by default, PostgreSQL with ``DATABASE_URL``."""
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+
+from dicom_results.database import database_from_env
+
+_TMP = Path(os.environ.get("DICOM_RESULTS_TEST_DIR") or tempfile.mkdtemp(prefix="dicom-results-tests-"))
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "dicom_results",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {"default": database_from_env(_TMP / "db.sqlite3")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file, not memory: the live-server tests write from many threads at once.
+    DATABASES["default"]["TEST"] = {"NAME": str(_TMP / "test-db.sqlite3")}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
+LOGIN_URL = "dicom_results:login"
+STATIC_URL = "static/"
+
+DICOM_RESULTS_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"tests-only-signing-key-32-bytes!").decode()
+DICOM_RESULTS_TOLERANCE_S = 300
+DICOM_RESULTS_MAX_BODY_BYTES = 64 * 1024
+DICOM_RESULTS_GCS_PROJECT = "test-project"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"dicom_results": {"handlers": ["null"], "propagate": False}},
+}

@@ -1,0 +1,74 @@
+"""Settings of the local Django project, all from the environment the stack gives it
+(infra/local/viewer.py): the webhook secret, the SQLite file under ``.local/``, the
+webhook logs, and fake-gcs-server through ``STORAGE_EMULATOR_HOST``."""
+
+import os
+from pathlib import Path
+
+from dicom_results.database import database_from_env
+
+SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "dicom_results",
+]
+MIDDLEWARE = [
+    # Outermost: it sees every webhook attempt and the answer the app gave it.
+    "infra.local.results_site.recording.WebhookRecorder",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "infra.local.results_site.urls"
+WSGI_APPLICATION = "infra.local.results_site.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {"default": database_from_env(os.environ.get("RESULTS_DB", ".local/results.sqlite3"))}
+STATIC_URL = "static/"
+LOGIN_URL = "dicom_results:login"
+LOGIN_REDIRECT_URL = "dicom_results:list"
+
+DICOM_RESULTS_WEBHOOK_SECRET = os.environ["WEBHOOK_SECRET"]
+DICOM_RESULTS_TOLERANCE_S = int(os.environ.get("WEBHOOK_TOLERANCE_S") or 300)
+DICOM_RESULTS_GCS_PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT")
+# The viewer reads the stack's upload bucket only (empty: any bucket a stored result names).
+DICOM_RESULTS_ALLOWED_BUCKETS = [b for b in [os.environ.get("UPLOAD_BUCKET")] if b]
+
+# The stand-in's test hooks (recording.py).
+WEBHOOK_LOG = Path(os.environ.get("WEBHOOK_LOG", ".local/webhooks.jsonl")).resolve()
+WEBHOOK_ATTEMPTS_LOG = Path(
+    os.environ.get("WEBHOOK_ATTEMPTS_LOG") or WEBHOOK_LOG.with_suffix(".attempts.jsonl")
+).resolve()
+WEBHOOK_FAIL_FIRST = int(os.environ.get("WEBHOOK_FAIL_FIRST") or 0)
+WEBHOOK_FAIL_STATUS = int(os.environ.get("WEBHOOK_FAIL_STATUS") or 503)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pipeline_common.jsonlog.CloudLoggingFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["stdout"], "level": "INFO"},
+}

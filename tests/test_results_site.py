@@ -21,7 +21,9 @@ import requests
 from gpu_service.webhook_signature import new_secret, signed_headers
 from infra.local import viewer
 from infra.local.emulators import free_port, stop_process_group, wait_http
-from infra.local.stack import REPO, inherited_env
+from infra.local.stack import REPO
+from infra.local.stack_config import INHERITED_ENV
+from infra.local.supervision import inherited_env
 
 SECRET = new_secret()
 
@@ -48,7 +50,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
     port = free_port()
     log = root / "webhooks.jsonl"
     env = {
-        **inherited_env(os.environ),
+        **inherited_env(os.environ, INHERITED_ENV),
         "PYTHONPATH": os.pathsep.join([str(REPO / "functions"), str(REPO)]),
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_LOG": str(log),

@@ -197,6 +197,12 @@ def lime_params(settings: Settings) -> LimeParams:
         params = replace(params, batch_size=settings.lime_batch_size)
     if settings.lime_segmentation_max_side:
         params = replace(params, segmentation_max_side=settings.lime_segmentation_max_side)
+    if settings.lime_min_relative_weight is not None:
+        params = replace(params, min_relative_weight=settings.lime_min_relative_weight)
+    if settings.lime_target_stability is not None:  # 0: lime's fixed sampling
+        params = replace(params, target_stability=settings.lime_target_stability or None)
+    if params.target_stability is not None and settings.lime_max_samples:
+        params = replace(params, num_samples=settings.lime_max_samples)
     return params
 
 
@@ -367,6 +373,11 @@ class Processor:
                         "overlay",
                         render.overlay_png(preview, inference.explanation.mask),
                     ),
+                    (
+                        naming.HEATMAP_SUFFIX,
+                        "heatmap",
+                        render.heatmap_png(preview, inference.explanation.pixel_weights),
+                    ),
                 ]
             except Exception as exc:
                 if is_transient(exc):
@@ -414,6 +425,7 @@ class Processor:
                 "method": "lime",
                 "mask_uri": self._loc(request, naming.MASK_SUFFIX).uri,
                 "overlay_uri": self._loc(request, naming.OVERLAY_SUFFIX).uri,
+                **result.explanation_quality(expl, self._loc(request, naming.HEATMAP_SUFFIX).uri),
                 "parameters": expl.params,
                 "top_segments": expl.top_segments,
                 "weights": {str(s): round(expl.weights[s], 6) for s in expl.top_segments},

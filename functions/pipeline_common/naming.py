@@ -16,11 +16,13 @@ MARKER_KEY = "dicom-pipeline-output"
 PREVIEW_SUFFIX = ".png"
 MASK_SUFFIX = ".lime.png"
 OVERLAY_SUFFIX = ".overlay.png"
+HEATMAP_SUFFIX = ".heatmap.png"
 RESULT_SUFFIX = ".result.json"
 REJECTION_SUFFIX = ".rejected.json"
 OUTPUT_SUFFIXES: tuple[str, ...] = (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
+    HEATMAP_SUFFIX,
     RESULT_SUFFIX,
     REJECTION_SUFFIX,
     PREVIEW_SUFFIX,

@@ -313,18 +313,17 @@ def explain(
 
     top_options = {"num_features": params.num_features, "min_weight": params.min_weight}
     top_options["min_relative_weight"] = params.min_relative_weight
-    with _BLAS.limit(limits=1, user_api="blas"):
-        labels, stability = lime_stability.sample_adaptively(
-            lambda rows: predict_all(rows, perturb, predict_fn, params.batch_size),
-            data,
-            kernel_weights,
-            label_of,
-            step=params.sample_step,
-            target=params.target_stability,
-            n_bootstrap=params.n_bootstrap,
-            seed=params.seed,
-            **top_options,
-        )
+    labels, stability = lime_stability.sample_adaptively(
+        lambda rows: predict_all(rows, perturb, predict_fn, params.batch_size),
+        data,
+        kernel_weights,
+        label_of,
+        step=params.sample_step,
+        target=params.target_stability,
+        n_bootstrap=params.n_bootstrap,
+        seed=params.seed,
+        **top_options,
+    )
     used = len(labels)
     data, distances, kernel_weights = data[:used], distances[:used], kernel_weights[:used]
     label = label_of(labels)

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 RIDGE_ALPHA = 1.0  # lime_base.LimeBase's default model_regressor
+_BLAS = ThreadpoolController()  # small solves: one thread, no idle pool spinning beside the model
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,10 @@ def sample_adaptively(
             return labels, 1.0
         options = {"num_features": num_features, "min_weight": min_weight}
         options["min_relative_weight"] = min_relative_weight
-        top = full_fit_top(data[:n], y, kernel_weights[:n], **options)
-        stability = bootstrap_stability(
-            data[:n], y, kernel_weights[:n], top, n_bootstrap=n_bootstrap, seed=seed, **options
-        )
+        with _BLAS.limit(limits=1, user_api="blas"):
+            top = full_fit_top(data[:n], y, kernel_weights[:n], **options)
+            stability = bootstrap_stability(
+                data[:n], y, kernel_weights[:n], top, n_bootstrap=n_bootstrap, seed=seed, **options
+            )
         if stability >= target:
             return labels, stability

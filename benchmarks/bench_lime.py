@@ -174,7 +174,8 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
         "adaptive",
         f"adaptive/ours = {med['adaptive'] / med['ours']:.3f}, samples used {adaptive.samples_used} "
         f"of {samples}, stability {adaptive.stability:.3f}, {adaptive.params['n_superpixels']} superpixels "
-        f"(fixed: {fixed.params['n_superpixels']})",
+        f"(fixed: {fixed.params['n_superpixels']})"
+        + (f", reason {adaptive.reason.code}" if adaptive.reason else ""),
     )
     print(
         f"{'':52s} floor at the samples used: "

@@ -5,8 +5,10 @@ segmentation wrapper, its sampling (`randint(0, 2)` rows, first row all ones), c
 distances, its kernel and `LimeBase`'s feature selection and ridge regression. Only the
 slow part is replaced: lime builds each perturbed image in a Python loop over samples and
 segments and calls the model ten images at a time. Here a batch of perturbations is one
-gather + select (on the accelerator when TensorFlow sees one), built in a background
-thread while the previous batch is in `predict_fn`, and batches are large.
+gather + select (on the accelerator when TensorFlow sees one, lime_perturb.py), built in a
+background thread while the previous batch is in `predict_fn`, and batches are large.
+With `target_stability=None, min_relative_weight=0` (lime's fixed mode and top-k) the
+weights and mask equal lime's.
 
 `predict_fn` is the only way to the model, so a cross-request batcher can sit behind it.
 On top of lime: signed per-pixel weights (the heat map), a bootstrap stability figure and,
@@ -266,8 +268,11 @@ def explain(
     """LIME explanation of `image` (model input, (h, w, c) in [0, 1]) for one label.
 
     label_index None explains the predicted class (argmax on the unperturbed image, which
-    is the first sample). The mask holds the top `num_features` positive superpixels,
-    upsampled to `output_shape` (the original image's resolution).
+    is the first sample). The mask holds the top `num_features` positive superpixels (those
+    weighing at least `min_relative_weight` x the strongest), upsampled to `output_shape` (the
+    original image's resolution); `pixel_weights` all weights, at the same size. With
+    `target_stability`, samples are scored `sample_step` at a time until the bootstrap
+    stability reaches it (lime_stability.py); the samples are lime's, drawn up front.
     """
     t0 = time.perf_counter()
     image = np.asarray(image, dtype=np.float32)

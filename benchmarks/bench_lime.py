@@ -9,7 +9,11 @@ interleaved (so a busy neighbour slows all alike), as median (and min):
 - floor: the same number of images through `LoadedModel.predict` in large batches, i.e.
   N x the model's per-image time, which no LIME with N samples can beat;
 - ours: `gpu_service.explain.explain` through `LoadedModel.predict` (batch 256), mask at
-  1024x1024, everything included (segmentation, perturbation, regression, mask);
+  1024x1024, everything included (segmentation, perturbation, regression, mask), in lime's
+  fixed mode (N samples, lime's segmentation and top-k, as before issue 12);
+- adaptive: the service's defaults (finer superpixels, stop once the bootstrap stability
+  reaches the target, at most N samples): time, samples used and stability, beside the
+  fixed run's stability;
 - prototype: `lime_image.LimeImageExplainer` with its defaults (quickshift, batch_size 10)
   calling the Keras model's `predict`, as the original Celery worker did;
 - lime + our SLIC: the same explainer and classifier with `segmentation_fn` = our
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from gpu_service.explain import LimeParams, explain, segment  # noqa: E402
+from gpu_service.explain import Explanation, LimeParams, explain, segment  # noqa: E402
 from gpu_service.model import LoadedModel, ModelInfo, load_model  # noqa: E402
 from gpu_service.pixels import to_model_input  # noqa: E402
 from gpu_service.synthetic import make_radiograph  # noqa: E402
@@ -89,11 +93,23 @@ def time_lime(
     return time.perf_counter() - started
 
 
-def time_ours(model: LoadedModel, image: np.ndarray, samples: int, batch: int) -> tuple[float, dict]:
-    params = LimeParams(num_samples=samples, batch_size=batch)
+# Before issue 12 (lime's fixed mode and segmentation); the adaptive rows use LimeParams' defaults.
+FIXED = {
+    "n_segments": 50,
+    "compactness": 10.0,
+    "segmentation_max_side": 64,
+    "target_stability": None,
+    "min_relative_weight": 0.0,
+}
+
+
+def time_ours(
+    model: LoadedModel, image: np.ndarray, samples: int, batch: int, adaptive: bool = False
+) -> tuple[float, Explanation]:
+    params = LimeParams(num_samples=samples, batch_size=batch, **({} if adaptive else FIXED))
     started = time.perf_counter()
     result = explain(image, model.predict, None, params, OUTPUT_SHAPE)
-    return time.perf_counter() - started, result.timings_ms
+    return time.perf_counter() - started, result
 
 
 def time_floor(model: LoadedModel, image: np.ndarray, samples: int, batch: int) -> float:
@@ -113,6 +129,7 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
     timers = {
         "floor": lambda: time_floor(model, image, samples, batch),
         "ours": lambda: time_ours(model, image, samples, batch)[0],
+        "adaptive": lambda: time_ours(model, image, samples, batch, adaptive=True)[0],
     }
     if prototype:
         timers["prototype"] = lambda: time_lime(
@@ -128,7 +145,9 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
     for _ in range(repeat):  # interleaved, so a busy neighbour slows all alike
         for key, timer in timers.items():
             times[key].append(timer())
-    _, stages = time_ours(model, image, samples, batch)
+    _, fixed = time_ours(model, image, samples, batch)
+    _, adaptive = time_ours(model, image, samples, batch, adaptive=True)
+    stages = fixed.timings_ms
     med = {k: float(np.median(v)) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
     ratios = [o / f for o, f in zip(times["ours"], times["floor"], strict=True)]
@@ -149,7 +168,20 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
         f"ours/floor = {med['ours'] / med['floor']:.3f} (min/min {low['ours'] / low['floor']:.3f}, "
         f"median of per-run ratios {np.median(ratios):.3f})",
     )
-    print(f"{'':52s} stages of one more run (ms): {stages}")
+    print(f"{'':52s} stages of one more run (ms): {stages}; stability {fixed.stability:.3f}")
+    line(
+        "adaptive (service defaults)",
+        "adaptive",
+        f"adaptive/ours = {med['adaptive'] / med['ours']:.3f}, samples used {adaptive.samples_used} "
+        f"of {samples}, stability {adaptive.stability:.3f}, {adaptive.params['n_superpixels']} superpixels "
+        f"(fixed: {fixed.params['n_superpixels']})"
+        + (f", reason {adaptive.reason.code}" if adaptive.reason else ""),
+    )
+    print(
+        f"{'':52s} floor at the samples used: "
+        f"{med['floor'] * adaptive.samples_used / samples:.3f} s (adaptive/that = "
+        f"{med['adaptive'] / (med['floor'] * adaptive.samples_used / samples):.2f})"
+    )
     if prototype:
         line(
             "prototype (lime defaults: quickshift, batch 10)",

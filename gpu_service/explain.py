@@ -5,10 +5,14 @@ segmentation wrapper, its sampling (`randint(0, 2)` rows, first row all ones), c
 distances, its kernel and `LimeBase`'s feature selection and ridge regression. Only the
 slow part is replaced: lime builds each perturbed image in a Python loop over samples and
 segments and calls the model ten images at a time. Here a batch of perturbations is one
-gather + select (on the accelerator when TensorFlow sees one), built in a background
-thread while the previous batch is in `predict_fn`, and batches are large.
+gather + select (on the accelerator when TensorFlow sees one, lime_perturb.py), built in a
+background thread while the previous batch is in `predict_fn`, and batches are large.
+With `target_stability=None, min_relative_weight=0` (lime's fixed mode and top-k) the
+weights and mask equal lime's.
 
 `predict_fn` is the only way to the model, so a cross-request batcher can sit behind it.
+On top of lime: signed per-pixel weights (the heat map), a bootstrap stability figure and,
+with `target_stability`, adaptive sampling (gpu_service/lime_stability.py).
 """
 
 from __future__ import annotations
@@ -16,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
@@ -31,39 +33,50 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from threadpoolctl import ThreadpoolController
 
+from gpu_service import lime_stability
+from gpu_service.lime_perturb import Perturber, predict_all
 from gpu_service.pixels import resize
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
 _BLAS = ThreadpoolController()  # scoped limits below; threadpoolctl comes with scikit-learn
-CHUNK_ROWS = 32  # perturbations built per step: the keep-mask of a chunk stays in cache
 
 
 @dataclass(frozen=True)
 class LimeParams:
     """Explanation settings; every field lands in the result record so a result can be reproduced."""
 
-    num_samples: int = 1000
+    num_samples: int = 1000  # perturbations drawn; with target_stability, the most drawn
     batch_size: int = 256  # perturbed images per predict_fn call
     segmentation: str = "slic"  # slic | quickshift | felzenszwalb (lime's SegmentationAlgorithm)
-    n_segments: int = 50  # slic target
+    # Measured by scripts/check_faithfulness.py (issue 12): ~85 SLIC superpixels of a 128-px copy,
+    # low compactness (edges follow intensity, so a nodule tends to be one superpixel), a mask of
+    # the superpixels weighing >= half the strongest, and adaptive sampling to stability 0.9.
+    # lime's own behaviour: n_segments=50, compactness=10, min_relative_weight=0, target_stability=None.
+    n_segments: int = 120  # slic target (SLIC makes fewer at low compactness: ~85 here)
     num_features: int = 5  # superpixels in the mask (lime's get_image_and_mask num_features)
     seed: int = 0
-    compactness: float = 10.0  # slic, on the Lab image as lime feeds it
+    compactness: float = 1.0  # slic, on the Lab image as lime feeds it
     sigma: float = 1.0  # slic / felzenszwalb smoothing
     kernel_size: float = 4.0  # quickshift (lime's defaults)
     max_dist: float = 200.0
     ratio: float = 0.2
     scale: float = 100.0  # felzenszwalb
     min_size: int = 50
-    # SLIC cost grows with pixels; 50 superpixels need far fewer than a 128x128 or 224x224 input
-    # has, and the mask is upsampled anyway: segment a copy no larger than this (labels upsampled).
-    segmentation_max_side: int = 64
+    # SLIC cost grows with pixels; 100 superpixels need fewer than a 224x224 input has, and the
+    # mask is upsampled anyway: segment a copy no larger than this (labels upsampled).
+    segmentation_max_side: int = 128
     kernel_width: float = 0.25
     hide_color: float | None = None  # None: each superpixel hidden by its mean colour (lime's default)
     min_weight: float = 0.0
     feature_selection: str = "auto"
     device: str = "auto"  # auto (TF on a GPU if TF is loaded, else numpy) | cpu (numpy) | tensorflow
+    # Mask superpixels must weigh at least this share of the largest |weight| (0: lime's top-k).
+    min_relative_weight: float = 0.5
+    # None: fixed mode (num_samples, as lime). Else stop once the stability reaches it.
+    target_stability: float | None = 0.9
+    sample_step: int = 100  # adaptive mode: perturbations between two stability checks
+    n_bootstrap: int = 50  # resamples behind the stability figure
 
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATIONS:
@@ -75,7 +88,7 @@ class LimeParams:
                 f"feature_selection must be one of {FEATURE_SELECTIONS}, got {self.feature_selection!r}"
             )
         minimums = {"num_samples": 2, "batch_size": 1, "num_features": 1, "n_segments": 1}
-        minimums |= {"segmentation_max_side": 1, "min_size": 0}
+        minimums |= {"segmentation_max_side": 1, "min_size": 0, "sample_step": 1, "n_bootstrap": 2}
         for name, low in minimums.items():
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -90,6 +103,11 @@ class LimeParams:
             raise ValueError(f"ratio must be in [0, 1], got {self.ratio!r}")
         if self.hide_color is not None and not math.isfinite(self.hide_color):
             raise ValueError(f"hide_color must be finite or None, got {self.hide_color!r}")
+        if not (isinstance(self.min_relative_weight, numbers.Real) and 0 <= self.min_relative_weight < 1):
+            raise ValueError(f"min_relative_weight must be in [0, 1), got {self.min_relative_weight!r}")
+        target = self.target_stability
+        if target is not None and not (isinstance(target, numbers.Real) and 0 < target <= 1):
+            raise ValueError(f"target_stability must be in (0, 1] or None, got {target!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,12 @@ class Explanation:
     local_score: float  # R^2 of the local linear model
     params: dict[str, Any]  # JSON-safe
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # float32 at output_shape: each pixel's superpixel weight / max |weight|, in [-1, 1]
+    # (positive supports label_index); None only if the explanation has no weights at all.
+    pixel_weights: np.ndarray | None = None
+    stability: float = 1.0  # mean bootstrap Jaccard of the top superpixels, in [0, 1]
+    samples_used: int = 0  # perturbations evaluated by the model
+    reason: lime_stability.Degenerate | None = None  # why there is nothing to localise, if so
 
 
 def segment(image: np.ndarray, params: LimeParams) -> np.ndarray:
@@ -199,103 +223,6 @@ def kernel(d: np.ndarray, kernel_width: float) -> np.ndarray:
     return np.sqrt(np.exp(-(d**2) / kernel_width**2))
 
 
-class _Perturber:
-    """Builds perturbed batches: pixel p of sample n is image[p] if rows[n, segments[p]] else fudged[p].
-
-    numpy (CPU): per chunk of rows, one gather of the 0/1 rows by the flat label map and
-    one masked copy into the batch. TensorFlow (accelerator): the same as one gather +
-    where on the device; the tensor goes to predict_fn as is when it `accepts_tensors`.
-    """
-
-    def __init__(
-        self,
-        image: np.ndarray,
-        fudged: np.ndarray,
-        segments: np.ndarray,
-        device: str,
-        tensors_ok: bool = False,
-    ) -> None:
-        self.shape = image.shape
-        h, w, c = image.shape
-        self.labels = segments.ravel().astype(np.intp)
-        self.image = image.reshape(h * w, c) if c > 1 else image.reshape(h * w)
-        self.fudged = fudged.reshape(h * w, c) if c > 1 else fudged.reshape(h * w)
-        self.backend = "numpy"
-        self.tensors_ok = tensors_ok
-        self._tf_fn = None
-        tf = sys.modules.get("tensorflow")  # only when the service already loaded TF for the model
-        if device == "tensorflow":
-            import tensorflow as tf
-        use_tf = device == "tensorflow" or (
-            device == "auto" and tf is not None and bool(tf.config.list_logical_devices("GPU"))
-        )
-        if use_tf:
-            self.backend = "tensorflow-gpu" if tf.config.list_logical_devices("GPU") else "tensorflow"
-            image_t = tf.constant(image)
-            fudged_t = tf.constant(fudged)
-            segments_t = tf.constant(segments)
-
-            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.bool)], reduce_retracing=True)
-            def build(z):
-                keep = tf.gather(z, segments_t, axis=1)[..., None]
-                return tf.where(keep, image_t, fudged_t)
-
-            self._tf_fn = build
-
-    def __call__(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None) -> Any:
-        """One batch; with `pool`, numpy fills its halves on two threads (for when nothing else runs)."""
-        keep_rows = rows.astype(bool)
-        if self._tf_fn is not None:
-            batch = self._tf_fn(keep_rows)
-            return batch if self.tensors_ok else batch.numpy()
-        n = len(keep_rows)
-        out = np.empty((n, *self.image.shape), dtype=self.image.dtype)
-        if pool is None or n < 2 * CHUNK_ROWS:
-            self._fill(keep_rows, out)
-        else:
-            half = n // 2
-            parts = [pool.submit(self._fill, keep_rows[a:b], out[a:b]) for a, b in ((0, half), (half, n))]
-            for part in parts:
-                part.result()
-        return out.reshape(n, *self.shape)
-
-    def _fill(self, keep_rows: np.ndarray, out: np.ndarray) -> None:
-        for i in range(0, len(keep_rows), CHUNK_ROWS):
-            keep = np.take(keep_rows[i : i + CHUNK_ROWS], self.labels, axis=1)
-            if self.image.ndim == 2:
-                keep = keep[..., None]
-            chunk = out[i : i + CHUNK_ROWS]
-            np.copyto(chunk, self.fudged)
-            np.copyto(chunk, self.image, where=keep)
-
-
-def _predict_all(
-    data: np.ndarray, perturb: _Perturber, predict_fn: Callable[[Any], np.ndarray], batch_size: int
-) -> np.ndarray:
-    """Run every perturbation through predict_fn, building batch i+1 while batch i predicts.
-
-    The first batch has nothing to overlap with, so it is built on two threads; the others
-    on one, beside the model.
-    """
-    starts = list(range(0, len(data), batch_size))
-    outputs = []
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lime-perturb") as pool:
-        batch = perturb(data[:batch_size], pool)
-        pending = None
-        for i, _ in enumerate(starts):
-            if pending is not None:
-                batch = pending.result()
-            if i + 1 < len(starts):
-                nxt = starts[i + 1]
-                pending = pool.submit(perturb, data[nxt : nxt + batch_size])
-            preds = np.asarray(predict_fn(batch))
-            if preds.ndim != 2 or preds.shape[0] != len(batch):
-                raise ValueError(f"predict_fn returned shape {preds.shape} for a batch of {len(batch)}")
-            outputs.append(preds)
-            del batch
-    return np.concatenate(outputs, axis=0)
-
-
 def selected_mask(segments: np.ndarray, top: list[int], output_shape: tuple[int, int]) -> np.ndarray:
     """Boolean mask of the `top` superpixels at `output_shape`.
 
@@ -312,6 +239,25 @@ def selected_mask(segments: np.ndarray, top: list[int], output_shape: tuple[int,
     return np.asarray(img.resize((output_shape[1], output_shape[0]), Image.Resampling.NEAREST)).astype(bool)
 
 
+def weight_map(segments: np.ndarray, weights: dict[int, float], output_shape: tuple[int, int]) -> np.ndarray:
+    """Signed per-pixel weights at `output_shape`, divided by the largest |weight| (all 0 if none).
+
+    Resized like `selected_mask` (nearest, from the label map's resolution), so the heat map
+    and the binary mask share their superpixel edges.
+    """
+    per_segment = np.zeros(int(segments.max()) + 1, dtype=np.float32)
+    for f, w in weights.items():
+        per_segment[f] = w
+    largest = float(np.max(np.abs(per_segment)))
+    if largest > 0 and math.isfinite(largest):
+        per_segment = (per_segment / largest).astype(np.float32)
+    small = per_segment[segments]
+    if small.shape == tuple(output_shape):
+        return small
+    img = Image.fromarray(small, mode="F")
+    return np.asarray(img.resize((output_shape[1], output_shape[0]), Image.Resampling.NEAREST))
+
+
 def explain(
     image: np.ndarray,
     predict_fn: Callable[[np.ndarray], np.ndarray],
@@ -322,8 +268,11 @@ def explain(
     """LIME explanation of `image` (model input, (h, w, c) in [0, 1]) for one label.
 
     label_index None explains the predicted class (argmax on the unperturbed image, which
-    is the first sample). The mask holds the top `num_features` positive superpixels,
-    upsampled to `output_shape` (the original image's resolution).
+    is the first sample). The mask holds the top `num_features` positive superpixels (those
+    weighing at least `min_relative_weight` x the strongest), upsampled to `output_shape` (the
+    original image's resolution); `pixel_weights` all weights, at the same size. With
+    `target_stability`, samples are scored `sample_step` at a time until the bootstrap
+    stability reaches it (lime_stability.py); the samples are lime's, drawn up front.
     """
     t0 = time.perf_counter()
     image = np.asarray(image, dtype=np.float32)
@@ -351,28 +300,66 @@ def explain(
         (params.num_samples, n_features)
     )
     data[0, :] = 1
+    with _BLAS.limit(limits=1, user_api="blas"):
+        distances = cosine_distances_to_first(data)
+    kernel_weights = kernel(distances, params.kernel_width)
     tensors_ok = bool(getattr(predict_fn, "accepts_tensors", False))
-    perturb = _Perturber(image, fudged, segments, params.device, tensors_ok)
-    labels = _predict_all(data, perturb, predict_fn, params.batch_size)
-    if not np.all(np.isfinite(labels)):
-        raise ValueError("predict_fn returned non-finite scores")
+    perturb = Perturber(image, fudged, segments, params.device, tensors_ok)
+
+    def label_of(scores: np.ndarray) -> int:
+        if not np.all(np.isfinite(scores)):
+            raise ValueError("predict_fn returned non-finite scores")
+        label = int(np.argmax(scores[0])) if label_index is None else int(label_index)
+        if label >= scores.shape[1]:
+            raise ValueError(
+                f"label_index {label} is out of range: the model returns {scores.shape[1]} scores"
+            )
+        return label
+
+    top_options = {"num_features": params.num_features, "min_weight": params.min_weight}
+    top_options["min_relative_weight"] = params.min_relative_weight
+    labels, stability = lime_stability.sample_adaptively(
+        lambda rows: predict_all(rows, perturb, predict_fn, params.batch_size),
+        data,
+        kernel_weights,
+        label_of,
+        step=params.sample_step,
+        target=params.target_stability,
+        n_bootstrap=params.n_bootstrap,
+        seed=params.seed,
+        **top_options,
+    )
+    used = len(labels)
+    data, distances, kernel_weights = data[:used], distances[:used], kernel_weights[:used]
+    label = label_of(labels)
     timings["predict"] = (time.perf_counter() - t1) * 1000
 
     t2 = time.perf_counter()
-    label = int(np.argmax(labels[0])) if label_index is None else int(label_index)
-    if label >= labels.shape[1]:
-        raise ValueError(f"label_index {label} is out of range: the model returns {labels.shape[1]} scores")
+    y = labels[:, label]
+    reason = None
     with _BLAS.limit(limits=1, user_api="blas"):
-        distances = cosine_distances_to_first(data)
         base = LimeBase(
             partial(kernel, kernel_width=params.kernel_width), verbose=False, random_state=random_state
         )
         intercept, local_exp, score, _local_pred = base.explain_instance_with_data(
             data, labels, distances, label, n_features, feature_selection=params.feature_selection
         )
-    weights = {int(f): float(w) for f, w in local_exp}
-    top = [int(f) for f, w in local_exp if w > 0 and w > params.min_weight][: params.num_features]
+        weights = {int(f): float(w) for f, w in local_exp}
+        if np.ptp(image) == 0 or lime_stability.is_constant(y):  # lime's weights are noise around 0
+            reason = lime_stability.BLANK_IMAGE if np.ptp(image) == 0 else lime_stability.CONSTANT_OUTPUT
+            weights = dict.fromkeys(weights, 0.0)
+        elif n_features == 1:
+            reason = lime_stability.SINGLE_SUPERPIXEL
+        ordered = [int(f) for f, _ in local_exp]  # lime's order (by |weight|), so ties break as lime's do
+        top = [ordered[i] for i in lime_stability.select_top([weights[f] for f in ordered], **top_options)]
+        if reason in (lime_stability.CONSTANT_OUTPUT, lime_stability.BLANK_IMAGE):
+            stability = 1.0
+        elif stability is None or top != lime_stability.full_fit_top(data, y, kernel_weights, **top_options):
+            stability = lime_stability.bootstrap_stability(
+                data, y, kernel_weights, top, n_bootstrap=params.n_bootstrap, seed=params.seed, **top_options
+            )
     mask = selected_mask(segments, top, output_shape)
+    pixel_weights = weight_map(segments, weights, output_shape)
     timings["regression"] = (time.perf_counter() - t2) * 1000
     timings["total"] = (time.perf_counter() - t0) * 1000
 
@@ -394,11 +381,21 @@ def explain(
         weights=weights,
         segments=segments,
         top_segments=top,
-        intercept=float(np.asarray(intercept).ravel()[0]),
-        local_score=float(score),
+        intercept=_finite(np.asarray(intercept).ravel()[0]),
+        local_score=_finite(score),
         params=run_params,
         timings_ms={k: round(v, 2) for k, v in timings.items()},
+        pixel_weights=pixel_weights,
+        stability=float(stability),
+        samples_used=used,
+        reason=reason,
     )
+
+
+def _finite(value: Any) -> float:
+    """A JSON-safe float: lime's R^2 is NaN for a constant target, and a record never holds NaN."""
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

@@ -20,4 +20,10 @@ def lime_params(settings: Settings) -> LimeParams:
         params = replace(params, batch_size=settings.lime_batch_size)
     if settings.lime_segmentation_max_side:
         params = replace(params, segmentation_max_side=settings.lime_segmentation_max_side)
+    if settings.lime_min_relative_weight is not None:
+        params = replace(params, min_relative_weight=settings.lime_min_relative_weight)
+    if settings.lime_target_stability is not None:  # 0: lime's fixed sampling
+        params = replace(params, target_stability=settings.lime_target_stability or None)
+    if params.target_stability is not None and settings.lime_max_samples:
+        params = replace(params, num_samples=settings.lime_max_samples)
     return params

@@ -211,6 +211,11 @@ class Processor:
                 (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview)),
                 (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
                 (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask)),
+                (
+                    naming.HEATMAP_SUFFIX,
+                    "heatmap",
+                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights),
+                ),
             ]
         with timer.stage("write"):
             for suffix, role, png in artifacts:
@@ -281,6 +286,7 @@ class Processor:
                 "method": "lime",
                 "mask_uri": self.outputs.location(request, naming.MASK_SUFFIX).uri,
                 "overlay_uri": self.outputs.location(request, naming.OVERLAY_SUFFIX).uri,
+                **result.explanation_quality(expl, self.outputs.location(request, naming.HEATMAP_SUFFIX).uri),
                 "parameters": expl.params,
                 "top_segments": expl.top_segments,
                 "weights": {str(s): round(expl.weights[s], 6) for s in expl.top_segments},

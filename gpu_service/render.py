@@ -1,4 +1,4 @@
-"""PNG renderings of one result: the image as decoded, the LIME mask, and an overlay for people.
+"""PNG renderings of one result: the image as decoded, the LIME mask, an overlay and a heat map.
 
 Pure functions from arrays to PNG bytes. Browsers cannot show DICOM, so the web front
 end shows ``STEM.png``; the mask keeps the original resolution so it can be laid over
@@ -16,6 +16,12 @@ from skimage.segmentation import find_boundaries
 OVERLAY_COLOR = (255, 64, 32)  # warm red: visible on grayscale radiographs
 BOUNDARY_COLOR = (255, 220, 0)
 OVERLAY_ALPHA = 0.35
+# Heat map: diverging, red = supports the predicted label, blue = speaks against it; the
+# tint's opacity grows with |weight| (scaled by the largest), so weak regions leave the image
+# readable. Our own few lines: matplotlib's colormaps would be a large dependency for two colours.
+SUPPORT_COLOR = (230, 30, 20)
+AGAINST_COLOR = (30, 90, 255)
+HEATMAP_MAX_ALPHA = 0.6
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -58,3 +64,23 @@ def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def overlay_png(image_u8: np.ndarray, mask: np.ndarray) -> bytes:
     return _png(overlay_rgb(image_u8, mask))
+
+
+def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
+    """The image tinted by signed weights in [-1, 1] (red > 0, blue < 0); same HxW as the image."""
+    rgb = np.repeat(image_u8[..., None], 3, axis=2) if image_u8.ndim == 2 else image_u8[..., :3]
+    if rgb.shape[:2] != pixel_weights.shape:
+        raise ValueError(f"weights {pixel_weights.shape} do not match image {rgb.shape[:2]}")
+    w = np.clip(np.nan_to_num(pixel_weights.astype(np.float32), nan=0.0), -1.0, 1.0)
+    alpha = (HEATMAP_MAX_ALPHA * np.abs(w))[..., None]
+    color = np.where(
+        (w > 0)[..., None],
+        np.asarray(SUPPORT_COLOR, dtype=np.float32),
+        np.asarray(AGAINST_COLOR, dtype=np.float32),
+    )
+    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * color
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray) -> bytes:
+    return _png(heatmap_rgb(image_u8, pixel_weights))

@@ -68,6 +68,18 @@ def prediction_fields(probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
     }
 
 
+def explanation_quality(explanation: Any, heatmap_uri: str) -> dict[str, Any]:
+    """How far to trust the explanation (docs/contracts.md): heat map, stability, samples, reason."""
+    reason = explanation.reason
+    stability = float(explanation.stability)
+    return {
+        "heatmap_uri": heatmap_uri,
+        "stability": round(stability, 4) if np.isfinite(stability) else 0.0,
+        "samples_used": int(explanation.samples_used),
+        "reason": {"code": reason.code, "message": reason.message} if reason is not None else None,
+    }
+
+
 def build_record(
     *,
     status: str,

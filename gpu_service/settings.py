@@ -17,12 +17,22 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
     raw = env.get(key, "").strip()
-    return int(raw) if raw else default
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
     raw = env.get(key, "").strip()
-    return float(raw) if raw else default
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+
+
+def _optional_float(env: Mapping[str, str], key: str) -> float | None:
+    return _float(env, key, 0.0) if env.get(key, "").strip() else None
 
 
 def _str(env: Mapping[str, str], key: str, default: str | None = None) -> str | None:
@@ -64,6 +74,13 @@ class Settings:
     # Side (px) of the downscaled copy that is segmented; None: the inference core's default.
     # Larger inputs than the demo model's may want more detailed superpixels.
     lime_segmentation_max_side: int | None = None
+    # Adaptive sampling: stop once the explanation's stability reaches this (0: always draw
+    # LIME_NUM_SAMPLES, lime's fixed mode), but never past LIME_MAX_SAMPLES (unset: LIME_NUM_SAMPLES).
+    # None: the inference core's default. See docs/contracts.md for the stability figure.
+    lime_target_stability: float | None = None
+    lime_max_samples: int | None = None
+    # A mask superpixel weighs at least this share of the strongest; None: the core's default.
+    lime_min_relative_weight: float | None = None
     # Shared batcher across concurrent requests.
     batching: bool = True
     batch_max_size: int = 256
@@ -106,6 +123,9 @@ class Settings:
             lime_seed=_int(env, "LIME_SEED", 0),
             lime_batch_size=_int(env, "LIME_BATCH_SIZE", 0) or None,
             lime_segmentation_max_side=_int(env, "LIME_SEGMENTATION_MAX_SIDE", 0) or None,
+            lime_target_stability=_optional_float(env, "LIME_TARGET_STABILITY"),
+            lime_max_samples=_int(env, "LIME_MAX_SAMPLES", 0) or None,
+            lime_min_relative_weight=_optional_float(env, "LIME_MIN_RELATIVE_WEIGHT"),
             batching=_bool(env, "BATCHING", True),
             batch_max_size=_int(env, "BATCH_MAX_SIZE", 256),
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 10.0),
@@ -134,6 +154,14 @@ class Settings:
             raise ValueError("MAX_OBJECT_BYTES and MAX_PIXELS must be positive")
         if self.max_delivery_attempts < 1:
             raise ValueError("MAX_DELIVERY_ATTEMPTS must be at least 1")
+        target = self.lime_target_stability
+        if target is not None and not 0 <= target <= 1:
+            raise ValueError(f"LIME_TARGET_STABILITY must be in [0, 1] (0: fixed sampling), got {target}")
+        if self.lime_max_samples is not None and self.lime_max_samples < 2:
+            raise ValueError(f"LIME_MAX_SAMPLES must be at least 2, got {self.lime_max_samples}")
+        weight = self.lime_min_relative_weight
+        if weight is not None and not 0 <= weight < 1:
+            raise ValueError(f"LIME_MIN_RELATIVE_WEIGHT must be in [0, 1), got {weight}")
 
     @property
     def give_up_attempt(self) -> int:

@@ -47,11 +47,21 @@ def _lung_fields(rr: np.ndarray, cc: np.ndarray, rng: np.random.Generator) -> tu
     return fields, geometry
 
 
-def make_radiograph(rng: np.random.Generator, size: int = 256, nodule: bool = False) -> SyntheticImage:
+def make_radiograph(
+    rng: np.random.Generator,
+    size: int = 256,
+    nodule: bool = False,
+    *,
+    radius_fraction: tuple[float, float] = NODULE_RADIUS_FRACTION,
+    reach: tuple[float, float] = (0.0, 0.65),
+) -> SyntheticImage:
     """A frontal chest-like image: bright body, dark lungs, ribs, noise; optionally one nodule.
 
     The nodule is a small round opacity placed at a random point inside a lung field, where
-    a radiologist would look for it.
+    a radiologist would look for it: `reach` is its distance from the lung's centre as a
+    share of the lung's radii, `radius_fraction` its radius as a share of the side. The
+    defaults are what the demo model was trained on; other values (nodules at the lung's
+    edge, smaller or larger) test explanations away from the training distribution.
     """
     if size < 16:
         raise ValueError("size must be at least 16 pixels")
@@ -78,9 +88,9 @@ def make_radiograph(rng: np.random.Generator, size: int = 256, nodule: bool = Fa
     if nodule:
         cy, cx, ry, rx = geometry[rng.integers(0, 2)]
         angle = rng.uniform(0, 2 * np.pi)
-        dist = np.sqrt(rng.uniform(0, 1)) * 0.65
+        dist = reach[0] + (reach[1] - reach[0]) * np.sqrt(rng.uniform(0, 1))
         ny, nx = cy + dist * ry * np.sin(angle), cx + dist * rx * np.cos(angle)
-        radius = float(rng.uniform(*NODULE_RADIUS_FRACTION) * size)
+        radius = float(rng.uniform(*radius_fraction) * size)
         center = (int(np.clip(round(ny * size), 0, size - 1)), int(np.clip(round(nx * size), 0, size - 1)))
         r2 = ((rr * size - center[0] - 0.5) ** 2 + (cc * size - center[1] - 0.5) ** 2) / radius**2
         blob = 1.0 / (1.0 + np.exp(np.clip((r2 - 1.0) * 6.0, -60, 60)))

@@ -14,6 +14,9 @@ from gpu_service.explain import Explanation, LimeParams, explain, segment, upsam
 from gpu_service.pixels import to_model_input
 from gpu_service.synthetic import make_radiograph, nodule_mask
 
+# lime's own mode: every sample drawn (no adaptive stop), the mask is lime's top-k positive.
+FIXED = {"target_stability": None, "min_relative_weight": 0.0}
+
 
 def _image(size: int = 64, channels: int = 3, seed: int = 0, nodule: bool = True) -> np.ndarray:
     sample = make_radiograph(np.random.default_rng(seed), size=size, nodule=nodule)
@@ -57,7 +60,7 @@ def _lime_reference(image, predict_fn, segments, label, num_samples, seed, batch
 def test_weights_equal_lime_image_explainer() -> None:
     image = _image(64, 3, seed=2)
     fn = LinearSoftmax(image.shape)
-    params = LimeParams(num_samples=300, batch_size=64, n_segments=30, seed=7)
+    params = LimeParams(num_samples=300, batch_size=64, n_segments=30, seed=7, **FIXED)
     ours = explain(image, fn, 1, params, (64, 64))
     ref = _lime_reference(image, fn, ours.segments, 1, 300, seed=7)
     ref_weights = dict(ref.local_exp[1])
@@ -79,7 +82,7 @@ def test_weights_equal_lime_with_the_demo_model() -> None:
     model = load_model()
     h, w = model.info.input_size
     image = _image(h, model.info.channels, seed=3)
-    params = LimeParams(num_samples=200, batch_size=50, seed=11)
+    params = LimeParams(num_samples=200, batch_size=50, seed=11, **FIXED)
     ours = explain(image, model.predict, None, params, (h, w))
     # lime turns a one-channel image into RGB; hand the model its one channel back.
     ref = _lime_reference(
@@ -110,7 +113,7 @@ def test_cosine_distances_match_sklearn() -> None:
 def test_predict_fn_gets_large_batches_and_the_result_is_deterministic() -> None:
     image = _image(64, 1, seed=4)
     fn = LinearSoftmax(image.shape)
-    params = LimeParams(num_samples=1000, batch_size=256, seed=5)
+    params = LimeParams(num_samples=1000, batch_size=256, seed=5, **FIXED)
     first = explain(image, fn, None, params, (300, 200))
     assert fn.calls == [256, 256, 256, 232]
     second = explain(image, fn, None, params, (300, 200))
@@ -119,10 +122,13 @@ def test_predict_fn_gets_large_batches_and_the_result_is_deterministic() -> None
     assert first.mask.shape == (300, 200) and first.mask.dtype == bool
     assert 1 <= len(first.top_segments) <= params.num_features
     assert all(first.weights[s] > 0 for s in first.top_segments)
+    assert first.samples_used == 1000 and 0.0 <= first.stability <= 1.0
     full = upsample_segments(first.segments, (300, 200))
     np.testing.assert_array_equal(first.mask, np.isin(full, first.top_segments))
     assert first.params["num_samples"] == 1000 and first.params["n_superpixels"] == len(first.weights)
-    other = explain(image, fn, None, LimeParams(num_samples=1000, batch_size=256, seed=6), (300, 200))
+    other = explain(
+        image, fn, None, LimeParams(num_samples=1000, batch_size=256, seed=6, **FIXED), (300, 200)
+    )
     assert other.weights != first.weights
 
 
@@ -232,12 +238,14 @@ def test_tensorflow_path_hands_tensors_only_to_a_predict_that_accepts_them() -> 
     model = load_model()
     h, w = model.info.input_size
     image = _image(h, model.info.channels, seed=13)
-    params = LimeParams(num_samples=60, batch_size=25, device="tensorflow")
+    params = LimeParams(num_samples=60, batch_size=25, device="tensorflow", **FIXED)
     tensors = RecordingPredict(model.predict, accepts_tensors=True)
     arrays = RecordingPredict(model.predict, accepts_tensors=False)
     a = explain(image, tensors, 1, params, (h, w))
     b = explain(image, arrays, 1, params, (h, w))
-    c = explain(image, model.predict, 1, LimeParams(num_samples=60, batch_size=25, device="cpu"), (h, w))
+    c = explain(
+        image, model.predict, 1, LimeParams(num_samples=60, batch_size=25, device="cpu", **FIXED), (h, w)
+    )
     assert set(tensors.types) == {"tensorflow"} and set(arrays.types) == {"numpy"}
     for k, wt in c.weights.items():
         assert abs(a.weights[k] - wt) <= 1e-6 and abs(b.weights[k] - wt) <= 1e-6

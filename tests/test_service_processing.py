@@ -118,7 +118,7 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     source_marker = f"gs://{bucket_name}/study/1/image.DCM#{gen}"
     outputs = {}
     for suffix, role in [(".png", "preview"), (".lime.png", "mask"), (".overlay.png", "overlay"),
-                         (".result.json", "result")]:  # fmt: skip
+                         (".heatmap.png", "heatmap"), (".result.json", "result")]:  # fmt: skip
         found = read_object(bucket_name, "study/1/image" + suffix)
         assert found is not None, suffix
         content, metadata = found
@@ -135,6 +135,8 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     assert mask.shape == (200, 200) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
     overlay = _png(outputs["overlay"])
     assert overlay.size == (200, 200) and overlay.mode == "RGB"
+    heatmap = _png(outputs["heatmap"])
+    assert heatmap.size == (200, 200) and heatmap.mode == "RGB"
 
     # The stored record is the webhook body, byte for byte, and it is signed.
     assert len(webhook.accepted()) == 1
@@ -158,6 +160,9 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     assert explanation["mask_uri"] == f"gs://{bucket_name}/study/1/image.lime.png"
     assert explanation["overlay_uri"] == f"gs://{bucket_name}/study/1/image.overlay.png"
     assert explanation["parameters"]["num_samples"] == 64 and explanation["top_segments"]
+    assert explanation["heatmap_uri"] == f"gs://{bucket_name}/study/1/image.heatmap.png"
+    assert 0.0 <= explanation["stability"] <= 1.0 and 1 <= explanation["samples_used"] <= 64
+    assert explanation["reason"] is None
     assert record["source"] == {"bucket": bucket_name, "name": "study/1/image.DCM",
                                 "uri": f"gs://{bucket_name}/study/1/image.DCM",
                                 "generation": gen}  # fmt: skip
@@ -419,7 +424,7 @@ def test_output_bucket_and_prefix_relocate_outputs(
     assert names == sorted(
         f"results/{b}/ro/img{s}"
         for b in (bucket_name, other_bucket)
-        for s in (".lime.png", ".overlay.png", ".png", ".result.json")
+        for s in (".lime.png", ".overlay.png", ".heatmap.png", ".png", ".result.json")
     )
     assert [b.name for b in storage.Client(project=PROJECT).list_blobs(bucket_name)] == ["ro/img.dcm"]
     records = [json.loads(c.body) for c in webhook.accepted()]

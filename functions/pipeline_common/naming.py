@@ -20,11 +20,13 @@ DELIVERED_KEY = "dicom-pipeline-webhook-delivered"  # result records Django acce
 PREVIEW_SUFFIX = ".png"
 MASK_SUFFIX = ".lime.png"
 OVERLAY_SUFFIX = ".overlay.png"
+HEATMAP_SUFFIX = ".heatmap.png"
 RESULT_SUFFIX = ".result.json"
 REJECTION_SUFFIX = ".rejected.json"
 OUTPUT_SUFFIXES: tuple[str, ...] = (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
+    HEATMAP_SUFFIX,
     RESULT_SUFFIX,
     REJECTION_SUFFIX,
     PREVIEW_SUFFIX,

@@ -131,21 +131,26 @@ def gcloud_cp(
 
 
 def format_table(outcomes: list[UploadOutcome]) -> str:
-    header = ("file", "modality", "prediction", "score", "mask URI", "seconds")
+    header = ("file", "modality", "prediction", "score", "stability", "samples", "mask URI", "seconds")
     rows = []
     for o in outcomes:
         r = o.record
+        stability = samples = "-"
         if o.status == "completed":
             prediction = (r.get("prediction") or {}).get("label", "?")
             score = f"{(r.get('prediction') or {}).get('score', 0):.3f}"
-            mask = (r.get("explanation") or {}).get("mask_uri") or "-"
+            explanation = r.get("explanation") or {}
+            mask = explanation.get("mask_uri") or "-"
+            if explanation.get("stability") is not None:
+                stability = f"{explanation['stability']:.2f}"
+            samples = str(explanation.get("samples_used", "-"))
         elif o.status == "failed":
             prediction, score, mask = f"failed: {(r.get('error') or {}).get('code')}", "-", "-"
         else:
             prediction, score, mask = f"rejected: {r.get('reason')}", "-", "-"
         modality = r.get("study_modality") or "-"
         seconds = f"{o.seconds:.1f}" if o.seconds is not None else "-"
-        rows.append((o.file, modality, prediction, score, mask, seconds))
+        rows.append((o.file, modality, prediction, score, stability, samples, mask, seconds))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     lines = [
         "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
@@ -160,13 +165,15 @@ def copy_overlays(env: dict[str, str], outcomes: list[UploadOutcome], out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for o in outcomes:
-        uri = (o.record.get("explanation") or {}).get("overlay_uri") if o.status == "completed" else None
-        if not uri:
-            continue
-        bucket, _, name = uri.removeprefix("gs://").partition("/")
-        target = out_dir / (Path(naming.stem(o.file)).name + ".overlay.png")
-        client.bucket(bucket).blob(name).download_to_filename(str(target))
-        written.append(target)
+        explanation = (o.record.get("explanation") or {}) if o.status == "completed" else {}
+        for key, suffix in (("overlay_uri", naming.OVERLAY_SUFFIX), ("heatmap_uri", naming.HEATMAP_SUFFIX)):
+            uri = explanation.get(key)
+            if not uri:
+                continue
+            bucket, _, name = uri.removeprefix("gs://").partition("/")
+            target = out_dir / (Path(naming.stem(o.file)).name + suffix)
+            client.bucket(bucket).blob(name).download_to_filename(str(target))
+            written.append(target)
     return written
 
 
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(ordered))
         out_dir = stack.config.root / "out"
         written = copy_overlays(env, ordered, out_dir)
-        print(f"\n{len(written)} overlays copied to {out_dir}/")
+        print(f"\n{len(written)} overlays and heat maps copied to {out_dir}/")
         print(f"webhooks received: {env['WEBHOOK_LOG']}")
 
         problems = _surprises(outcomes, [p.name for p in files], _manifest(samples))

@@ -48,7 +48,7 @@ resource "google_service_account" "push_invoker" {
 # objectViewer grant. Suffixes: functions/pipeline_common/naming.py.
 locals {
   writer_role = "roles/storage.objectUser"
-  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.result.json
+  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json
   inference_output_condition = "resource.name.endsWith('.png') || resource.name.endsWith('.result.json')"
   rejection_condition        = "resource.name.endsWith('.rejected.json')"
 }
@@ -202,7 +202,7 @@ resource "google_storage_bucket_iam_member" "gpu_output_writer" {
 
   condition {
     title       = "pipeline-outputs-only"
-    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.result.json"
+    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json"
     expression  = local.inference_output_condition
   }
 

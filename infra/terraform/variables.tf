@@ -323,7 +323,7 @@ variable "log_level" {
 }
 
 variable "service_extra_env" {
-  description = "More environment variables for the service and the job (LIME_NUM_SAMPLES, BATCH_MAX_SIZE, WEBHOOK_TIMEOUT_S, ...; see gpu_service/settings.py)."
+  description = "More environment variables for the service and the job (LIME_TARGET_STABILITY, LIME_MAX_SAMPLES, BATCH_MAX_SIZE, WEBHOOK_TIMEOUT_S, ...; see gpu_service/settings.py)."
   type        = map(string)
   default     = {}
 }

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.e2e
 ARTIFACTS = {
     naming.MASK_SUFFIX: "mask",
     naming.OVERLAY_SUFFIX: "overlay",
+    naming.HEATMAP_SUFFIX: "heatmap",
     naming.RESULT_SUFFIX: "result",
 }
 
@@ -125,8 +126,10 @@ def test_good_image_gives_one_completed_webhook_and_three_artifacts(local_stack,
     assert body["explanation"]["method"] == "lime"
     assert body["explanation"]["mask_uri"] == f"gs://{local_stack.bucket}/{stem}{naming.MASK_SUFFIX}"
     assert body["explanation"]["overlay_uri"] == f"gs://{local_stack.bucket}/{stem}{naming.OVERLAY_SUFFIX}"
+    assert body["explanation"]["heatmap_uri"] == f"gs://{local_stack.bucket}/{stem}{naming.HEATMAP_SUFFIX}"
+    assert 0.0 <= body["explanation"]["stability"] <= 1.0 and body["explanation"]["samples_used"] >= 1
 
-    # The three artifacts beside the upload, marked as pipeline outputs of this very generation.
+    # The artifacts beside the upload, marked as pipeline outputs of this very generation.
     for suffix, role in ARTIFACTS.items():
         blob = objects.get(stem + suffix)
         assert blob is not None, f"missing {stem + suffix}"

@@ -32,6 +32,7 @@ COMPLETED_OUTPUTS = {
     naming.PREVIEW_SUFFIX: "preview",
     naming.MASK_SUFFIX: "mask",
     naming.OVERLAY_SUFFIX: "overlay",
+    naming.HEATMAP_SUFFIX: "heatmap",
     naming.RESULT_SUFFIX: "result",
 }
 

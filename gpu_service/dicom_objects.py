@@ -10,6 +10,7 @@ nothing here raises for a bad source (the record says why instead).
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ TYPE2_EMPTY = (
     "AccessionNumber",
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# highdicom's log lines name the source's UIDs (patient data, never logged): silenced; what
+# goes wrong reaches the record as the reason an object is absent.
+logging.getLogger("highdicom").setLevel(logging.CRITICAL + 1)
 
 
 @dataclass(frozen=True)
@@ -94,17 +98,23 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def finding_code(label: str, label_codes: Mapping[str, Mapping[str, str]], model_name: str) -> hd.sr.CodedConcept:
+def finding_code(
+    label: str, label_codes: Mapping[str, Mapping[str, str]], model_name: str
+) -> hd.sr.CodedConcept:
     own = label_codes.get(label)
     if own:
         return hd.sr.CodedConcept(
-            value=str(own["value"]), scheme_designator=str(own["scheme"]), meaning=str(own.get("meaning", label))
+            value=str(own["value"]),
+            scheme_designator=str(own["scheme"]),
+            meaning=str(own.get("meaning", label)),
         )
     known = SNOMED_FINDINGS.get(label.strip().lower())
     if known is not None:
         return hd.sr.CodedConcept(known.value, known.scheme_designator, known.meaning)
     scheme = "99" + re.sub(r"[^A-Z0-9]", "", model_name.upper())[:14]  # "99…": a local coding scheme
-    return hd.sr.CodedConcept(value=label[:64] or "unnamed", scheme_designator=scheme or "99MODEL", meaning=label[:64])
+    return hd.sr.CodedConcept(
+        value=label[:64] or "unnamed", scheme_designator=scheme or "99MODEL", meaning=label[:64]
+    )
 
 
 def source_header(ds: Dataset) -> Dataset:
@@ -115,6 +125,12 @@ def source_header(ds: Dataset) -> Dataset:
     for keyword in TYPE2_EMPTY:
         if keyword not in header:
             setattr(header, keyword, "")
+    if not header.get("SliceThickness"):
+        # highdicom would copy the pixel spacing into a Pixel Measures item that its own reader
+        # refuses without a slice thickness (secondary captures, RGB photos, some NM).
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in header:
+                delattr(header, keyword)
     return header
 
 
@@ -252,7 +268,7 @@ def build_report(
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name[:64],
         version=algorithm.version[:64],
-        parameters=[f"{k}={v}"[:64] for k, v in _algorithm_parameters(algorithm).items()],
+        parameters=[f"{k}={v}" for k, v in _algorithm_parameters(algorithm).items()],
         family=codes.cid7162.ArtificialIntelligence,
         manufacturer=MANUFACTURER,
     )
@@ -270,7 +286,10 @@ def build_report(
     for index, (label, p) in enumerate(zip(finding.labels, finding.probabilities, strict=True)):
         label_code = finding_code(label, algorithm.label_codes, algorithm.name)
         probability = hd.sr.Measurement(
-            name=codes.DCM.Probability, value=round(float(p), 6), unit=codes.UCUM.NoUnits, algorithm_id=algorithm_id
+            name=codes.DCM.Probability,
+            value=round(float(p), 6),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm_id,
         )
         common: dict[str, Any] = {
             "tracking_identifier": hd.sr.TrackingIdentifier(
@@ -285,7 +304,7 @@ def build_report(
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
             continue
         # The predicted finding: coded, and located by the SEG when there is one.
-        common["qualitative_evaluations"] = [hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=code)]
+        common["qualitative_evaluations"] = [hd.sr.QualitativeEvaluation(name=code, value=codes.DCM.Present)]
         if segmentation is not None:
             group: Any = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 referenced_segment=hd.sr.ReferencedSegmentationFrame(

@@ -59,8 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from gpu_service import render, result
+from gpu_service import dicom_outputs, render, result
 from gpu_service.batcher import Batcher
+from gpu_service.dicomweb import StoreRejected
 from gpu_service.explain import Explanation, LimeParams, explain
 from gpu_service.model import LoadedModel
 from gpu_service.pixels import DecodedImage, PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
@@ -243,6 +244,7 @@ class Processor:
         self.predict_fn = batcher.predict if batcher is not None else model.predict
         self.params = lime_params(settings)
         self.stats = ProcessorStats()
+        self.dicom_store = dicom_outputs.make_store(settings) if settings.dicom_objects else None
 
     @property
     def model_sha(self) -> str:
@@ -385,9 +387,18 @@ class Processor:
                         return ProcessResult(Outcome.SUPERSEDED, timings_ms=timer.ms)
             except OutputConflict as exc:
                 return self._fail(request, OutputConflict.code, str(exc), timer, ds)
+        dicom = None
+        if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
+            with timer.stage("dicom"):
+                try:
+                    dicom = self._publish_dicom(request, ds, inference, decoded)
+                except dicom_outputs.Superseded:
+                    return ProcessResult(Outcome.SUPERSEDED, timings_ms=timer.ms)
+                except (StoreRejected, OutputConflict) as exc:
+                    return self._fail(request, exc.code, str(exc), timer, ds)
 
         try:
-            record = self._completed_record(request, header, inference, decoded, timer)
+            record = self._completed_record(request, header, inference, decoded, timer, dicom)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -401,6 +412,7 @@ class Processor:
         inference: Inference,
         decoded: DecodedImage,
         timer: _Timer,
+        dicom: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         expl, preview = inference.explanation, inference.preview
         return self._record(
@@ -428,6 +440,22 @@ class Processor:
                 "n_frames": int(decoded.n_frames),
                 "photometric": decoded.photometric,
             },
+            dicom=dicom,
+        )
+
+    def _publish_dicom(
+        self, request: InferenceRequest, ds: Any, inference: Inference, decoded: DecodedImage
+    ) -> dict[str, Any]:
+        return dicom_outputs.publish_result(
+            source=ds,
+            explanation=inference.explanation,
+            probs=inference.probs,
+            model=self.model.info,
+            dedup_key=naming.object_key(request.bucket, request.name, request.generation),
+            frame_index=int(decoded.frame_index),
+            write=lambda suffix, role, data, ctype: self._write(request, suffix, role, data, ctype),
+            uri=lambda suffix: self._loc(request, suffix).uri,
+            store=self.dicom_store,
         )
 
     def _record(

@@ -88,6 +88,11 @@ class Settings:
     ready_wait_s: float = 60.0
     port: int = 8080
     log_level: str = "INFO"
+    # Results as DICOM objects (SEG + SR) beside the upload; STOW-RS to DICOMWEB_URL when set.
+    dicom_objects: bool = True
+    dicomweb_url: str | None = None
+    dicomweb_auth: str = "none"  # none | google (Application Default Credentials)
+    dicomweb_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +127,10 @@ class Settings:
             ready_wait_s=_float(env, "READY_WAIT_S", 60.0),
             port=_int(env, "PORT", 8080),
             log_level=_str(env, "LOG_LEVEL", "INFO") or "INFO",
+            dicom_objects=_bool(env, "DICOM_OBJECTS", True),
+            dicomweb_url=_str(env, "DICOMWEB_URL"),
+            dicomweb_auth=_str(env, "DICOMWEB_AUTH", "none") or "none",
+            dicomweb_timeout_s=_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
         )
         settings.validate()
         return settings
@@ -138,6 +147,10 @@ class Settings:
             raise ValueError("MAX_OBJECT_BYTES and MAX_PIXELS must be positive")
         if self.max_delivery_attempts < 1:
             raise ValueError("MAX_DELIVERY_ATTEMPTS must be at least 1")
+        if self.dicomweb_auth not in ("none", "google"):
+            raise ValueError(f"DICOMWEB_AUTH must be none or google, got {self.dicomweb_auth!r}")
+        if self.dicomweb_url and not self.dicom_objects:
+            raise ValueError("DICOMWEB_URL is set but DICOM_OBJECTS is off: there would be nothing to store")
 
     @property
     def give_up_attempt(self) -> int:

@@ -418,7 +418,7 @@ def test_output_bucket_and_prefix_relocate_outputs(
     assert names == sorted(
         f"results/{b}/ro/img{s}"
         for b in (bucket_name, other_bucket)
-        for s in (".lime.png", ".overlay.png", ".png", ".result.json")
+        for s in (".lime.png", ".overlay.png", ".png", ".result.json", ".seg.dcm", ".sr.dcm")
     )
     assert [b.name for b in storage.Client(project=PROJECT).list_blobs(bucket_name)] == ["ro/img.dcm"]
     records = [json.loads(c.body) for c in webhook.accepted()]

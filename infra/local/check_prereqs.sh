@@ -49,6 +49,15 @@ need_emulators() {
   command -v gsutil >/dev/null 2>&1 || say "gsutil not found: it ships with the Google Cloud CLI (gcloud components install gsutil)"
 }
 
+need_orthanc() {
+  # The local DICOMweb store (infra/local/orthanc.py): the Orthanc server and its DICOMweb plugin.
+  if ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ]; then
+    say "Orthanc not found: the local stack's DICOMweb store (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)"
+  elif [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+    say "the Orthanc DICOMweb plugin is missing (Debian/Ubuntu: apt-get install orthanc-dicomweb)"
+  fi
+}
+
 need_free_ports() {
   # The stack's own check (one list of ports and defaults, LOCAL_*_PORT overrides); it names the
   # process that holds a busy port. Needs the virtual environment, so it runs after `make venv`.
@@ -63,7 +72,7 @@ need_free_ports() {
 for w in "${want[@]}"; do
   case "$w" in
     python) need_python ;;
-    test|stack) need_python; need_emulators ;;
+    test|stack) need_python; need_emulators; need_orthanc ;;
     ports) need_free_ports ;;
     *) echo "check_prereqs.sh: unknown check $w" >&2; exit 2 ;;
   esac

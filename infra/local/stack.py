@@ -48,6 +48,7 @@ from typing import Any
 
 import requests
 
+from infra.local import orthanc
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -126,6 +127,7 @@ class Ports:
     service: int = 8082
     webhook: int = 8083
     bridge: int = 8084
+    orthanc: int = 8086  # not 8042: the Debian package may run a system Orthanc there
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -184,6 +186,8 @@ class StackConfig:
     webhook_env: dict[str, str] = field(default_factory=dict)
     webhook_fail_first: int = 0
     ready_timeout_s: float = 600.0
+    # The DICOMweb store refuses STOW-RS to studies whose UID starts with this (tests).
+    orthanc_refuse_study_prefix: str | None = None
 
     @classmethod
     def from_env(cls, root: Path | str = ".local") -> StackConfig:
@@ -404,6 +408,7 @@ class Stack:
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
             "BRIDGE_URL": c.url("bridge"),
+            **orthanc.urls(c.url("orthanc")),
             "LOCAL_LOG_DIR": str(c.log_dir),
             **gcloud_storage_env(gcs),
             "CLOUDSDK_CORE_PROJECT": c.project,
@@ -532,7 +537,8 @@ class Stack:
         procs: list[tuple[str, subprocess.Popen, Path, str]] = []
         py = sys.executable
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
-                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge")}  # fmt: skip
+                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
+                "orthanc": c.url("orthanc")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
             p, log = self._spawn(name, cmd, env, urls[name], health)
@@ -546,6 +552,7 @@ class Stack:
             }
         )
         spawn("webhook-receiver", [py, "-m", "infra.local.webhook_receiver"], webhook_env, "/healthz")
+        spawn("orthanc", self.orthanc_command(), self._child_env({}), "/system")
 
         service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
         cmd = [
@@ -594,6 +601,18 @@ class Stack:
             dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=10, min_backoff_s=1, max_backoff_s=10,
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
+
+    def orthanc_command(self) -> list[str]:
+        c = self.config
+        config = orthanc.write_config(c.root / "orthanc", c.ports.orthanc, c.orthanc_refuse_study_prefix)
+        return orthanc.command(config)
+
+    def start_orthanc(self) -> None:
+        """Start the DICOMweb store again (after a test stopped it); recorded like the others."""
+        proc, log = self._spawn(
+            "orthanc", self.orthanc_command(), self._child_env({}), self.config.url("orthanc"), "/system"
+        )
+        wait_http(self.config.url("orthanc") + "/system", 60, proc, log)
 
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"

@@ -1,0 +1,93 @@
+"""Orthanc as the local stack's DICOMweb store (the Cloud Healthcare API's stand-in).
+
+The Debian packages ``orthanc`` and ``orthanc-dicomweb``: ``/usr/sbin/Orthanc`` with the DICOMweb
+plugin, HTTP only from loopback, no DICOM (DIMSE) listener, no authentication, its storage and
+index under the stack's root (``.local/orthanc/``; ``rm -rf .local/orthanc`` empties it).
+
+``refuse_study_prefix`` makes the store refuse (HTTP 403, an Orthanc Lua HTTP filter) a STOW-RS
+to any study whose UID starts with it: how the end-to-end tests show a store rejecting objects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+DICOMWEB_ROOT = "/dicom-web"
+INSTALL_HINT = "apt-get install orthanc orthanc-dicomweb"
+
+
+def binary() -> str | None:
+    found = shutil.which("Orthanc")
+    if found:
+        return found
+    return ORTHANC_BINARY if Path(ORTHANC_BINARY).exists() else None
+
+
+def missing() -> str | None:
+    """What is missing to run Orthanc with DICOMweb, as a message a person can act on; None if nothing."""
+    if binary() is None:
+        return f"Orthanc not found: {INSTALL_HINT} (Debian/Ubuntu)"
+    if not Path(DICOMWEB_PLUGIN).exists():
+        return f"the Orthanc DICOMweb plugin ({DICOMWEB_PLUGIN}) is missing: {INSTALL_HINT}"
+    return None
+
+
+def lua_filter(refuse_study_prefix: str) -> str:
+    prefix = json.dumps(f"{DICOMWEB_ROOT}/studies/{refuse_study_prefix}")  # a valid Lua string literal
+    return (
+        "function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)\n"
+        f"  if method == 'POST' and string.find(uri, {prefix}, 1, true) == 1 then\n"
+        "    return false\n"
+        "  end\n"
+        "  return true\n"
+        "end\n"
+    )
+
+
+def write_config(workdir: Path, port: int, refuse_study_prefix: str | None = None) -> Path:
+    """Orthanc's configuration for the stack; returns its path (the command's only argument)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = workdir / "db"
+    storage.mkdir(exist_ok=True)
+    config = {
+        "Name": "dicom-pipeline-local",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,  # loopback only
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "Plugins": [DICOMWEB_PLUGIN],
+        "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": True},
+        "OverwriteInstances": False,
+        "StableAge": 1,
+    }
+    if refuse_study_prefix:
+        script = workdir / "refuse.lua"
+        script.write_text(lua_filter(refuse_study_prefix))
+        config["LuaScripts"] = [str(script)]
+    path = workdir / "orthanc.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def command(config_path: Path) -> list[str]:
+    exe = binary()
+    if exe is None:
+        raise FileNotFoundError(missing())
+    return [exe, str(config_path)]
+
+
+def urls(base_url: str) -> dict[str, str]:
+    """``ORTHANC_URL`` (REST API and Orthanc Explorer) and ``DICOMWEB_URL`` (what the service stores to)."""
+    return {"ORTHANC_URL": base_url, "DICOMWEB_URL": base_url + DICOMWEB_ROOT}
+
+
+def explorer_url(base_url: str, orthanc_study_id: str | None = None) -> str:
+    if orthanc_study_id:
+        return f"{base_url}/app/explorer.html#study?uuid={orthanc_study_id}"
+    return f"{base_url}/app/explorer.html"

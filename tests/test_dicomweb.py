@@ -1,0 +1,183 @@
+"""STOW-RS against a real Orthanc with its DICOMweb plugin (infra/local/orthanc.py), and the service's
+acknowledgement rules around it: stored before the record, store down -> redelivery, store
+refusing the objects -> a ``failed`` record that says why."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+from service_support import WebhookServer, dicom_bytes, envelope, read_object, request_body, upload
+
+from gpu_service import dicom_objects
+from gpu_service.dicom_objects import SEG, SR, Algorithm, Finding
+from gpu_service.dicomweb import (
+    DUPLICATE_SOP_INSTANCE,
+    DicomWebStore,
+    StoreRejected,
+    StoreUnavailable,
+    _check_failed,
+)
+from infra.local import orthanc
+from infra.local.emulators import free_port, stop_process_group, wait_http
+from pipeline_common import naming
+from tests.test_service_processing import make_app, model  # noqa: F401 - fixtures
+
+REFUSED_PREFIX = "2.25.4242."
+
+
+@pytest.fixture(scope="module")
+def orthanc_url(tmp_path_factory) -> Iterator[str]:
+    if orthanc.missing():
+        pytest.fail(orthanc.missing())
+    workdir = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = orthanc.write_config(Path(workdir), port, refuse_study_prefix=REFUSED_PREFIX)
+    log = Path(workdir) / "orthanc.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            orthanc.command(config), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/system", 60, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc.pid)
+
+
+def objects_for(study_uid: str | None = None, key: str = "b/n.dcm#1") -> dict[str, Dataset]:
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(size=64)))
+    if study_uid:
+        ds.StudyInstanceUID = study_uid
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:20, 10:30] = True
+    built = dicom_objects.build_objects(
+        ds, mask, Finding(["normal", "nodule"], [0.2, 0.8], 1), Algorithm("m", "1", "cd" * 32), key
+    )
+    assert built.absent == {}
+    return built.objects
+
+
+def qido_instances(base: str, study_uid: str) -> list[dict[str, Any]]:
+    client = DICOMwebClient(base + orthanc.DICOMWEB_ROOT)
+    return client.search_for_instances(study_instance_uid=study_uid)
+
+
+def test_store_then_store_again_is_idempotent(orthanc_url: str) -> None:
+    objects = objects_for()
+    store = DicomWebStore(orthanc_url + orthanc.DICOMWEB_ROOT)
+    first = store.store(list(objects.values()))
+    second = store.store(list(objects.values()))
+    assert first.sop_instance_uids == second.sop_instance_uids
+    study = str(objects[SEG].StudyInstanceUID)
+    found = qido_instances(orthanc_url, study)
+    assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(
+        str(o.SOPInstanceUID) for o in objects.values()
+    )
+
+
+def test_refused_objects_are_permanent_and_a_store_down_is_transient(orthanc_url: str) -> None:
+    objects = objects_for(REFUSED_PREFIX + "1", key="refused")
+    with pytest.raises(StoreRejected) as refused:
+        DicomWebStore(orthanc_url + orthanc.DICOMWEB_ROOT).store(list(objects.values()))
+    assert refused.value.status == 403
+    assert not qido_instances(orthanc_url, REFUSED_PREFIX + "1")
+    down = DicomWebStore(f"http://127.0.0.1:{free_port()}/dicom-web", timeout_s=2)
+    with pytest.raises(StoreUnavailable) as unavailable:
+        down.store(list(objects_for().values()))
+    assert isinstance(unavailable.value, OSError)  # processing treats OSError as transient
+
+
+def test_failed_sop_items_duplicates_succeed_others_refuse() -> None:
+    def answer(*reasons: int) -> Dataset:
+        ds = Dataset()
+        items = []
+        for reason in reasons:
+            item = Dataset()
+            item.FailureReason = reason
+            items.append(item)
+        ds.FailedSOPSequence = items
+        return ds
+
+    assert _check_failed(answer()) is False
+    assert _check_failed(answer(DUPLICATE_SOP_INSTANCE, DUPLICATE_SOP_INSTANCE)) is True
+    with pytest.raises(StoreRejected, match="0xC000"):
+        _check_failed(answer(DUPLICATE_SOP_INSTANCE, 0xC000))
+    with pytest.raises(StoreUnavailable):
+        _check_failed(answer(0xA700))
+
+
+def test_completed_result_is_stored_in_the_source_study_before_its_record(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    app = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+    blob = upload(bucket_name, "pacs/chest.dcm", dicom_bytes(seed=21))
+    response = app.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200, response.get_json()
+    record = json.loads(webhook.accepted()[0].body)
+    dicom = record["dicom"]
+    assert dicom["absent"] == {}
+    assert dicom["seg_uri"] == f"gs://{bucket_name}/pacs/chest{naming.SEG_SUFFIX}"
+    assert dicom["sr_uri"] == f"gs://{bucket_name}/pacs/chest{naming.SR_SUFFIX}"
+    assert dicom["study_instance_uid"] == record["study_instance_uid"]
+    assert dicom["dicomweb"]["stored"] == [SEG, SR]
+    for role, suffix in ((SEG, naming.SEG_SUFFIX), (SR, naming.SR_SUFFIX)):
+        data, metadata = read_object(bucket_name, f"pacs/chest{suffix}")
+        stored = pydicom.dcmread(io.BytesIO(data))
+        assert stored.SOPInstanceUID == dicom["sop_instance_uids"][role]
+        assert metadata[naming.MARKER_KEY] == role
+    found = qido_instances(orthanc_url, record["study_instance_uid"])
+    assert {i["00080018"]["Value"][0] for i in found} == set(dicom["sop_instance_uids"].values())
+    seg = pydicom.dcmread(io.BytesIO(read_object(bucket_name, "pacs/chest.seg.dcm")[0]))
+    assert (
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        == record["sop_instance_uid"]
+    )
+    assert "dicom" in record["timings_ms"]
+
+
+def test_store_down_is_redelivered_and_a_refusal_is_a_failed_record(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    down = make_app(dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web", dicomweb_timeout_s=2)
+    blob = upload(bucket_name, "pacs/down.dcm", dicom_bytes(seed=22))
+    response = down.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 503 and response.get_json()["outcome"] == "retry"
+    assert read_object(bucket_name, "pacs/down.result.json") is None  # nothing claims the objects
+    assert webhook.accepted() == []
+
+    up = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+    response = up.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
+    (hook,) = webhook.accepted()
+    assert json.loads(hook.body)["dicom"]["dicomweb"]["stored"] == [SEG, SR]
+
+    data = dicom_bytes(seed=23)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID = REFUSED_PREFIX + "23"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    refused = upload(bucket_name, "pacs/refused.dcm", buffer.getvalue())
+    response = up.test_client().post("/", json=envelope(request_body(refused)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "failed"
+    record = json.loads(webhook.accepted()[-1].body)
+    assert record["status"] == "failed" and record["error"]["code"] == "dicomweb_rejected"
+    assert "403" in record["error"]["message"]
+    assert "dicom" not in record
+    assert requests.get(orthanc_url + "/studies", timeout=10).status_code == 200

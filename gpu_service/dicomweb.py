@@ -20,7 +20,9 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-logger = logging.getLogger(__name__)
+# dicomweb-client's log lines name study UIDs (patient data, never logged); and no message of
+# ours quotes a URL or an answer body (they name UIDs too): the status code says enough.
+logging.getLogger("dicomweb_client").disabled = True
 
 AUTH_MODES = ("none", "google")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -87,12 +89,15 @@ class DicomWebStore:
             if status == ALREADY_STORED_STATUS:
                 return Stored(uids, True, status)
             if status is None or status >= 500 or status in TRANSIENT_STATUS:
-                raise StoreUnavailable(f"DICOMweb store answered {status}: {text or exc}") from exc
-            raise StoreRejected(status, text or str(exc)) from exc
+                raise StoreUnavailable(f"DICOMweb store answered {status}") from None
+            # The record (not the logs) gets the store's own words: it may name the study.
+            raise StoreRejected(status, text or response.reason if response is not None else "") from None
         except requests.RequestException as exc:  # connection refused, timeout: the store is down
-            raise StoreUnavailable(f"DICOMweb store unreachable: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"DICOMweb store unreachable: {type(exc).__name__}") from None
         except ValueError as exc:  # an answer that is not a DICOM response: not a DICOMweb store
-            raise StoreUnavailable(f"DICOMweb store gave an unreadable answer: {exc}") from exc
+            raise StoreUnavailable(
+                f"DICOMweb store gave an unreadable answer: {type(exc).__name__}"
+            ) from None
         return Stored(uids, _check_failed(answer), 200)
 
 

@@ -27,6 +27,11 @@ SR = "sr"
 HEATMAP = "heatmap"
 ROLES = (SEG, SR, HEATMAP)
 SERIES_NUMBERS = {SEG: 9901, SR: 9902, HEATMAP: 9903}
+SERIES_DESCRIPTIONS = {
+    SEG: "AI LIME explanation mask (unverified)",
+    SR: "AI finding report (unverified)",
+    HEATMAP: "AI LIME weight map (unverified)",
+}
 MANUFACTURER = "dicom-pipeline"
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 # Findings with a SNOMED CT concept; other labels use the model's own codes (sidecar "codes")
@@ -384,4 +389,6 @@ def build_objects(
             objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), frame_index)
         except Exception as exc:  # noqa: BLE001
             absent[SR] = f"highdicom cannot build the SR: {type(exc).__name__}: {exc}"
+    for role, ds in objects.items():
+        ds.SeriesDescription = SERIES_DESCRIPTIONS[role]
     return DicomObjects(objects, absent, study)

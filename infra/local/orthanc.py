@@ -91,3 +91,32 @@ def explorer_url(base_url: str, orthanc_study_id: str | None = None) -> str:
     if orthanc_study_id:
         return f"{base_url}/app/explorer.html#study?uuid={orthanc_study_id}"
     return f"{base_url}/app/explorer.html"
+
+
+def study_id(base_url: str, study_instance_uid: str) -> str | None:
+    """Orthanc's own id of a study (what Orthanc Explorer's URL names), from its DICOM UID."""
+    import requests
+
+    answer = requests.post(base_url + "/tools/lookup", data=study_instance_uid, timeout=10)
+    answer.raise_for_status()
+    return next((m["ID"] for m in answer.json() if m.get("Type") == "Study"), None)
+
+
+def study_series(dicomweb_url: str, study_instance_uid: str) -> list[dict[str, str]]:
+    """The study's series as the store holds them (QIDO-RS): modality, description, instances."""
+    from dicomweb_client import DICOMwebClient
+
+    def value(item: dict, tag: str) -> str:
+        return str((item.get(tag, {}).get("Value") or [""])[0])
+
+    found = DICOMwebClient(dicomweb_url).search_for_series(study_instance_uid=study_instance_uid)
+    rows = [
+        {
+            "modality": value(s, "00080060"),
+            "description": value(s, "0008103E"),
+            "instances": value(s, "00201209"),
+            "series_instance_uid": value(s, "0020000E"),
+        }
+        for s in found
+    ]
+    return sorted(rows, key=lambda r: (r["modality"], r["series_instance_uid"]))

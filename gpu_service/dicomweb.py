@@ -76,6 +76,20 @@ class DicomWebStore:
         # One quick retry for a blip; longer outages are Pub/Sub's redelivery's business.
         self.client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=200)
 
+    def held(self, study_instance_uid: str, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of these instances the store holds (QIDO-RS in the study)."""
+        try:
+            found = self.client.search_for_instances(study_instance_uid=study_instance_uid)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 404:  # no such study yet
+                return set()
+            raise StoreUnavailable(f"DICOMweb store answered {status}") from None
+        except requests.RequestException as exc:
+            raise StoreUnavailable(f"DICOMweb store unreachable: {type(exc).__name__}") from None
+        held = {str((item.get("00080018", {}).get("Value") or [""])[0]) for item in found}
+        return held & set(sop_instance_uids)
+
     def store(self, datasets: Sequence[Dataset]) -> Stored:
         """STOW-RS all objects of one result (one study) in one request."""
         uids = [str(ds.SOPInstanceUID) for ds in datasets]

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from gpu_service import dicom_backfill
 from gpu_service.app import make_store, make_webhook
 from gpu_service.batcher import Batcher
 from gpu_service.model import load_model
@@ -175,7 +176,8 @@ def run_prefix(
                     summary.add("skipped_rejected")
                     return
                 if processor.already_processed(request):
-                    summary.add("skipped_done")
+                    # Delivered: only its DICOM objects may still be missing from the store.
+                    summary.add(dicom_backfill.ensure_stored(processor, request))
                     return
             except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
                 logger.exception("cannot inspect object")

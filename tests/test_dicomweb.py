@@ -181,3 +181,44 @@ def test_store_down_is_redelivered_and_a_refusal_is_a_failed_record(
     assert "403" in record["error"]["message"]
     assert "dicom" not in record
     assert requests.get(orthanc_url + "/studies", timeout=10).status_code == 200
+
+
+def test_backfill_job_stores_delivered_results_objects_once_without_recomputing(
+    model: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    from gpu_service import job
+    from gpu_service.app import make_store, make_webhook
+    from gpu_service.processing import Processor
+    from gpu_service.settings import Settings
+
+    def processor(**overrides: Any) -> Processor:
+        settings = Settings(
+            project="test-project",
+            webhook_url=webhook.url,
+            webhook_secret="test-webhook-secret",
+            lime_num_samples=48,
+            lime_batch_size=24,
+            **overrides,
+        )
+        return Processor(settings, model, make_store(settings), make_webhook(settings))
+
+    for seed in (41, 42):
+        upload(bucket_name, f"backfill/img{seed}.dcm", dicom_bytes(seed=seed))
+    prefix = f"gs://{bucket_name}/backfill"
+    without_store = processor()
+    assert job.run_prefix(without_store, without_store.store, prefix).as_dict()["completed"] == 2
+
+    with_store = processor(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+    counts = job.run_prefix(with_store, with_store.store, prefix).as_dict()
+    assert counts.get("dicom_stored") == 2 and "completed" not in counts
+    assert with_store.stats.inferences == 0 and len(webhook.accepted()) == 2
+    for seed in (41, 42):
+        record = json.loads(read_object(bucket_name, f"backfill/img{seed}.result.json")[0])
+        held = {i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, record["study_instance_uid"])}
+        assert held == set(record["dicom"]["sop_instance_uids"].values())
+
+    again = job.run_prefix(with_store, with_store.store, prefix).as_dict()
+    assert again.get("skipped_done") == 2 and "dicom_stored" not in again

@@ -222,3 +222,49 @@ def test_backfill_job_stores_delivered_results_objects_once_without_recomputing(
 
     again = job.run_prefix(with_store, with_store.store, prefix).as_dict()
     assert again.get("skipped_done") == 2 and "dicom_stored" not in again
+
+
+def test_every_pydicom_test_file_gets_stored_objects_or_reasons_never_a_false_claim(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    """Odd sources through the whole service (RGB, palette, multi-frame, big endian, odd sizes, no
+    study): each completed record's ``dicom`` block names only objects written and stored."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    app = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT, lime_num_samples=8, lime_batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = sorted(p for p in get_testdata_files("*.dcm") if Path(p).is_file())
+    outcomes: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        name = f"odd/{i:03d}-{Path(path).name}"
+        blob = upload(bucket_name, name, Path(path).read_bytes())
+        answer = app.test_client().post("/", json=envelope(request_body(blob), message_id=str(i)))
+        outcome = answer.get_json()["outcome"]
+        assert outcome in ("completed", "failed"), (path, answer.get_json())
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        record = json.loads(read_object(bucket_name, naming.output_name(name, naming.RESULT_SUFFIX))[0])
+        if record["status"] != "completed":
+            assert "dicom" not in record, path
+            assert record["error"]["code"] != "dicomweb_rejected", (path, record["error"])  # valid objects
+            continue
+        dicom = record["dicom"]
+        uids = dicom["sop_instance_uids"]
+        for role, suffix in ((SEG, naming.SEG_SUFFIX), (SR, naming.SR_SUFFIX)):
+            uri = dicom[f"{role}_uri"]
+            assert (role in uids) == (uri is not None) != (role in dicom["absent"]), (path, dicom)
+            if uri is None:
+                continue
+            stored = read_object(bucket_name, naming.output_name(name, suffix))
+            assert stored is not None and pydicom.dcmread(io.BytesIO(stored[0])).SOPInstanceUID == uids[role]
+        if uids:
+            held = {
+                i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, dicom["study_instance_uid"])
+            }
+            assert set(uids.values()) <= held, path
+    assert outcomes.get("completed", 0) >= 40, outcomes

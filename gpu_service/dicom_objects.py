@@ -156,6 +156,19 @@ def _segment_algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequen
     )
 
 
+def n_frames_of(source: Dataset) -> int:
+    try:
+        return max(1, int(source.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def seg_frame_number(source: Dataset, frame_index: int) -> int:
+    """The SEG frame that holds the mask of source frame ``frame_index``: every source frame has
+    one (empty ones too: highdicom cannot omit them for legacy multi-frame sources)."""
+    return frame_index + 1 if n_frames_of(source) > 1 else 1
+
+
 def _frames(mask: np.ndarray, n_frames: int, frame_index: int) -> np.ndarray:
     """The mask on the decoded frame of a multi-frame source, the other frames empty."""
     if n_frames <= 1:
@@ -169,9 +182,13 @@ def why_no_segmentation(source: Dataset) -> str | None:
     """A reason when the source cannot carry a SEG that highdicom validates, else None."""
     if not source.get("StudyInstanceUID"):
         return "the source has no Study Instance UID: a derived object could not join its study"
-    frames = int(source.get("NumberOfFrames") or 1)
+    frames = n_frames_of(source)
     if frames > 1 and not source.get("FrameOfReferenceUID"):
         return "multi-frame source without a Frame of Reference UID: a SEG cannot locate its frames"
+    if frames > 1 and not source.get("PerFrameFunctionalGroupsSequence"):
+        # highdicom places a multi-frame source's frames by their per-frame plane positions;
+        # without them (legacy multi-frame) it would merge the frames into one.
+        return "multi-frame source without per-frame functional groups: a SEG cannot tell its frames apart"
     return None
 
 
@@ -193,7 +210,7 @@ def build_segmentation(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_segment_algorithm(algorithm),
     )
-    n_frames = int(source.get("NumberOfFrames") or 1)
+    n_frames = n_frames_of(source)
     return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=_frames(np.asarray(mask, dtype=bool), n_frames, frame_index),
@@ -230,7 +247,7 @@ def build_heatmap(
     as an overlay of the source; a SEG holds one segmentation type, hence its own instance.
     """
     positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
-    n_frames = int(source.get("NumberOfFrames") or 1)
+    n_frames = n_frames_of(source)
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=f"LIME weights for {finding.label}"[:64],
@@ -266,7 +283,7 @@ def build_report(
     algorithm: Algorithm,
     dedup_key: str,
     segmentation: Dataset | None = None,
-    frame_index: int = 0,
+    seg_frame: int = 1,
 ) -> Dataset:
     """TID 1500: the finding (coded), each label's probability and the algorithm; UNVERIFIED."""
     code = finding_code(finding.label, algorithm.label_codes, algorithm.name)
@@ -315,7 +332,7 @@ def build_report(
                 referenced_segment=hd.sr.ReferencedSegmentationFrame(
                     sop_class_uid=segmentation.SOPClassUID,
                     sop_instance_uid=segmentation.SOPInstanceUID,
-                    frame_number=frame_index + 1,
+                    frame_number=seg_frame,
                     segment_number=1,
                     source_image=hd.sr.SourceImageForSegmentation.from_source_image(source),
                 ),
@@ -364,7 +381,10 @@ def build_objects(
         reason = f"unreadable source header: {type(exc).__name__}: {exc}"
         return DicomObjects({}, {SEG: reason, SR: reason}, None)
     study = str(header.get("StudyInstanceUID") or "") or None
-    reason = why_no_segmentation(header)
+    try:
+        reason = why_no_segmentation(header)
+    except Exception as exc:  # noqa: BLE001 - an unconvertible value in the header
+        reason = f"unreadable source header: {type(exc).__name__}: {exc}"
     if reason is None:
         try:
             objects[SEG] = build_segmentation(header, mask, finding, algorithm, dedup_key, frame_index)
@@ -386,7 +406,8 @@ def build_objects(
         absent[SR] = "the source has no Study Instance UID: a derived object could not join its study"
     else:
         try:
-            objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), frame_index)
+            seg_frame = seg_frame_number(header, frame_index)
+            objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), seg_frame)
         except Exception as exc:  # noqa: BLE001
             absent[SR] = f"highdicom cannot build the SR: {type(exc).__name__}: {exc}"
     for role, ds in objects.items():

@@ -34,6 +34,8 @@ ARTIFACTS = {
     naming.MASK_SUFFIX: "mask",
     naming.OVERLAY_SUFFIX: "overlay",
     naming.RESULT_SUFFIX: "result",
+    naming.SEG_SUFFIX: "seg",
+    naming.SR_SUFFIX: "sr",
 }
 
 

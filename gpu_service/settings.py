@@ -88,7 +88,8 @@ class Settings:
     ready_wait_s: float = 60.0
     port: int = 8080
     log_level: str = "INFO"
-    # Results as DICOM objects (SEG + SR) beside the upload; STOW-RS to DICOMWEB_URL when set.
+    # Results as DICOM objects (SEG + SR) beside the upload; STOW-RS to DICOMWEB_URL when set
+    # (DICOM_OBJECTS=false turns both off).
     dicom_objects: bool = True
     dicomweb_url: str | None = None
     dicomweb_auth: str = "none"  # none | google (Application Default Credentials)
@@ -149,8 +150,6 @@ class Settings:
             raise ValueError("MAX_DELIVERY_ATTEMPTS must be at least 1")
         if self.dicomweb_auth not in ("none", "google"):
             raise ValueError(f"DICOMWEB_AUTH must be none or google, got {self.dicomweb_auth!r}")
-        if self.dicomweb_url and not self.dicom_objects:
-            raise ValueError("DICOMWEB_URL is set but DICOM_OBJECTS is off: there would be nothing to store")
 
     @property
     def give_up_attempt(self) -> int:

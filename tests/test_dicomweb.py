@@ -268,3 +268,18 @@ def test_every_pydicom_test_file_gets_stored_objects_or_reasons_never_a_false_cl
             }
             assert set(uids.values()) <= held, path
     assert outcomes.get("completed", 0) >= 40, outcomes
+
+
+def test_settings_read_the_dicomweb_variables() -> None:
+    from gpu_service.settings import Settings
+
+    settings = Settings.from_env({"DICOMWEB_URL": "https://store/dicomWeb", "DICOMWEB_AUTH": "google"})
+    assert (settings.dicom_objects, settings.dicomweb_url, settings.dicomweb_auth) == (
+        True,
+        "https://store/dicomWeb",
+        "google",
+    )
+    assert Settings.from_env({}).dicomweb_url is None
+    assert Settings.from_env({"DICOM_OBJECTS": "false"}).dicom_objects is False
+    with pytest.raises(ValueError, match="DICOMWEB_AUTH"):
+        Settings.from_env({"DICOMWEB_AUTH": "basic"})

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from gpu_service import dicom_objects
 from gpu_service.auth import AuthError, PushAuthenticator
 from gpu_service.batcher import Batcher
 from gpu_service.model import LoadedModel, load_model
@@ -95,6 +96,8 @@ class Service:
                 )
                 self.model = load_model(self.settings.model_uri, max_batch_size=self.settings.batch_max_size)
             self.model.warmup()
+            if self.settings.dicom_objects:
+                dicom_objects.warmup()
             if self.settings.batching:
                 self.batcher = Batcher(
                     self.model.predict, self.settings.batch_max_size, self.settings.batch_max_wait_ms

@@ -273,3 +273,16 @@ def test_every_pydicom_test_file_the_pipeline_completes_gets_objects_or_reasons(
             ), path
     assert completed >= 40
     assert built[SEG] >= 30 and built[SR] >= 35
+
+
+def test_startup_warmup_builds_both_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    real = dicom_objects.build_objects
+
+    def recording(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(dicom_objects, "build_objects", recording)
+    dicom_objects.warmup()
+    assert [sorted(b.objects) for b in built] == [[SEG, SR]] and built[0].absent == {}

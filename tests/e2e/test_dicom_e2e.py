@@ -4,13 +4,16 @@ Orthanc down then up again gives the objects exactly once; a refusal gives a ``f
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from dicomweb_client import DICOMwebClient
+from PIL import Image
 
 from gpu_service.synthetic import make_radiograph, to_dicom_dataset
 from infra.local.emulators import stop_process_group
@@ -64,6 +67,12 @@ def test_upload_puts_seg_and_sr_series_into_the_source_study(local_stack, tmp_pa
     )
     objects = local_stack.objects(name.rsplit("/", 1)[0] + "/")
     assert {n.rsplit("/", 1)[1] for n in objects} >= {"chest.dcm", "chest.seg.dcm", "chest.sr.dcm"}
+    # The SEG's pixels are the PNG mask's, pixel for pixel, at the source's resolution.
+    stem = name.removesuffix(".dcm")
+    seg = hd.seg.segread(io.BytesIO(objects[stem + ".seg.dcm"].download_as_bytes()))
+    png = np.asarray(Image.open(io.BytesIO(objects[stem + ".lime.png"].download_as_bytes()))) > 0
+    assert np.array_equal(np.asarray(seg.pixel_array).astype(bool).reshape(png.shape), png)
+    assert png.shape == (160, 160) and png.any()
 
 
 def _stop_orthanc(local_stack) -> None:

@@ -2,7 +2,7 @@
 
 The Debian packages ``orthanc`` and ``orthanc-dicomweb``: ``/usr/sbin/Orthanc`` with the DICOMweb
 plugin, HTTP only from loopback, no DICOM (DIMSE) listener, no authentication, its storage and
-index under the stack's root (``.local/orthanc/``; ``rm -rf .local/orthanc`` empties it).
+index under the stack's root (``.local/orthanc/``, emptied by each ``make up``).
 
 ``refuse_study_prefix`` makes the store refuse (HTTP 403, an Orthanc Lua HTTP filter) a STOW-RS
 to any study whose UID starts with it: how the end-to-end tests show a store rejecting objects.

@@ -463,6 +463,7 @@ class Stack:
         # The webhook logs describe this stack's run (fake-gcs-server keeps objects in memory only).
         for log in (c.webhook_log, c.webhook_log.with_suffix(".attempts.jsonl")):
             log.unlink(missing_ok=True)
+        shutil.rmtree(c.root / "orthanc", ignore_errors=True)  # the DICOMweb store too
         self.records = []
         try:
             self._start_all()

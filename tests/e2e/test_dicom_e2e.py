@@ -24,6 +24,13 @@ pytestmark = pytest.mark.e2e
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+# role -> (modality, SOP class); "heatmap" exists when the explanation has a weight map
+ROLES = {"seg": ("SEG", SEG_CLASS), "sr": ("SR", SR_CLASS), "heatmap": ("SEG", SEG_CLASS)}
+
+
+def expected_instances(dicom: dict) -> list[tuple[str, str]]:
+    assert {"seg", "sr"} <= set(dicom["sop_instance_uids"])
+    return sorted((ROLES[role][1], uid) for role, uid in dicom["sop_instance_uids"].items())
 
 
 def write_radiograph(path: Path, seed: int, study_uid: str | None = None) -> tuple[Path, str]:
@@ -60,11 +67,9 @@ def test_upload_puts_seg_and_sr_series_into_the_source_study(local_stack, tmp_pa
 
     series = dicomweb(local_stack).search_for_series(study_instance_uid=study)
     modalities = sorted(s["00080060"]["Value"][0] for s in series)
-    assert modalities == ["SEG", "SR"]
+    assert modalities == sorted(ROLES[role][0] for role in dicom["series_instance_uids"])
     assert sorted(s["0020000E"]["Value"][0] for s in series) == sorted(dicom["series_instance_uids"].values())
-    assert instances(local_stack, study) == sorted(
-        [(SEG_CLASS, dicom["sop_instance_uids"]["seg"]), (SR_CLASS, dicom["sop_instance_uids"]["sr"])]
-    )
+    assert instances(local_stack, study) == expected_instances(dicom)
     objects = local_stack.objects(name.rsplit("/", 1)[0] + "/")
     assert {n.rsplit("/", 1)[1] for n in objects} >= {"chest.dcm", "chest.seg.dcm", "chest.sr.dcm"}
     # The SEG's pixels are the PNG mask's, pixel for pixel, at the source's resolution.
@@ -107,9 +112,7 @@ def test_orthanc_down_then_up_redelivers_and_stores_exactly_once(local_stack, tm
     time.sleep(5)  # a duplicate delivery would show up by now
     assert len(local_stack.webhooks_for(name)) == 1
     dicom = outcome.record["dicom"]
-    assert instances(local_stack, study) == sorted(
-        [(SEG_CLASS, dicom["sop_instance_uids"]["seg"]), (SR_CLASS, dicom["sop_instance_uids"]["sr"])]
-    )
+    assert instances(local_stack, study) == expected_instances(dicom)
 
 
 def test_objects_the_store_refuses_give_a_failed_webhook_with_the_reason(local_stack, tmp_path) -> None:

@@ -286,3 +286,48 @@ def test_settings_read_the_dicomweb_variables() -> None:
     assert Settings.from_env({"DICOM_OBJECTS": "false"}).dicom_objects is False
     with pytest.raises(ValueError, match="DICOMWEB_AUTH"):
         Settings.from_env({"DICOMWEB_AUTH": "basic"})
+
+
+def test_a_weight_map_on_the_explanation_becomes_a_stored_heatmap_seg(orthanc_url: str) -> None:
+    """Issue 12's ``Explanation.pixel_weights`` (signed, in [-1, 1], the mask's shape) is picked up
+    as is: a third object, written and stored with the other two, named in the record."""
+    from types import SimpleNamespace
+
+    from gpu_service import dicom_outputs
+    from gpu_service.storage import WriteOutcome, Written
+
+    source = pydicom.dcmread(io.BytesIO(dicom_bytes(size=64, seed=51)))
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[8:24, 8:24] = True
+    weights = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    explanation = SimpleNamespace(
+        mask=mask, label_index=1, params={"num_samples": 100, "seed": 0}, pixel_weights=weights
+    )
+    model_info = SimpleNamespace(name="m", version="1", sha256="ef" * 32, labels=["normal", "nodule"])
+    written: dict[str, bytes] = {}
+
+    def write(suffix: str, role: str, data: bytes, content_type: str) -> Written:
+        written[suffix] = data
+        return Written(WriteOutcome.WRITTEN, 1)
+
+    section = dicom_outputs.publish_result(
+        source=source,
+        explanation=explanation,
+        probs=np.array([0.3, 0.7]),
+        model=model_info,
+        dedup_key="b/heat.dcm#1",
+        frame_index=0,
+        write=write,
+        uri=lambda suffix: "gs://b/heat" + suffix,
+        store=DicomWebStore(orthanc_url + orthanc.DICOMWEB_ROOT),
+    )
+    assert set(written) == {naming.SEG_SUFFIX, naming.SR_SUFFIX, naming.HEATMAP_SEG_SUFFIX}
+    assert section["heatmap_uri"] == "gs://b/heat" + naming.HEATMAP_SEG_SUFFIX
+    assert section["dicomweb"]["stored"] == ["heatmap", SEG, SR]
+    heat = pydicom.dcmread(io.BytesIO(written[naming.HEATMAP_SEG_SUFFIX]))
+    assert (
+        heat.SegmentationType == "FRACTIONAL"
+        and heat.SOPInstanceUID == section["sop_instance_uids"]["heatmap"]
+    )
+    held = {i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, str(source.StudyInstanceUID))}
+    assert held == set(section["sop_instance_uids"].values())

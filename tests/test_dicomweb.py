@@ -331,3 +331,25 @@ def test_a_weight_map_on_the_explanation_becomes_a_stored_heatmap_seg(orthanc_ur
     )
     held = {i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, str(source.StudyInstanceUID))}
     assert held == set(section["sop_instance_uids"].values())
+
+
+def test_google_auth_uses_application_default_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DICOMWEB_AUTH=google``: the session carries ADC (here anonymous ones, as no account exists)."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
+
+    from gpu_service.dicomweb import GOOGLE_SCOPES, make_session
+
+    asked: list[Any] = []
+
+    def default(scopes: Any = None) -> tuple[AnonymousCredentials, str]:
+        asked.append(scopes)
+        return AnonymousCredentials(), "test-project"
+
+    monkeypatch.setattr(google.auth, "default", default)
+    session = make_session("google", 5)
+    assert isinstance(session, AuthorizedSession) and asked == [list(GOOGLE_SCOPES)]
+    assert not isinstance(make_session("none", 5), AuthorizedSession)
+    with pytest.raises(ValueError, match="DICOMWEB_AUTH"):
+        make_session("basic", 5)

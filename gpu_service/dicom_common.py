@@ -62,6 +62,9 @@ class Algorithm:
     sha256: str
     lime_parameters: Mapping[str, Any] = field(default_factory=dict)
     label_codes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The upload's correlation id: the run that made this object, so one upload's journey can be
+    # followed from the bucket through the logs and the webhook into the PACS.
+    correlation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def source_header(ds: Dataset) -> Dataset:
 
 def algorithm_parameters(algorithm: Algorithm) -> dict[str, str]:
     params = {"model_sha256": algorithm.sha256, "explanation": "LIME"}
+    if algorithm.correlation_id:
+        params["correlation_id"] = algorithm.correlation_id
     for key in sorted(algorithm.lime_parameters):
         params[f"lime_{key}"] = str(algorithm.lime_parameters[key])[:64]
     return params

@@ -111,6 +111,7 @@ def publish_result(
     write: WriteFn,
     uri: UriFn,
     store: DicomWebStore | None,
+    correlation_id: str = "",
 ) -> dict[str, Any]:
     """:func:`publish` for one inference: the explained label is the finding."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -127,6 +128,7 @@ def publish_result(
             sha256=model.sha256,
             lime_parameters=_lime_parameters(explanation.params),
             label_codes=getattr(model, "label_codes", None) or {},
+            correlation_id=correlation_id,
         ),
         dedup_key=dedup_key,
         frame_index=frame_index,

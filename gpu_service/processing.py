@@ -456,6 +456,7 @@ class Processor:
             write=lambda suffix, role, data, ctype: self._write(request, suffix, role, data, ctype),
             uri=lambda suffix: self._loc(request, suffix).uri,
             store=self.dicom_store,
+            correlation_id=request.correlation_id,
         )
 
     def _record(

@@ -150,6 +150,13 @@ def test_completed_result_is_stored_in_the_source_study_before_its_record(
         == record["sop_instance_uid"]
     )
     assert "dicom" in record["timings_ms"]
+    # The upload's correlation id travels into the objects (algorithm parameters of SEG and SR).
+    assert (
+        f"correlation_id={record['correlation_id']}"
+        in seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    )
+    sr_bytes = read_object(bucket_name, "pacs/chest.sr.dcm")[0]
+    assert record["correlation_id"].encode() in sr_bytes
 
 
 def test_store_down_is_redelivered_and_a_refusal_is_a_failed_record(

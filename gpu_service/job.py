@@ -7,7 +7,8 @@
     The pipeline's own outputs are skipped, and so are objects whose result record was
     made from the same generation by the same model and accepted by the webhook
     (re-running the job is cheap; a new model reprocesses everything; a stored but
-    undelivered result only has its webhook re-sent, so a run also repairs those) and objects the ingest function rejected (a
+    undelivered result only has its webhook re-sent, so a run also repairs those; a delivered
+    result whose DICOM objects the DICOMweb store lacks gets them stored, :mod:`gpu_service.dicom_backfill`) and objects the ingest function rejected (a
     ``STEM.rejected.json`` with the pipeline's marker for the same generation). Objects not named ``*.dcm`` are processed only if
     their content type is DICOM or their first bytes carry the ``DICM`` prefix.
 

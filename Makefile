@@ -62,13 +62,13 @@ test-fast: $(STAMP)
 
 # Local stack (infra/local): ports LOCAL_*_PORT, state and logs under .local/.
 up: prereqs-stack $(STAMP) ports-free
-	$(PY) -m infra.local.stack up
+	$(PY) -m infra.local.stack_cli up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack down; else echo "nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack_cli down; else echo "nothing to stop (no $(VENV))"; fi
 
 status:
-	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack status; else echo "local stack: not running (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack_cli status; else echo "local stack: not running (no $(VENV))"; fi
 
 # make demo KEEP=1 leaves the stack running afterwards (make down stops it).
 demo: prereqs-stack $(STAMP) ports-free

@@ -26,7 +26,8 @@ import requests  # noqa: E402
 from gpu_service.webhook_signature import new_secret, signed_headers  # noqa: E402
 from infra.local import viewer  # noqa: E402
 from infra.local.emulators import free_port, stop_process_group, wait_http  # noqa: E402
-from infra.local.stack import inherited_env  # noqa: E402
+from infra.local.stack_config import INHERITED_ENV  # noqa: E402
+from infra.local.supervision import inherited_env  # noqa: E402
 
 
 def _record(i: int) -> bytes:
@@ -52,9 +53,13 @@ def run(n: int, database_url: str | None) -> dict[str, str]:
     secret = new_secret()
     root = Path(tempfile.mkdtemp(prefix="bench-django-"))
     port = free_port()
-    env = {**inherited_env(os.environ), "PYTHONPATH": f"{REPO / 'functions'}{os.pathsep}{REPO}",
-           "WEBHOOK_SECRET": secret, "WEBHOOK_LOG": str(root / "hooks.jsonl"),
-           **viewer.site_env(root, "bench-password")}  # fmt: skip
+    env = {
+        **inherited_env(os.environ, INHERITED_ENV),
+        "PYTHONPATH": f"{REPO / 'functions'}{os.pathsep}{REPO}",
+        "WEBHOOK_SECRET": secret,
+        "WEBHOOK_LOG": str(root / "hooks.jsonl"),
+        **viewer.site_env(root, "bench-password"),
+    }
     if database_url:
         env["DATABASE_URL"] = database_url
     viewer.prepare(env, REPO)

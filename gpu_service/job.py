@@ -1,8 +1,10 @@
 """Cloud Run job: reprocess a folder of uploads, or drain a pull subscription's backlog.
 
 ``python -m gpu_service.job --prefix gs://bucket/prefix`` | ``--subscription projects/P/subscriptions/S``.
-Both reuse the service's processor, one batcher shared by ``--concurrency`` threads; the exit
-status is 1 when anything is left to retry, so Cloud Run retries the task (done work is skipped).
+A delivered result whose DICOM objects the DICOMweb store lacks gets them stored from the
+bytes beside the upload (:mod:`gpu_service.dicom_backfill`). Both reuse the service's processor,
+one batcher shared by ``--concurrency`` threads; the exit status is 1 when anything is left to
+retry, so Cloud Run retries the task (done work is skipped).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from gpu_service import dicom_backfill
 from gpu_service.acknowledgement import ProcessResult, RequestOutcome, is_acked
 from gpu_service.processing import Processor
 from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
@@ -157,7 +160,8 @@ def run_prefix(
                     return
                 stored = processor.existing_result(request)
                 if processor.is_done(request, stored):
-                    summary.add("skipped_done")
+                    # Delivered: only its DICOM objects may still be missing from the store.
+                    summary.add(dicom_backfill.ensure_stored(processor, request, stored))
                     return
             except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
                 logger.exception("cannot inspect object")

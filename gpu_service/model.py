@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class ModelInfo:
     scaling: str
     uri: str = ""
     output: str = "probabilities"
+    # Sidecar "codes": {label: {"value", "scheme", "meaning"}}, the model's own coding of its
+    # labels, used in the DICOM SR/SEG where no SNOMED CT concept is known.
+    label_codes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, str]:
         """The `model` block of the result record."""
@@ -237,6 +240,7 @@ def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
         scaling=scaling,
         uri=uri,
         output=output,
+        label_codes={str(k): dict(v) for k, v in (sidecar.get("codes") or {}).items() if isinstance(v, dict)},
     )
     return LoadedModel(model, info, max_batch_size=max_batch_size)
 

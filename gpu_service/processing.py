@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from gpu_service import render, result
+from gpu_service import dicom_outputs, render, result
 from gpu_service.acknowledgement import ProcessResult, RequestOutcome, gives_up, is_transient
 from gpu_service.batcher import Batcher
 from gpu_service.delivery import ResultDelivery
+from gpu_service.dicomweb import StoreRejected
 from gpu_service.explain import Explanation, LimeParams, explain
 from gpu_service.instrumentation import ProcessorStats, StageTimer
 from gpu_service.lime_settings import lime_params
@@ -130,6 +131,7 @@ class Processor:
         self.stats = ProcessorStats()
         self.outputs = RequestOutputs(store, model.info.sha256)
         self.delivery = ResultDelivery(self.outputs, webhook, self.stats)
+        self.dicom_store = dicom_outputs.make_store(settings) if settings.dicom_objects else None
 
     @property
     def model_sha(self) -> str:
@@ -226,9 +228,18 @@ class Processor:
                 if written.outcome is WriteOutcome.SUPERSEDED:
                     log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
                     return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+        dicom = None
+        if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
+            with timer.stage("dicom"):
+                try:
+                    dicom = self._publish_dicom(request, ds, inference, decoded.image)
+                except dicom_outputs.Superseded:
+                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+                except (StoreRejected, OutputConflict) as exc:
+                    raise PermanentFailure(exc.code, str(exc), ds) from exc
 
         with permanent_unless_transient("record_failed", ds):
-            record = self._completed_record(request, header, inference, decoded.image, timer)
+            record = self._completed_record(request, header, inference, decoded.image, timer, dicom)
         return self.delivery.commit(request, record, RequestOutcome.COMPLETED, timer)
 
     def _download(self, request: InferenceRequest, timer: StageTimer) -> bytes:
@@ -273,6 +284,7 @@ class Processor:
         inference: Inference,
         decoded: DecodedImage,
         timer: StageTimer,
+        dicom: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         expl, preview = inference.explanation, inference.preview
         return self._record(
@@ -301,6 +313,23 @@ class Processor:
                 "n_frames": int(decoded.n_frames),
                 "photometric": decoded.photometric,
             },
+            dicom=dicom,
+        )
+
+    def _publish_dicom(
+        self, request: InferenceRequest, ds: Any, inference: Inference, decoded: DecodedImage
+    ) -> dict[str, Any]:
+        return dicom_outputs.publish_result(
+            source=ds,
+            explanation=inference.explanation,
+            probs=inference.probs,
+            model=self.model.info,
+            dedup_key=naming.object_key(request.bucket, request.name, request.generation),
+            frame_index=int(decoded.frame_index),
+            write=lambda suffix, role, data, ctype: self.outputs.write(request, suffix, role, data, ctype),
+            uri=lambda suffix: self.outputs.location(request, suffix).uri,
+            store=self.dicom_store,
+            correlation_id=request.correlation_id,
         )
 
     def _record(

@@ -96,6 +96,7 @@ def build_record(
     timings_ms: Mapping[str, float] | None = None,
     error: Mapping[str, str] | None = None,
     completed_at: datetime | None = None,
+    dicom: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     if status not in (COMPLETED, FAILED):
         raise ValueError(f"unknown status {status!r}")
@@ -130,6 +131,8 @@ def build_record(
     }
     if error is not None:
         record["error"] = {"code": str(error["code"]), "message": str(error["message"])}
+    if dicom is not None:
+        record["dicom"] = dict(dicom)
     return record
 
 

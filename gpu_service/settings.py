@@ -99,6 +99,12 @@ class Settings:
     ready_wait_s: float = 60.0
     port: int = 8080
     log_level: str = "INFO"
+    # Results as DICOM objects (SEG + SR) beside the upload; STOW-RS to DICOMWEB_URL when set
+    # (DICOM_OBJECTS=false turns both off).
+    dicom_objects: bool = True
+    dicomweb_url: str | None = None
+    dicomweb_auth: str = "none"  # none | google (Application Default Credentials)
+    dicomweb_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +142,10 @@ class Settings:
             ready_wait_s=_float(env, "READY_WAIT_S", 60.0),
             port=_int(env, "PORT", 8080),
             log_level=_str(env, "LOG_LEVEL", "INFO") or "INFO",
+            dicom_objects=_bool(env, "DICOM_OBJECTS", True),
+            dicomweb_url=_str(env, "DICOMWEB_URL"),
+            dicomweb_auth=_str(env, "DICOMWEB_AUTH", "none") or "none",
+            dicomweb_timeout_s=_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
         )
         settings.validate()
         return settings
@@ -162,6 +172,8 @@ class Settings:
         weight = self.lime_min_relative_weight
         if weight is not None and not 0 <= weight < 1:
             raise ValueError(f"LIME_MIN_RELATIVE_WEIGHT must be in [0, 1), got {weight}")
+        if self.dicomweb_auth not in ("none", "google"):
+            raise ValueError(f"DICOMWEB_AUTH must be none or google, got {self.dicomweb_auth!r}")
 
     @property
     def give_up_attempt(self) -> int:

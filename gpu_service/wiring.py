@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpu_service import dicom_objects
 from gpu_service.batcher import Batcher
 from gpu_service.model import LoadedModel, load_model
 from gpu_service.processing import Processor
@@ -52,6 +53,8 @@ def build_processor(
     batching: bool = True,
 ) -> Wired:
     """``batching`` False: a single caller, for which a batcher only adds its wait."""
+    if settings.dicom_objects:
+        dicom_objects.warmup()  # highdicom's first build costs about 0.3 s: not on a request
     batcher = None
     if settings.batching and batching:
         batcher = Batcher(model.predict, settings.batch_max_size, settings.batch_max_wait_ms)

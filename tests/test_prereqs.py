@@ -26,7 +26,7 @@ def test_stack_targets_check_tools_then_install_then_check_ports(target, tmp_pat
         return next(i for i, line in enumerate(lines) if text in line)
 
     tools, install, ports = first("check_prereqs.sh stack"), first("-m venv"), first("check_prereqs.sh ports")
-    start = first("infra.local.demo" if target == "demo" else "infra.local.stack up")
+    start = first("infra.local.demo" if target == "demo" else "infra.local.stack_cli up")
     assert tools < install < ports < start, done.stdout
 
 

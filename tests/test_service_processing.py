@@ -44,6 +44,11 @@ from pipeline_common import jsonlog, naming
 from pipeline_common.naming import DELIVERED_KEY
 from tests.conftest import unique
 
+# The result's DICOM objects beside the upload (a heat-map SEG when the explanation has weights).
+DICOM_SUFFIXES = (naming.SEG_SUFFIX, naming.SR_SUFFIX) + (
+    (naming.HEATMAP_SEG_SUFFIX,) if "pixel_weights" in processing.Explanation.__dataclass_fields__ else ()
+)
+
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
@@ -424,7 +429,7 @@ def test_output_bucket_and_prefix_relocate_outputs(
     assert names == sorted(
         f"results/{b}/ro/img{s}"
         for b in (bucket_name, other_bucket)
-        for s in (".lime.png", ".overlay.png", ".heatmap.png", ".png", ".result.json")
+        for s in (".lime.png", ".overlay.png", ".heatmap.png", ".png", ".result.json", *DICOM_SUFFIXES)
     )
     assert [b.name for b in storage.Client(project=PROJECT).list_blobs(bucket_name)] == ["ro/img.dcm"]
     records = [json.loads(c.body) for c in webhook.accepted()]

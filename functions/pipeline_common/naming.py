@@ -23,7 +23,12 @@ OVERLAY_SUFFIX = ".overlay.png"
 HEATMAP_SUFFIX = ".heatmap.png"
 RESULT_SUFFIX = ".result.json"
 REJECTION_SUFFIX = ".rejected.json"
+SEG_SUFFIX = ".seg.dcm"
+SR_SUFFIX = ".sr.dcm"
+HEATMAP_SEG_SUFFIX = ".heatmap.seg.dcm"
 OUTPUT_SUFFIXES: tuple[str, ...] = (
+    SEG_SUFFIX,
+    SR_SUFFIX,
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
     HEATMAP_SUFFIX,

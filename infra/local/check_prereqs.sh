@@ -58,6 +58,15 @@ need_test_services() {
     || say "/usr/bin/chromium not found: the viewer's browser test drives it (Debian: apt-get install chromium)"
 }
 
+need_orthanc() {
+  # The local DICOMweb store (infra/local/orthanc.py): the Orthanc server and its DICOMweb plugin.
+  if ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ]; then
+    say "Orthanc not found: the local stack's DICOMweb store (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)"
+  elif [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+    say "the Orthanc DICOMweb plugin is missing (Debian/Ubuntu: apt-get install orthanc-dicomweb)"
+  fi
+}
+
 need_free_ports() {
   # The stack's own check (one list of ports and defaults, LOCAL_*_PORT overrides); it names the
   # process that holds a busy port. Needs the virtual environment, so it runs after `make venv`.
@@ -66,14 +75,14 @@ need_free_ports() {
     say "$py not found: run make venv first"
     return
   fi
-  "$py" -m infra.local.stack check-ports || fail=1
+  "$py" -m infra.local.stack_cli check-ports || fail=1
 }
 
 for w in "${want[@]}"; do
   case "$w" in
     python) need_python ;;
-    test) need_python; need_emulators; need_test_services ;;
-    stack) need_python; need_emulators ;;
+    test) need_python; need_emulators; need_orthanc; need_test_services ;;
+    stack) need_python; need_emulators; need_orthanc ;;
     ports) need_free_ports ;;
     *) echo "check_prereqs.sh: unknown check $w" >&2; exit 2 ;;
   esac

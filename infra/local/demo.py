@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from infra.local import demo_dicom
 from infra.local.emulators import private_gcloud_env
 from infra.local.stack import REPO, Stack, StackConfig, StackError, exit_on_termination
 from pipeline_common import naming
@@ -258,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         written = copy_overlays(env, ordered, out_dir)
         print(f"\n{len(written)} overlays and heat maps copied to {out_dir}/")
         print(f"webhooks received: {env['WEBHOOK_LOG']}")
+        dicom_lines, dicom_problems = demo_dicom.report(env, ordered)
+        print("\n" + "\n".join(dicom_lines))
 
-        problems = _surprises(outcomes, [p.name for p in files], _manifest(samples))
+        problems = _surprises(outcomes, [p.name for p in files], _manifest(samples)) + dicom_problems
         if problems:
             print("\nDEMO FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
             print(f"see the logs in {log_dir}/", file=sys.stderr)

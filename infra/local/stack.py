@@ -1,15 +1,14 @@
 """The local stack's topology: which processes, emulators, topics and push subscriptions make up
-the pipeline on one machine, and its CLI: ``python -m infra.local.stack up|down|status|check-ports``.
-
-How it is run (README, "Local stack"); process supervision: :mod:`infra.local.supervision`.
+the pipeline on one machine. Its command line is :mod:`infra.local.stack_cli` (``make up``);
+process supervision is :mod:`infra.local.supervision`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from infra.local import eventarc_bridge, viewer
+from infra.local import eventarc_bridge, orthanc, viewer
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -43,7 +42,7 @@ from infra.local.supervision import (
     write_private,
 )
 
-__all__ = ["Ports", "Stack", "StackConfig", "StackError", "exit_on_termination", "main"]
+__all__ = ["Ports", "Stack", "StackConfig", "StackError", "exit_on_termination"]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -123,6 +122,7 @@ class Stack:
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
             "BRIDGE_URL": c.url("bridge"),
+            **orthanc.urls(c.url("orthanc")),
             "LOCAL_LOG_DIR": str(c.log_dir),
             **gcloud_storage_env(gcs),
             "CLOUDSDK_CORE_PROJECT": c.project,
@@ -169,6 +169,7 @@ class Stack:
         # The webhook logs describe this stack's run (fake-gcs-server keeps objects in memory only).
         for log in (c.webhook_log, c.webhook_log.with_suffix(".attempts.jsonl")):
             log.unlink(missing_ok=True)
+        shutil.rmtree(c.root / "orthanc", ignore_errors=True)  # the DICOMweb store too
         self.records = []
         try:
             self._start_all()
@@ -243,7 +244,8 @@ class Stack:
         procs: list[tuple[str, subprocess.Popen, Path, str]] = []
         py = sys.executable
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
-                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge")}  # fmt: skip
+                "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
+                "orthanc": c.url("orthanc")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
             p, log = self._spawn(name, cmd, env, urls[name], health)
@@ -262,6 +264,7 @@ class Stack:
             webhook_env,
             viewer.HEALTH_PATH,
         )
+        spawn("orthanc", self._orthanc_command(), self._child_env({}), "/system")
 
         service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
         cmd = [
@@ -313,6 +316,16 @@ class Stack:
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
 
+    def _orthanc_command(self) -> list[str]:
+        c = self.config
+        return orthanc.stack_command(c.root, c.ports.orthanc, c.orthanc_refuse_study_prefix)
+
+    def start_orthanc(self) -> None:
+        """Start the DICOMweb store again (after a test stopped it); recorded like the others."""
+        url = self.config.url("orthanc")
+        proc, log = self._spawn("orthanc", self._orthanc_command(), self._child_env({}), url, "/system")
+        wait_http(url + "/system", 60, proc, log)
+
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"
         link.unlink(missing_ok=True)
@@ -337,71 +350,3 @@ class Stack:
         components = (self._load() or {}).get("components", [])
         bridge = next((r for r in components if r["name"] == "eventarc-bridge"), None)
         return eventarc_bridge.fetch_stats(bridge["url"]) if bridge else None
-
-
-def _cmd_status(stack: Stack) -> int:
-    rows = stack.status()
-    if not rows:
-        print(f"local stack: not running (no {stack.config.state_file})")
-        return 0
-    print(f"{'component':<18} {'pid':>7}  {'state':<10} {'url':<28} log")
-    for r in rows:
-        state = "running" if r["alive"] else "stopped"
-        if r["alive"] and r["healthy"] is False:
-            state = "unhealthy"
-        if r.get("leader_exited"):
-            state = "orphaned"  # its leader died, other processes of its group remain
-        print(f"{r['name']:<18} {r['pid']:>7}  {state:<10} {r['url']:<28} {r['log']}")
-    events_ok = eventarc_bridge.print_stats(stack.event_stats())
-    if all(r["alive"] and not r["leader_exited"] and r["healthy"] is not False for r in rows):
-        print(f"\nall running; `source {stack.config.env_file}` to use it")
-        if not events_ok:
-            print(f"some events could not be delivered: see {stack.config.log_dir / 'eventarc-bridge.log'}")
-        return 0 if events_ok else 1
-    print("\nsome components are not running: see their logs; `make down` then `make up`")
-    return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "check-ports"])
-    parser.add_argument("--root", default=os.environ.get("LOCAL_ROOT", str(REPO / ".local")))
-    args = parser.parse_args(argv)
-    try:
-        stack = Stack(StackConfig.from_env(args.root))
-    except StackError as exc:
-        print(f"local stack: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "check-ports":
-        if stack.running():
-            return 0  # ours: `up` will say it is already running
-        problems = busy_ports(stack.config.ports)
-        for p in problems:
-            print(f"prerequisite missing: {p}", file=sys.stderr)
-        return 1 if problems else 0
-    if args.command == "up":
-        exit_on_termination()
-        if stack.running():
-            print(f"the local stack is already running from {stack.config.root} (`make down` stops it)")
-            return _cmd_status(stack)
-        print(
-            f"starting the local stack under {stack.config.root} (logs: {stack.config.log_dir}) ...",
-            flush=True,
-        )
-        try:
-            stack.up()
-        except (StackError, EmulatorError) as exc:
-            print(f"\nmake up failed: {exc}\nlogs: {stack.config.log_dir}", file=sys.stderr)
-            return 1
-        print(f"local stack up in {stack.started_in_s:.0f}s")
-        _cmd_status(stack)
-        return 0
-    if args.command == "down":
-        stopped = stack.down()
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-        return 0
-    return _cmd_status(stack)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

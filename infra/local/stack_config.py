@@ -53,6 +53,7 @@ class Ports:
     service: int = 8082
     webhook: int = 8083
     bridge: int = 8084
+    orthanc: int = 8086  # not 8042: the Debian package may run a system Orthanc there
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -112,6 +113,8 @@ class StackConfig:
     webhook_env: dict[str, str] = field(default_factory=dict)
     webhook_fail_first: int = 0
     ready_timeout_s: float = 600.0
+    # The DICOMweb store refuses STOW-RS to studies whose UID starts with this (tests).
+    orthanc_refuse_study_prefix: str | None = None
 
     @classmethod
     def from_env(cls, root: Path | str = ".local") -> StackConfig:

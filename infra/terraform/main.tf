@@ -44,8 +44,12 @@ locals {
       MAX_PIXELS = var.max_pixels == null ? "" : tostring(var.max_pixels)
       # The service records `retries_exhausted` one delivery before Pub/Sub dead-letters the message.
       MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+      # Results as DICOM objects, STOW-RS with the runtime's own identity (healthcare.tf).
+      DICOMWEB_URL  = local.dicomweb_url == null ? "" : local.dicomweb_url
+      DICOMWEB_AUTH = local.dicomweb_url == null ? "" : "google"
     }, var.service_extra_env) : k => v if v != null && v != ""
   }
+  dicomweb_url = var.enable_dicom_store ? "https://healthcare.googleapis.com/v1/${google_healthcare_dicom_store.results[0].id}/dicomWeb" : var.dicomweb_url
 
   # Only the push endpoint verifies Pub/Sub's OIDC token; the job has no HTTP surface.
   # CONCURRENCY sizes the server's worker threads to the requests Cloud Run sends at once.
@@ -66,18 +70,22 @@ locals {
     }, var.function_extra_env) : k => v if v != null && v != ""
   }
 
-  apis = setunion([
-    "artifactregistry.googleapis.com",
-    "cloudbuild.googleapis.com",
-    "cloudfunctions.googleapis.com",
-    "eventarc.googleapis.com",
-    "iam.googleapis.com",
-    "logging.googleapis.com",
-    "pubsub.googleapis.com",
-    "run.googleapis.com",
-    "secretmanager.googleapis.com",
-    "storage.googleapis.com",
-  ], var.kms_key_name == null ? [] : ["cloudkms.googleapis.com"])
+  apis = setunion(
+    [
+      "artifactregistry.googleapis.com",
+      "cloudbuild.googleapis.com",
+      "cloudfunctions.googleapis.com",
+      "eventarc.googleapis.com",
+      "iam.googleapis.com",
+      "logging.googleapis.com",
+      "pubsub.googleapis.com",
+      "run.googleapis.com",
+      "secretmanager.googleapis.com",
+      "storage.googleapis.com",
+    ],
+    var.kms_key_name == null ? [] : ["cloudkms.googleapis.com"],
+    var.enable_dicom_store ? ["healthcare.googleapis.com"] : [],
+  )
 }
 
 resource "google_project_service" "enabled" {

@@ -74,3 +74,8 @@ output "service_accounts" {
     push_invoker     = google_service_account.push_invoker.email
   }
 }
+
+output "dicomweb_url" {
+  description = "DICOMweb base URL the service and the job store results to (null: none)."
+  value       = local.dicomweb_url
+}

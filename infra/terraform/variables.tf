@@ -371,3 +371,30 @@ variable "job_max_retries" {
   type        = number
   default     = 1
 }
+
+# ---------------------------------------------------------------------------------------------
+# Results as DICOM objects in a DICOMweb store (healthcare.tf)
+# ---------------------------------------------------------------------------------------------
+variable "enable_dicom_store" {
+  description = "Create a Cloud Healthcare API dataset and DICOM store, grant the service and the job roles/healthcare.dicomEditor on it, and send every result's SEG and SR there (STOW-RS)."
+  type        = bool
+  default     = false
+}
+
+variable "dicom_dataset_id" {
+  description = "Healthcare dataset created when enable_dicom_store is true (in var.region)."
+  type        = string
+  default     = "dicom-pipeline"
+}
+
+variable "dicom_store_id" {
+  description = "DICOM store created in that dataset when enable_dicom_store is true."
+  type        = string
+  default     = "ai-results"
+}
+
+variable "dicomweb_url" {
+  description = "An existing DICOMweb store's base URL (STOW-RS with Application Default Credentials), when enable_dicom_store is false; null: no store."
+  type        = string
+  default     = null
+}

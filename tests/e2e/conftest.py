@@ -25,6 +25,8 @@ from infra.local.demo import UploadOutcome, read_webhooks, storage_client, wait_
 from infra.local.emulators import EmulatorError, private_gcloud_env
 from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig, StackError
 
+# The local DICOMweb store (Orthanc) refuses STOW-RS to studies whose UID starts with this.
+REFUSED_STUDY_PREFIX = "2.25.4242."
 # What a component that lost the race for its port says (java, Go, gunicorn, Python).
 BIND_FAILURE = re.compile(r"address already in use|BindException|Connection in use|is in use by", re.I)
 
@@ -93,6 +95,7 @@ def local_stack(tmp_path_factory) -> Iterator[LocalStack]:
         ports=Ports.free(),
         project="e2e-project",
         bucket="e2e-uploads",
+        orthanc_refuse_study_prefix=REFUSED_STUDY_PREFIX,
         service_env={
             "LIME_NUM_SAMPLES": os.environ.get("E2E_LIME_NUM_SAMPLES", "100"),
             # The redelivery test fails the webhook once more than this: pin it to what it assumes.

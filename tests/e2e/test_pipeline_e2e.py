@@ -23,6 +23,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
+from gpu_service.explain import Explanation
 from gpu_service.synthetic import make_radiograph, to_dicom_dataset
 from gpu_service.webhook_signature import idempotency_key
 from infra.local.emulators import create_subscription, pull
@@ -36,7 +37,11 @@ ARTIFACTS = {
     naming.OVERLAY_SUFFIX: "overlay",
     naming.HEATMAP_SUFFIX: "heatmap",
     naming.RESULT_SUFFIX: "result",
+    naming.SEG_SUFFIX: "seg",
+    naming.SR_SUFFIX: "sr",
 }
+if "pixel_weights" in Explanation.__dataclass_fields__:  # the explanation's weight map, as a SEG too
+    ARTIFACTS[naming.HEATMAP_SEG_SUFFIX] = "heatmap"
 
 
 def write_radiograph(path: Path, seed: int, nodule: bool = True, size: int = 192) -> Path:

@@ -1,0 +1,141 @@
+"""What the DICOM result objects share: roles, deterministic UIDs, label codes, the source's
+header as highdicom gets it, and the algorithm that made the result. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, generate_uid
+
+SEG = "seg"
+SR = "sr"
+HEATMAP = "heatmap"
+ROLES = (SEG, SR, HEATMAP)
+SERIES_NUMBERS = {SEG: 9901, SR: 9902, HEATMAP: 9903}
+SERIES_DESCRIPTIONS = {
+    SEG: "AI LIME explanation mask (unverified)",
+    SR: "AI finding report (unverified)",
+    HEATMAP: "AI LIME weight map (unverified)",
+}
+MANUFACTURER = "dicom-pipeline"
+# Findings with a SNOMED CT concept; other labels use the model's own codes (sidecar "codes")
+# or, without them, a private scheme named for the model.
+SNOMED_FINDINGS = {
+    "nodule": codes.SCT.Nodule,
+    "normal": codes.SCT.Normal,
+    "mass": codes.SCT.Mass,
+}
+# Type 2 attributes of the patient and study modules copied from the source: added empty when
+# the source lacks them, as the standard allows (highdicom copies what is there).
+TYPE2_EMPTY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# highdicom's log lines name the source's UIDs (patient data, never logged): silenced; what
+# goes wrong reaches the record as the reason an object is absent.
+logging.getLogger("highdicom").setLevel(logging.CRITICAL + 1)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What made the result: the model and the explanation method with its parameters."""
+
+    name: str
+    version: str
+    sha256: str
+    lime_parameters: Mapping[str, Any] = field(default_factory=dict)
+    label_codes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The upload's correlation id: the run that made this object, so one upload's journey can be
+    # followed from the bucket through the logs and the webhook into the PACS.
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    labels: Sequence[str]
+    probabilities: Sequence[float]
+    label_index: int  # the predicted (and explained) label
+
+    @property
+    def label(self) -> str:
+        return self.labels[self.label_index]
+
+
+def object_uid(dedup_key: str, model_sha256: str, role: str) -> UID:
+    """The same upload, model and role always give the same UID (redeliveries are idempotent)."""
+    return generate_uid(entropy_srcs=[dedup_key, model_sha256, role])
+
+
+def encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def finding_code(
+    label: str, label_codes: Mapping[str, Mapping[str, str]], model_name: str
+) -> hd.sr.CodedConcept:
+    own = label_codes.get(label)
+    if own:
+        return hd.sr.CodedConcept(
+            value=str(own["value"]),
+            scheme_designator=str(own["scheme"]),
+            meaning=str(own.get("meaning", label)),
+        )
+    known = SNOMED_FINDINGS.get(label.strip().lower())
+    if known is not None:
+        return hd.sr.CodedConcept(known.value, known.scheme_designator, known.meaning)
+    scheme = "99" + re.sub(r"[^A-Z0-9]", "", model_name.upper())[:14]  # "99…": a local coding scheme
+    return hd.sr.CodedConcept(
+        value=label[:64] or "unnamed", scheme_designator=scheme or "99MODEL", meaning=label[:64]
+    )
+
+
+def source_header(ds: Dataset) -> Dataset:
+    """The source without its pixels (highdicom reads the header only), Type 2 gaps filled empty."""
+    header = Dataset()
+    header.update({elem.tag: elem for elem in ds if elem.keyword not in _PIXEL_KEYWORDS})
+    header.file_meta = getattr(ds, "file_meta", Dataset())
+    for keyword in TYPE2_EMPTY:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    if not header.get("SliceThickness"):
+        # highdicom would copy the pixel spacing into a Pixel Measures item that its own reader
+        # refuses without a slice thickness (secondary captures, RGB photos, some NM).
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in header:
+                delattr(header, keyword)
+    return header
+
+
+def algorithm_parameters(algorithm: Algorithm) -> dict[str, str]:
+    params = {"model_sha256": algorithm.sha256, "explanation": "LIME"}
+    if algorithm.correlation_id:
+        params["correlation_id"] = algorithm.correlation_id
+    for key in sorted(algorithm.lime_parameters):
+        params[f"lime_{key}"] = str(algorithm.lime_parameters[key])[:64]
+    return params
+
+
+def n_frames_of(source: Dataset) -> int:
+    try:
+        return max(1, int(source.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1

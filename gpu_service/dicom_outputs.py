@@ -1,0 +1,154 @@
+"""One completed result's DICOM objects: built (:mod:`gpu_service.dicom_objects`), written beside
+the upload as ``STEM.seg.dcm`` / ``STEM.sr.dcm`` (``STEM.heatmap.seg.dcm`` with a weight map),
+then sent by STOW-RS when ``DICOMWEB_URL`` is set (:mod:`gpu_service.dicomweb`).
+
+The result record is written only after this returns, so a stored record never claims objects
+that were not written or stored. What the record says about them is :func:`dicom_section`
+(the ``dicom`` block of docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from gpu_service import dicom_objects
+from gpu_service.dicom_objects import HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
+from gpu_service.dicomweb import DicomWebStore
+from gpu_service.settings import Settings
+from gpu_service.storage import WriteOutcome, Written
+from pipeline_common import naming
+
+SUFFIXES = {SEG: naming.SEG_SUFFIX, SR: naming.SR_SUFFIX, HEATMAP: naming.HEATMAP_SEG_SUFFIX}
+CONTENT_TYPE = "application/dicom"
+
+# write(suffix, role, data, content type) -> Written; uri(suffix) -> gs:// URI of that output
+WriteFn = Callable[[str, str, bytes, str], Written]
+UriFn = Callable[[str], str]
+
+
+class Superseded(Exception):
+    """A newer generation's output holds the name: this result is stale, nothing to store."""
+
+
+def make_store(settings: Settings) -> DicomWebStore | None:
+    if not settings.dicomweb_url:
+        return None
+    return DicomWebStore(settings.dicomweb_url, settings.dicomweb_auth, settings.dicomweb_timeout_s)
+
+
+def dicom_section(
+    objects: DicomObjects, uris: Mapping[str, str], dicomweb_url: str | None, stored: bool | None
+) -> dict[str, Any]:
+    """The record's ``dicom`` block: where each object is, its UIDs, and why any is absent."""
+    section: dict[str, Any] = {
+        "seg_uri": uris.get(SEG),
+        "sr_uri": uris.get(SR),
+        "study_instance_uid": objects.study_instance_uid,
+        "series_instance_uids": {r: str(ds.SeriesInstanceUID) for r, ds in objects.objects.items()},
+        "sop_instance_uids": {r: str(ds.SOPInstanceUID) for r, ds in objects.objects.items()},
+        "absent": dict(objects.absent),
+        "dicomweb": None,
+    }
+    if HEATMAP in uris:
+        section["heatmap_uri"] = uris[HEATMAP]
+    if dicomweb_url:
+        section["dicomweb"] = {
+            "url": dicomweb_url,
+            "stored": sorted(objects.objects) if stored is not None else [],
+            "already_present": bool(stored),
+        }
+    return section
+
+
+def publish(
+    *,
+    source: Dataset,
+    mask: np.ndarray,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int,
+    pixel_weights: np.ndarray | None,
+    write: WriteFn,
+    uri: UriFn,
+    store: DicomWebStore | None,
+    dicomweb_url: str | None = None,
+) -> dict[str, Any]:
+    """Build, write and store; returns the record's ``dicom`` block.
+
+    Raises :class:`~gpu_service.dicomweb.StoreUnavailable` (an ``OSError``: transient) or
+    :class:`~gpu_service.dicomweb.StoreRejected` (permanent) from the store, and
+    :class:`Superseded` when a newer upload's output holds a name.
+    """
+    objects = dicom_objects.build_objects(
+        source, mask, finding, algorithm, dedup_key, frame_index, pixel_weights=pixel_weights
+    )
+    uris: dict[str, str] = {}
+    for role, ds in objects.objects.items():
+        suffix = SUFFIXES[role]
+        written = write(suffix, role, dicom_objects.encode(ds), CONTENT_TYPE)
+        if written.outcome is WriteOutcome.SUPERSEDED:
+            raise Superseded(role)
+        uris[role] = uri(suffix)
+    stored: bool | None = None
+    if store is not None and objects.objects:
+        stored = store.store(list(objects.objects.values())).already_present
+    return dicom_section(objects, uris, dicomweb_url or (store.url if store else None), stored)
+
+
+def publish_result(
+    *,
+    source: Dataset,
+    explanation: Any,
+    probs: np.ndarray,
+    model: Any,
+    dedup_key: str,
+    frame_index: int,
+    write: WriteFn,
+    uri: UriFn,
+    store: DicomWebStore | None,
+    correlation_id: str = "",
+) -> dict[str, Any]:
+    """:func:`publish` for one inference: the explained label is the finding."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    labels = (
+        list(model.labels) if len(model.labels) == probs.size else [f"class_{i}" for i in range(probs.size)]
+    )
+    return publish(
+        source=source,
+        mask=explanation.mask,
+        finding=Finding(labels, [float(p) for p in probs], int(explanation.label_index)),
+        algorithm=Algorithm(
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            lime_parameters=_lime_parameters(explanation.params),
+            label_codes=getattr(model, "label_codes", None) or {},
+            correlation_id=correlation_id,
+        ),
+        dedup_key=dedup_key,
+        frame_index=frame_index,
+        # Issue 12's per-pixel weights, when the explanation has them.
+        pixel_weights=getattr(explanation, "pixel_weights", None),
+        write=write,
+        uri=uri,
+        store=store,
+    )
+
+
+def _lime_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that decide the explanation (those a person would set)."""
+    keys = (
+        "num_samples",
+        "num_features",
+        "segmentation",
+        "seed",
+        "kernel_width",
+        "n_superpixels",
+        "label_index",
+    )
+    return {k: params[k] for k in keys if k in params}

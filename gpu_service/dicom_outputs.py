@@ -19,14 +19,14 @@ from gpu_service import dicom_objects
 from gpu_service.dicom_objects import HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
 from gpu_service.dicomweb import DicomWebStore
 from gpu_service.settings import Settings
-from gpu_service.storage import WriteOutcome, Written
 from pipeline_common import naming
+from pipeline_common.conditional_write import WriteOutcome, WriteResult
 
 SUFFIXES = {SEG: naming.SEG_SUFFIX, SR: naming.SR_SUFFIX, HEATMAP: naming.HEATMAP_SEG_SUFFIX}
 CONTENT_TYPE = "application/dicom"
 
-# write(suffix, role, data, content type) -> Written; uri(suffix) -> gs:// URI of that output
-WriteFn = Callable[[str, str, bytes, str], Written]
+# write(suffix, role, data, content type) -> WriteResult; uri(suffix) -> gs:// URI of that output
+WriteFn = Callable[[str, str, bytes, str], WriteResult]
 UriFn = Callable[[str], str]
 
 

@@ -301,7 +301,7 @@ def test_a_weight_map_on_the_explanation_becomes_a_stored_heatmap_seg(orthanc_ur
     from types import SimpleNamespace
 
     from gpu_service import dicom_outputs
-    from gpu_service.storage import WriteOutcome, Written
+    from pipeline_common.conditional_write import WriteOutcome, WriteResult
 
     source = pydicom.dcmread(io.BytesIO(dicom_bytes(size=64, seed=51)))
     mask = np.zeros((64, 64), dtype=bool)
@@ -313,9 +313,9 @@ def test_a_weight_map_on_the_explanation_becomes_a_stored_heatmap_seg(orthanc_ur
     model_info = SimpleNamespace(name="m", version="1", sha256="ef" * 32, labels=["normal", "nodule"])
     written: dict[str, bytes] = {}
 
-    def write(suffix: str, role: str, data: bytes, content_type: str) -> Written:
+    def write(suffix: str, role: str, data: bytes, content_type: str) -> WriteResult:
         written[suffix] = data
-        return Written(WriteOutcome.WRITTEN, 1)
+        return WriteResult(WriteOutcome.CREATED, 1)
 
     section = dicom_outputs.publish_result(
         source=source,

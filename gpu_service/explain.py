@@ -1,15 +1,8 @@
-"""LIME for images, with lime's own algorithm and none of its per-sample overhead.
-
-We keep exactly what `lime_image.LimeImageExplainer.explain_instance` computes: its
-segmentation wrapper, its sampling (`randint(0, 2)` rows, first row all ones), cosine
-distances, its kernel and `LimeBase`'s feature selection and ridge regression. Only the
-slow part is replaced: lime builds each perturbed image in a Python loop over samples and
-segments and calls the model ten images at a time. Here a batch of perturbations is one
-gather + select (on the accelerator when TensorFlow sees one), built in a background
-thread while the previous batch is in `predict_fn`, and batches are large.
-
-`predict_fn` is the only way to the model, so a cross-request batcher can sit behind it.
-"""
+"""LIME for images: what `lime_image.LimeImageExplainer.explain_instance` computes (segmentation,
+sampling, cosine distances, kernel, `LimeBase`'s feature selection and ridge regression), without
+its per-sample loop: a batch of perturbations is one gather + select, built in a background
+thread while the previous batch is in `predict_fn` (the only way to the model, so a batcher
+can sit behind it)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,11 @@ one whose header is longer than the first range (an undefined-length sequence of
 - header-only: what ``ingest_dicom`` does per event (ranged reads at the event's
   generation, header parse, policy check, message body), without the Pub/Sub publish,
   which costs the same in both paths;
+- dcmread + Blob.open: pydicom's own ``dcmread(stop_before_pixels=True, defer_size=4096)``
+  over google-cloud-storage's ``Blob.open("rb", chunk_size=64 KiB)`` (tried in issue 10 in
+  place of the function's own sparse file). Same bytes and requests within one byte per
+  request on plain files, but a deflated file is read whole, pixels included (pydicom
+  inflates the rest of the object at once): not adopted;
 - naive: ``download_as_bytes()`` of the whole object and ``pydicom.dcmread`` on it,
   then the same fields.
 

@@ -6,9 +6,7 @@ ingest_dicom``); it needs only ``pipeline_common`` and ``dicom_ingest`` beside i
 
 from __future__ import annotations
 
-import logging
 import threading
-import warnings
 
 import functions_framework
 from cloudevents.http import CloudEvent
@@ -18,10 +16,7 @@ from dicom_ingest import handler, publisher
 from dicom_ingest.settings import Settings
 from pipeline_common import jsonlog
 
-jsonlog.setup()
-# pydicom logs and warns with element values, which may be patient data: keep them out.
-logging.getLogger("pydicom").disabled = True
-warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+jsonlog.setup()  # also keeps pydicom's logs and warnings (element values: patient data) out
 
 _lock = threading.Lock()
 _storage: storage.Client | None = None

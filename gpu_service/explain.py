@@ -1,19 +1,10 @@
-"""LIME for images, with lime's own algorithm and none of its per-sample overhead.
-
-We keep exactly what `lime_image.LimeImageExplainer.explain_instance` computes: its
-segmentation wrapper, its sampling (`randint(0, 2)` rows, first row all ones), cosine
-distances, its kernel and `LimeBase`'s feature selection and ridge regression. Only the
-slow part is replaced: lime builds each perturbed image in a Python loop over samples and
-segments and calls the model ten images at a time. Here a batch of perturbations is one
-gather + select (on the accelerator when TensorFlow sees one, lime_perturb.py), built in a
-background thread while the previous batch is in `predict_fn`, and batches are large.
-With `target_stability=None, min_relative_weight=0` (lime's fixed mode and top-k) the
-weights and mask equal lime's.
-
-`predict_fn` is the only way to the model, so a cross-request batcher can sit behind it.
-On top of lime: signed per-pixel weights (the heat map), a bootstrap stability figure and,
-with `target_stability`, adaptive sampling (gpu_service/lime_stability.py).
-"""
+"""LIME for images: what `lime_image.LimeImageExplainer.explain_instance` computes (segmentation,
+sampling, cosine distances, kernel, `LimeBase`'s feature selection and ridge regression), without
+its per-sample loop: a batch of perturbations is one gather + select (lime_perturb.py), built in
+a background thread while the previous batch is in `predict_fn` (the only way to the model, so a
+batcher can sit behind it). On top of lime: signed per-pixel weights (the heat map), a bootstrap
+stability figure and, with `target_stability`, adaptive sampling (lime_stability.py); with
+`target_stability=None, min_relative_weight=0` the weights and mask equal lime's."""
 
 from __future__ import annotations
 

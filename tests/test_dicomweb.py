@@ -200,15 +200,16 @@ def test_backfill_job_stores_delivered_results_objects_once_without_recomputing(
     orthanc_url: str,
 ) -> None:
     from gpu_service import job
-    from gpu_service.app import make_store, make_webhook
     from gpu_service.processing import Processor
     from gpu_service.settings import Settings
+    from gpu_service.wiring import make_store, make_webhook
+    from tests.service_support import SECRET
 
     def processor(**overrides: Any) -> Processor:
         settings = Settings(
             project="test-project",
             webhook_url=webhook.url,
-            webhook_secret="test-webhook-secret",
+            webhook_secret=SECRET,
             lime_num_samples=48,
             lime_batch_size=24,
             **overrides,

@@ -46,6 +46,20 @@ def result_list(request: HttpRequest) -> HttpResponse:
     return render(request, "dicom_results/list.html", context)
 
 
+def explanation_summary(body: dict) -> dict | None:
+    """How far to trust the picture (docs/contracts.md, "Explanation fields"): the stability of
+    the highlighted regions, the samples it took, and why there is nothing to show, if so."""
+    explanation = body.get("explanation") if isinstance(body, dict) else None
+    if not isinstance(explanation, dict) or "stability" not in explanation:
+        return None  # a record from before the stability figure
+    reason = explanation.get("reason") or {}
+    return {
+        "stability": explanation.get("stability"),
+        "samples_used": explanation.get("samples_used"),
+        "reason": reason.get("message") if isinstance(reason, dict) else None,
+    }
+
+
 @require_GET
 @staff_required
 def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -62,6 +76,7 @@ def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "scores": sorted(row.scores.items(), key=lambda kv: -kv[1]),
         "timings": sorted(row.timings_ms.items()),
         "dicom_links": links,
+        "explanation": explanation_summary(row.body),
     }
     return render(request, "dicom_results/detail.html", context)
 

@@ -37,6 +37,9 @@ RECORD: dict[str, Any] = {
         "heatmap_uri": "gs://uploads/ward3/scan.heatmap.png",
         "parameters": {"num_samples": 100},
         "top_segments": [3, 1],
+        "stability": 0.9123,
+        "samples_used": 300,
+        "reason": None,
     },
     "dicom": {
         "seg_uri": "gs://uploads/ward3/scan.seg.dcm",

@@ -75,6 +75,8 @@ class ViewerAccessTests(TestCase):
         self.assertContains(page, "nodule (0.930)")
         self.assertContains(page, "demo-cnn 1")
         self.assertContains(page, "explain 900.1")
+        self.assertContains(page, '<dd id="stability">0.91')
+        self.assertContains(page, "LIME's 300 samples")
         self.assertContains(page, 'id="toggle-mask"')
         self.assertContains(page, 'id="toggle-heatmap"')
         for role in ("image", "overlay", "mask", "heatmap", "seg", "sr"):

@@ -263,6 +263,36 @@ def test_a_staged_result_of_an_older_generation_is_recomputed_for_the_newer_one(
     assert response.get_json()["outcome"] == "superseded" and _stats(up).staged_resumed == 0
 
 
+def test_concurrent_redeliveries_of_a_staged_result_commit_one_record(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    down = make_app(dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web", dicomweb_timeout_s=2)
+    blob = upload(bucket_name, "pacs/twins.dcm", dicom_bytes(seed=27))
+    assert down.test_client().post("/", json=envelope(request_body(blob))).status_code == 503
+    up = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+
+    def deliver(_: int) -> Any:
+        return up.test_client().post("/", json=envelope(request_body(blob)))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(deliver, range(4)))
+    assert all(a.status_code == 200 for a in answers), [a.get_json() for a in answers]
+    assert {a.get_json()["outcome"] for a in answers} <= {"completed", "duplicate"}
+    assert _stats(up).inferences == 0 and _stats(up).staged_resumed >= 1
+    body, metadata = read_object(bucket_name, "pacs/twins.result.json")
+    hooks = webhook.accepted()
+    # Twins may each send the webhook (same body, same idempotency key): Django keeps one row.
+    assert hooks and all(h.body == body for h in hooks) and naming.DELIVERED_KEY in metadata
+    record = json.loads(body)
+    found = [i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, record["study_instance_uid"])]
+    assert sorted(found) == sorted(record["dicom"]["sop_instance_uids"].values())
+
+
 def test_backfill_job_stores_delivered_results_objects_once_without_recomputing(
     model: Any,  # noqa: F811
     webhook: WebhookServer,

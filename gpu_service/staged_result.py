@@ -58,6 +58,7 @@ class StagedResults:
                     self._stage(request, record)
                 raise
             dicom_outputs.mark_stored(record["dicom"], stored.already_present)
+            record.setdefault("timings_ms", {})["dicomweb"] = timer.ms["dicomweb"]
         return self.delivery.commit(request, record, RequestOutcome.COMPLETED, timer)
 
     def resume(self, request: InferenceRequest, timer: StageTimer) -> ProcessResult | None:

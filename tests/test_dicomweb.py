@@ -172,7 +172,7 @@ def test_completed_result_is_stored_in_the_source_study_before_its_record(
         seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
         == record["sop_instance_uid"]
     )
-    assert "dicom" in record["timings_ms"]
+    assert "dicom" in record["timings_ms"] and "dicomweb" in record["timings_ms"]  # build+write, STOW
     # The upload's correlation id travels into the objects (algorithm parameters of SEG and SR).
     assert (
         f"correlation_id={record['correlation_id']}"

@@ -80,6 +80,8 @@ class StagedResults:
         if datasets is None:
             log(logger, logging.WARNING, "a staged result's DICOM objects changed; recomputing")
             return None
+        if (record.get("dicom") or {}).get("dicomweb"):
+            record["dicom"]["dicomweb"]["url"] = self.store.url  # the store they go to now
         self.delivery.stats.bump("staged_resumed")
         log(logger, logging.INFO, "staged result found; storing its DICOM objects again, no recompute")
         return self.store_and_commit(request, record, datasets, timer, stage=False)

@@ -1,6 +1,7 @@
 """One completed result's DICOM objects: built (:mod:`gpu_service.dicom_objects`), written beside
 the upload as ``STEM.seg.dcm`` / ``STEM.sr.dcm`` (``STEM.heatmap.seg.dcm`` with a weight map),
-then sent by STOW-RS when ``DICOMWEB_URL`` is set (:mod:`gpu_service.dicomweb`).
+then sent by STOW-RS when ``DICOMWEB_URL`` is set (:mod:`gpu_service.dicomweb`; a redelivery
+after the store was down re-sends them from the bucket: :mod:`gpu_service.staged_result`).
 
 The result record is written only after this returns, so a stored record never claims objects
 that were not written or stored. What the record says about them is :func:`dicom_section`
@@ -10,6 +11,7 @@ that were not written or stored. What the record says about them is :func:`dicom
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,7 +66,22 @@ def dicom_section(
     return section
 
 
-def publish(
+@dataclass(frozen=True)
+class WrittenObjects:
+    """The objects written beside the upload, not yet stored: ``section`` says ``stored: []``."""
+
+    section: dict[str, Any]
+    datasets: list[Dataset]
+
+
+def mark_stored(section: dict[str, Any], already_present: bool) -> None:
+    """The store accepted every object of ``section``: say so in its ``dicomweb`` block."""
+    if section.get("dicomweb"):
+        section["dicomweb"]["stored"] = sorted(section["sop_instance_uids"])
+        section["dicomweb"]["already_present"] = already_present
+
+
+def write_objects(
     *,
     source: Dataset,
     mask: np.ndarray,
@@ -75,15 +92,9 @@ def publish(
     pixel_weights: np.ndarray | None,
     write: WriteFn,
     uri: UriFn,
-    store: DicomWebStore | None,
-    dicomweb_url: str | None = None,
-) -> dict[str, Any]:
-    """Build, write and store; returns the record's ``dicom`` block.
-
-    Raises :class:`~gpu_service.dicomweb.StoreUnavailable` (an ``OSError``: transient) or
-    :class:`~gpu_service.dicomweb.StoreRejected` (permanent) from the store, and
-    :class:`Superseded` when a newer upload's output holds a name.
-    """
+    dicomweb_url: str | None,
+) -> WrittenObjects:
+    """Build and write; raises :class:`Superseded` when a newer upload's output holds a name."""
     objects = dicom_objects.build_objects(
         source, mask, finding, algorithm, dedup_key, frame_index, pixel_weights=pixel_weights
     )
@@ -94,13 +105,27 @@ def publish(
         if written.outcome is WriteOutcome.SUPERSEDED:
             raise Superseded(role)
         uris[role] = uri(suffix)
-    stored: bool | None = None
-    if store is not None and objects.objects:
-        stored = store.store(list(objects.objects.values())).already_present
-    return dicom_section(objects, uris, dicomweb_url or (store.url if store else None), stored)
+    return WrittenObjects(dicom_section(objects, uris, dicomweb_url, None), list(objects.objects.values()))
 
 
-def publish_result(
+def store_written(store: DicomWebStore | None, written: WrittenObjects) -> dict[str, Any]:
+    """STOW-RS of the written objects; returns the record's ``dicom`` block.
+
+    Raises :class:`~gpu_service.dicomweb.StoreUnavailable` (an ``OSError``: transient) or
+    :class:`~gpu_service.dicomweb.StoreRejected` (permanent) from the store.
+    """
+    if store is not None and written.datasets:
+        mark_stored(written.section, store.store(written.datasets).already_present)
+    return written.section
+
+
+def publish_result(*, store: DicomWebStore | None, **inference: Any) -> dict[str, Any]:
+    """Build, write and store the objects of one inference (the explained label is the finding)."""
+    url = store.url if store else None
+    return store_written(store, write_result_objects(dicomweb_url=url, **inference))
+
+
+def write_result_objects(
     *,
     source: Dataset,
     explanation: Any,
@@ -110,15 +135,15 @@ def publish_result(
     frame_index: int,
     write: WriteFn,
     uri: UriFn,
-    store: DicomWebStore | None,
+    dicomweb_url: str | None,
     correlation_id: str = "",
-) -> dict[str, Any]:
-    """:func:`publish` for one inference: the explained label is the finding."""
+) -> WrittenObjects:
+    """:func:`write_objects` for one inference: the explained label is the finding."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     labels = (
         list(model.labels) if len(model.labels) == probs.size else [f"class_{i}" for i in range(probs.size)]
     )
-    return publish(
+    return write_objects(
         source=source,
         mask=explanation.mask,
         finding=Finding(labels, [float(p) for p in probs], int(explanation.label_index)),
@@ -136,7 +161,7 @@ def publish_result(
         pixel_weights=getattr(explanation, "pixel_weights", None),
         write=write,
         uri=uri,
-        store=store,
+        dicomweb_url=dicomweb_url,
     )
 
 

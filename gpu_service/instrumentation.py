@@ -29,6 +29,7 @@ class StageTimer:
 class ProcessorStats:
     inferences: int = 0
     webhooks_sent: int = 0
+    staged_resumed: int = 0  # redeliveries that stored a staged result instead of recomputing
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bump(self, name: str) -> None:

@@ -48,13 +48,16 @@ class RequestOutputs:
             model_sha256=self.model_sha,
         )
 
-    def stored_record(self, request: InferenceRequest) -> StoredRecord | None:
-        """The stored result record for this object, if any (whatever generation/model).
+    def stored_record(
+        self, request: InferenceRequest, suffix: str = naming.RESULT_SUFFIX
+    ) -> StoredRecord | None:
+        """The stored result record (or staged one, ``suffix``) for this object, if any
+        (whatever generation/model).
 
         An object under the record's name that the pipeline did not write for this very
         upload is not a record: processing goes on and ``write_output`` refuses to touch it.
         """
-        found = self.store.read_output(self.location(request, naming.RESULT_SUFFIX))
+        found = self.store.read_output(self.location(request, suffix))
         if found is None:
             return None
         try:

@@ -30,6 +30,7 @@ from gpu_service.outputs import RequestOutputs, StoredRecord
 from gpu_service.pixels import DecodedImage, PixelDecodeError, decode, read_dicom, to_model_input, to_uint8
 from gpu_service.push import InferenceRequest
 from gpu_service.settings import Settings
+from gpu_service.staged_result import StagedResults
 from gpu_service.storage import GcsStore, OutputConflict, SourceUnavailable
 from gpu_service.webhook import WebhookClient
 from pipeline_common import naming
@@ -132,6 +133,7 @@ class Processor:
         self.outputs = RequestOutputs(store, model.info.sha256)
         self.delivery = ResultDelivery(self.outputs, webhook, self.stats)
         self.dicom_store = dicom_outputs.make_store(settings) if settings.dicom_objects else None
+        self.staged = StagedResults(self.outputs, self.delivery, self.dicom_store)
 
     @property
     def model_sha(self) -> str:
@@ -193,7 +195,10 @@ class Processor:
                     stored_generation=str(stored_gen))  # fmt: skip
                 return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
         try:
-            return self._run(request, timer)
+            resumed = self.staged.resume(request, timer)  # the store was down: no recompute
+            return resumed if resumed is not None else self._run(request, timer)
+        except StoreRejected as exc:
+            return self._fail(request, PermanentFailure(exc.code, str(exc)), timer)
         except PermanentFailure as failure:
             return self._fail(request, failure, timer)
 
@@ -232,15 +237,20 @@ class Processor:
         if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
             with timer.stage("dicom"):
                 try:
-                    dicom = self._publish_dicom(request, ds, inference, decoded.image)
+                    dicom = self._write_dicom(request, ds, inference, decoded.image)
                 except dicom_outputs.Superseded:
                     return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
-                except (StoreRejected, OutputConflict) as exc:
+                except OutputConflict as exc:
                     raise PermanentFailure(exc.code, str(exc), ds) from exc
 
         with permanent_unless_transient("record_failed", ds):
-            record = self._completed_record(request, header, inference, decoded.image, timer, dicom)
-        return self.delivery.commit(request, record, RequestOutcome.COMPLETED, timer)
+            record = self._completed_record(
+                request, header, inference, decoded.image, timer, dicom.section if dicom else None
+            )
+        try:  # STOW-RS, then the record; a store that is down finds the record staged next time
+            return self.staged.store_and_commit(request, record, dicom.datasets if dicom else [], timer)
+        except StoreRejected as exc:
+            raise PermanentFailure(exc.code, str(exc), ds) from exc
 
     def _download(self, request: InferenceRequest, timer: StageTimer) -> bytes:
         with timer.stage("download"):
@@ -316,10 +326,10 @@ class Processor:
             dicom=dicom,
         )
 
-    def _publish_dicom(
+    def _write_dicom(
         self, request: InferenceRequest, ds: Any, inference: Inference, decoded: DecodedImage
-    ) -> dict[str, Any]:
-        return dicom_outputs.publish_result(
+    ) -> dicom_outputs.WrittenObjects:
+        return dicom_outputs.write_result_objects(
             source=ds,
             explanation=inference.explanation,
             probs=inference.probs,
@@ -328,7 +338,7 @@ class Processor:
             frame_index=int(decoded.frame_index),
             write=lambda suffix, role, data, ctype: self.outputs.write(request, suffix, role, data, ctype),
             uri=lambda suffix: self.outputs.location(request, suffix).uri,
-            store=self.dicom_store,
+            dicomweb_url=self.dicom_store.url if self.dicom_store else None,
             correlation_id=request.correlation_id,
         )
 

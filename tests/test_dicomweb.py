@@ -31,7 +31,7 @@ from gpu_service.dicomweb import (
 from infra.local import orthanc
 from infra.local.emulators import free_port, stop_process_group, wait_http
 from pipeline_common import naming
-from tests.test_service_processing import make_app, model  # noqa: F401 - fixtures
+from tests.test_service_processing import _stats, make_app, model  # noqa: F401 - fixtures
 
 REFUSED_PREFIX = "2.25.4242."
 
@@ -66,6 +66,29 @@ def objects_for(study_uid: str | None = None, key: str = "b/n.dcm#1") -> dict[st
     )
     assert built.absent == {}
     return built.objects
+
+
+def refused_source(seed: int) -> bytes:
+    """A source whose study the test Orthanc refuses (403)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=seed)))
+    ds.StudyInstanceUID = REFUSED_PREFIX + str(seed)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def count_stow_calls(app: Any) -> list[int]:
+    """Counts the STOW-RS requests of the app's real DICOMweb store (the list's one item)."""
+    store = app.extensions["gpu_service"].processor.dicom_store
+    calls = [0]
+    real = store.store
+
+    def store_counted(datasets: Any) -> Any:
+        calls[0] += 1
+        return real(datasets)
+
+    store.store = store_counted
+    return calls
 
 
 def qido_instances(base: str, study_uid: str) -> list[dict[str, Any]]:
@@ -149,7 +172,7 @@ def test_completed_result_is_stored_in_the_source_study_before_its_record(
         seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
         == record["sop_instance_uid"]
     )
-    assert "dicom" in record["timings_ms"]
+    assert "dicom" in record["timings_ms"] and "dicomweb" in record["timings_ms"]  # build+write, STOW
     # The upload's correlation id travels into the objects (algorithm parameters of SEG and SR).
     assert (
         f"correlation_id={record['correlation_id']}"
@@ -170,20 +193,45 @@ def test_store_down_is_redelivered_and_a_refusal_is_a_failed_record(
     response = down.test_client().post("/", json=envelope(request_body(blob)))
     assert response.status_code == 503 and response.get_json()["outcome"] == "retry"
     assert read_object(bucket_name, "pacs/down.result.json") is None  # nothing claims the objects
-    assert webhook.accepted() == []
+    assert webhook.accepted() == [] and _stats(down).inferences == 1
+    # The record already built is staged for the redelivery; it claims nothing stored.
+    staged_body, staged_meta = read_object(bucket_name, "pacs/down" + naming.PENDING_SUFFIX)
+    staged = json.loads(staged_body)
+    assert staged_meta[naming.MARKER_KEY] == "pending" and staged["status"] == "completed"
+    assert staged["dicom"]["dicomweb"]["stored"] == []
 
     up = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+    stow_calls = count_stow_calls(up)
     response = up.test_client().post("/", json=envelope(request_body(blob)))
     assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
     (hook,) = webhook.accepted()
-    assert {SEG, SR} <= set(json.loads(hook.body)["dicom"]["dicomweb"]["stored"])
+    record = json.loads(hook.body)
+    assert {SEG, SR} <= set(record["dicom"]["dicomweb"]["stored"])
+    # The redelivery stored the staged objects: no model call, no LIME, one STOW-RS, one webhook.
+    assert _stats(up).inferences == 0 and _stats(up).staged_resumed == 1 and stow_calls == [1]
+    assert record["prediction"] == staged["prediction"] and record["explanation"] == staged["explanation"]
+    uids = record["dicom"]["sop_instance_uids"]
+    assert uids == staged["dicom"]["sop_instance_uids"]
+    found = [i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, record["study_instance_uid"])]
+    assert sorted(found) == sorted(uids.values())  # each object exactly once
+    assert json.loads(read_object(bucket_name, "pacs/down.result.json")[0]) == record
+    response = up.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.get_json()["outcome"] == "duplicate" and len(webhook.accepted()) == 1
+    assert stow_calls == [1] and _stats(up).inferences == 0
 
-    data = dicom_bytes(seed=23)
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ds.StudyInstanceUID = REFUSED_PREFIX + "23"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    refused = upload(bucket_name, "pacs/refused.dcm", buffer.getvalue())
+    # A store that refuses the staged objects on the redelivery: a failed record, still no recompute.
+    refused_first = upload(bucket_name, "pacs/refused-later.dcm", refused_source(24))
+    response = down.test_client().post("/", json=envelope(request_body(refused_first)))
+    assert response.status_code == 503 and read_object(bucket_name, "pacs/refused-later.pending.json")
+    response = up.test_client().post("/", json=envelope(request_body(refused_first)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "failed"
+    record = json.loads(webhook.accepted()[-1].body)
+    assert record["status"] == "failed" and record["error"]["code"] == "dicomweb_rejected"
+    assert "403" in record["error"]["message"] and "dicom" not in record
+    assert _stats(up).inferences == 0 and _stats(up).staged_resumed == 2 and stow_calls == [2]
+    assert len(webhook.accepted()) == 2
+
+    refused = upload(bucket_name, "pacs/refused.dcm", refused_source(23))
     response = up.test_client().post("/", json=envelope(request_body(refused)))
     assert response.status_code == 200 and response.get_json()["outcome"] == "failed"
     record = json.loads(webhook.accepted()[-1].body)
@@ -191,6 +239,58 @@ def test_store_down_is_redelivered_and_a_refusal_is_a_failed_record(
     assert "403" in record["error"]["message"]
     assert "dicom" not in record
     assert requests.get(orthanc_url + "/studies", timeout=10).status_code == 200
+
+
+def test_a_staged_result_of_an_older_generation_is_recomputed_for_the_newer_one(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    down = make_app(dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web", dicomweb_timeout_s=2)
+    old = upload(bucket_name, "pacs/regen.dcm", dicom_bytes(seed=25))
+    assert down.test_client().post("/", json=envelope(request_body(old))).status_code == 503
+    assert read_object(bucket_name, "pacs/regen.pending.json") is not None
+    new = upload(bucket_name, "pacs/regen.dcm", dicom_bytes(seed=26))
+    up = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+    response = up.test_client().post("/", json=envelope(request_body(new)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
+    assert _stats(up).inferences == 1 and _stats(up).staged_resumed == 0
+    record = json.loads(webhook.accepted()[-1].body)
+    assert record["source"]["generation"] == str(new.generation)
+    # The older generation's redelivery finds the newer result: nothing is stored for it.
+    response = up.test_client().post("/", json=envelope(request_body(old)))
+    assert response.get_json()["outcome"] == "superseded" and _stats(up).staged_resumed == 0
+
+
+def test_concurrent_redeliveries_of_a_staged_result_commit_one_record(
+    make_app: Any,  # noqa: F811
+    webhook: WebhookServer,
+    bucket_name: str,
+    orthanc_url: str,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    down = make_app(dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web", dicomweb_timeout_s=2)
+    blob = upload(bucket_name, "pacs/twins.dcm", dicom_bytes(seed=27))
+    assert down.test_client().post("/", json=envelope(request_body(blob))).status_code == 503
+    up = make_app(dicomweb_url=orthanc_url + orthanc.DICOMWEB_ROOT)
+
+    def deliver(_: int) -> Any:
+        return up.test_client().post("/", json=envelope(request_body(blob)))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(deliver, range(4)))
+    assert all(a.status_code == 200 for a in answers), [a.get_json() for a in answers]
+    assert {a.get_json()["outcome"] for a in answers} <= {"completed", "duplicate"}
+    assert _stats(up).inferences == 0 and _stats(up).staged_resumed >= 1
+    body, metadata = read_object(bucket_name, "pacs/twins.result.json")
+    hooks = webhook.accepted()
+    # Twins may each send the webhook (same body, same idempotency key): Django keeps one row.
+    assert hooks and all(h.body == body for h in hooks) and naming.DELIVERED_KEY in metadata
+    record = json.loads(body)
+    found = [i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, record["study_instance_uid"])]
+    assert sorted(found) == sorted(record["dicom"]["sop_instance_uids"].values())
 
 
 def test_backfill_job_stores_delivered_results_objects_once_without_recomputing(

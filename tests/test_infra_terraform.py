@@ -545,6 +545,19 @@ def test_checks_catch_broken_wiring(config: dict[str, Any], name: str) -> None:
         check(broken)
 
 
+def test_service_writer_may_write_every_service_output_and_no_upload(config: dict[str, Any]) -> None:
+    """Every suffix the service writes (all of naming.OUTPUT_SUFFIXES but the ingest function's
+    rejection record, ``.pending.json`` included) is in the write condition; an upload is not."""
+    from pipeline_common import naming
+
+    allowed = re.findall(r'"(\.[a-z.]+)"', str(config["locals"]["inference_output_condition"]))
+    assert allowed
+    for suffix in naming.OUTPUT_SUFFIXES:
+        if suffix != naming.REJECTION_SUFFIX:
+            assert any(suffix.endswith(a) for a in allowed), f"the service cannot write STEM{suffix}"
+    assert not any(name.endswith(a) for a in allowed for name in ("x.dcm", "x.DCM", "x"))
+
+
 def test_no_owner_editor_or_key_anywhere_in_text() -> None:
     """Belt and braces over the parsed checks: no basic role or key resource in any file."""
     for path in TF_DIR.rglob("*.tf"):

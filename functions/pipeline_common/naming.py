@@ -22,6 +22,7 @@ MASK_SUFFIX = ".lime.png"
 OVERLAY_SUFFIX = ".overlay.png"
 HEATMAP_SUFFIX = ".heatmap.png"
 RESULT_SUFFIX = ".result.json"
+PENDING_SUFFIX = ".pending.json"  # a completed record staged while the DICOMweb store is down
 REJECTION_SUFFIX = ".rejected.json"
 SEG_SUFFIX = ".seg.dcm"
 SR_SUFFIX = ".sr.dcm"
@@ -33,6 +34,7 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (
     OVERLAY_SUFFIX,
     HEATMAP_SUFFIX,
     RESULT_SUFFIX,
+    PENDING_SUFFIX,
     REJECTION_SUFFIX,
     PREVIEW_SUFFIX,
 )

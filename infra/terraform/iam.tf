@@ -48,9 +48,10 @@ resource "google_service_account" "push_invoker" {
 # objectViewer grant. Suffixes: functions/pipeline_common/naming.py.
 locals {
   writer_role = "roles/storage.objectUser"
-  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.seg.dcm, STEM.sr.dcm
-  # (STEM.heatmap.seg.dcm too); the ingest function never ingests names with these suffixes.
-  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
+  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json,
+  # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm too); the ingest function never ingests names
+  # with these suffixes.
+  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".pending.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
   rejection_condition        = "resource.name.endsWith('.rejected.json')"
 }
 
@@ -203,7 +204,7 @@ resource "google_storage_bucket_iam_member" "gpu_output_writer" {
 
   condition {
     title       = "pipeline-outputs-only"
-    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.seg.dcm, STEM.sr.dcm"
+    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.seg.dcm, STEM.sr.dcm"
     expression  = local.inference_output_condition
   }
 

@@ -104,6 +104,7 @@ def test_orthanc_down_then_up_redelivers_and_stores_exactly_once(local_stack, tm
     try:
         local_stack.gcloud_cp([path], f"gs://{local_stack.bucket}/{name}")
         assert _wait_for_log(log, "DICOMweb store unreachable", start, 120), "no failed store attempt logged"
+        assert _wait_for_log(log, "result staged for the redelivery", start, 60), "nothing staged"
         assert local_stack.webhooks_for(name) == []  # nothing delivered while the store is down
     finally:
         local_stack.stack.start_orthanc()
@@ -111,6 +112,8 @@ def test_orthanc_down_then_up_redelivers_and_stores_exactly_once(local_stack, tm
     assert outcome.status == "completed", outcome.record.get("error")
     time.sleep(5)  # a duplicate delivery would show up by now
     assert len(local_stack.webhooks_for(name)) == 1
+    # The redelivery stored the staged objects: it did not run the model and LIME again.
+    assert "no recompute" in log.read_text(errors="replace")[start:]
     dicom = outcome.record["dicom"]
     assert instances(local_stack, study) == expected_instances(dicom)
 

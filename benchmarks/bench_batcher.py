@@ -4,7 +4,7 @@ with and without the shared cross-request batcher, side by side in one run on on
 Each request does what the service does between download and write: parse and decode a
 DICOM, one prediction, one LIME explanation (``--num-samples`` perturbations in batches of
 ``--lime-batch``). "direct": every request thread calls the model itself; "batched": all
-calls go through one :class:`gpu_service.batcher.Batcher` (``--max-batch`` rows,
+calls go through one :class:`gpu_service.inference.batcher.Batcher` (``--max-batch`` rows,
 ``--wait-ms``). Storage and the webhook are left out: they are I/O, not model time.
 
     .venv/bin/python benchmarks/bench_batcher.py                  # a few minutes on a small CPU
@@ -18,26 +18,20 @@ import contextlib
 import io
 import os
 import queue
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path[:0] = [
-    str(Path(__file__).resolve().parents[1]),
-    str(Path(__file__).resolve().parents[1] / "functions"),
-]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gpu_service import synthetic  # noqa: E402
-from gpu_service.batcher import Batcher  # noqa: E402
-from gpu_service.explain import LimeParams  # noqa: E402
-from gpu_service.instrumentation import StageTimer  # noqa: E402
-from gpu_service.model import LoadedModel, load_model  # noqa: E402
-from gpu_service.pixels import decode, read_dicom, to_model_input, to_uint8  # noqa: E402
-from gpu_service.processing import infer  # noqa: E402
+from devkit import synthetic
+from gpu_service.inference.batcher import Batcher
+from gpu_service.inference.explain import LimeParams
+from gpu_service.inference.model import LoadedModel, load_model
+from gpu_service.inference.pixels import decode, read_dicom, to_model_input, to_uint8
+from gpu_service.pipeline.processing import infer
+from gpu_service.timing import StageTimer
 
 
 def make_dicoms(n: int, size: int) -> list[bytes]:

@@ -4,7 +4,7 @@
 
 For each source size (a synthetic 16-bit DX radiograph) it times, interleaved `--repeat` times
 (median and min, in ms):
-- LIME: `gpu_service.explain.explain` with the bundled demo model, `--samples` perturbations,
+- LIME: `gpu_service.inference.explain.explain` with the bundled demo model, `--samples` perturbations,
   mask at the source's resolution (the service's default path);
 - build: SEG (BINARY LIME mask) + TID 1500 SR with highdicom (`dicom_objects.build_objects`);
 - encode: both to Part 10 bytes (what is written beside the upload);
@@ -25,20 +25,18 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gpu_service import dicom_objects  # noqa: E402
-from gpu_service.dicom_objects import Algorithm, Finding  # noqa: E402
-from gpu_service.dicomweb import DicomWebStore  # noqa: E402
-from gpu_service.explain import LimeParams, explain  # noqa: E402
-from gpu_service.model import load_model  # noqa: E402
-from gpu_service.pixels import decode, to_model_input, to_uint8  # noqa: E402
-from gpu_service.synthetic import make_radiograph, to_dicom_dataset  # noqa: E402
-from infra.local import orthanc  # noqa: E402
-from infra.local.emulators import free_port, stop_process_group, wait_http  # noqa: E402
+from devkit.synthetic import make_radiograph, to_dicom_dataset
+from gpu_service.dicom import objects as dicom_objects
+from gpu_service.dicom.dicomweb_store import DicomWebStore
+from gpu_service.dicom.objects import Algorithm, Finding
+from gpu_service.inference.explain import LimeParams, explain
+from gpu_service.inference.model import load_model
+from gpu_service.inference.pixels import decode, to_model_input, to_uint8
+from infra.local import orthanc
+from infra.local.emulators import free_port, stop_process_group, wait_http
 
 
 def main() -> int:

@@ -18,16 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import requests
+
+from gpu_service.results.webhook_signature import new_secret, signed_headers
+from infra.local import viewer
+from infra.local.emulators import free_port, stop_process_group, wait_http
+from infra.local.stack_config import INHERITED_ENV
+from infra.local.supervision import inherited_env
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "functions"), str(REPO / "tests")]
-
-import requests  # noqa: E402
-
-from gpu_service.webhook_signature import new_secret, signed_headers  # noqa: E402
-from infra.local import viewer  # noqa: E402
-from infra.local.emulators import free_port, stop_process_group, wait_http  # noqa: E402
-from infra.local.stack_config import INHERITED_ENV  # noqa: E402
-from infra.local.supervision import inherited_env  # noqa: E402
 
 
 def _record(i: int) -> bytes:
@@ -55,7 +54,6 @@ def run(n: int, database_url: str | None) -> dict[str, str]:
     port = free_port()
     env = {
         **inherited_env(os.environ, INHERITED_ENV),
-        "PYTHONPATH": f"{REPO / 'functions'}{os.pathsep}{REPO}",
         "WEBHOOK_SECRET": secret,
         "WEBHOOK_LOG": str(root / "hooks.jsonl"),
         **viewer.site_env(root, "bench-password"),
@@ -107,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     columns = {"SQLite": run(args.n, None)}
     if args.postgres:
-        from postgres_server import PostgresServer
+        from devkit.postgres_server import PostgresServer
 
         server = PostgresServer().start()
         try:

@@ -10,7 +10,7 @@ one whose header is longer than the first range (an undefined-length sequence of
   generation, header parse, policy check, message body), without the Pub/Sub publish,
   which costs the same in both paths;
 - dcmread + Blob.open: pydicom's own ``dcmread(stop_before_pixels=True, defer_size=4096)``
-  over google-cloud-storage's ``Blob.open("rb", chunk_size=64 KiB)`` (tried in issue 10 in
+  over google-cloud-storage's ``Blob.open("rb", chunk_size=64 KiB)`` (tried earlier in
   place of the function's own sparse file). Same bytes and requests within one byte per
   request on plain files, but a deflated file is read whole, pixels included (pydicom
   inflates the rest of the object at once): not adopted;
@@ -28,25 +28,23 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicom_ingest import header as hdr
+from dicom_ingest import ingest_policy, message
+from dicom_ingest.reader import RangedReader
+from dicom_ingest.settings import IMAGE_MODALITIES
+from infra.local.emulators import FakeGcsServer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
-
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.sequence import Sequence  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
-from dicom_ingest import header as hdr  # noqa: E402
-from dicom_ingest import ingest_policy, message  # noqa: E402
-from dicom_ingest.reader import RangedReader  # noqa: E402
-from dicom_ingest.settings import IMAGE_MODALITIES  # noqa: E402
-from infra.local.emulators import FakeGcsServer  # noqa: E402
 
 INITIAL, MAXIMUM = 64 * 1024, 1024 * 1024
 
@@ -123,7 +121,7 @@ class CountingFile(io.RawIOBase):
 
 
 def dcmread_blob_open(client, bucket: str, name: str, generation: str, size: int) -> tuple[int, int]:
-    """The issue-10 experiment: pydicom's own header read over google-cloud-storage's BlobReader."""
+    """The rejected experiment: pydicom's own header read over google-cloud-storage's BlobReader."""
     blob = client.bucket(bucket).blob(name, generation=int(generation))
     # The size from the event, as the function has it; without it BlobReader.seek reloads the
     # metadata (one more request, counted below if it happens).

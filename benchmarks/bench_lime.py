@@ -8,9 +8,9 @@ weights) and the same synthetic radiograph it prints, each timed `--repeat` time
 interleaved (so a busy neighbour slows all alike), as median (and min):
 - floor: the same number of images through `LoadedModel.predict` in large batches, i.e.
   N x the model's per-image time, which no LIME with N samples can beat;
-- ours: `gpu_service.explain.explain` through `LoadedModel.predict` (batch 256), mask at
+- ours: `gpu_service.inference.explain.explain` through `LoadedModel.predict` (batch 256), mask at
   1024x1024, everything included (segmentation, perturbation, regression, mask), in lime's
-  fixed mode (N samples, lime's segmentation and top-k, as before issue 12);
+  fixed mode (N samples, lime's segmentation and top-k, the earlier defaults);
 - adaptive: the service's defaults (finer superpixels, stop once the bootstrap stability
   reaches the target, at most N samples): time, samples used and stability, beside the
   fixed run's stability;
@@ -29,19 +29,16 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gpu_service.explain import Explanation, LimeParams, explain, segment  # noqa: E402
-from gpu_service.model import LoadedModel, ModelInfo, load_model  # noqa: E402
-from gpu_service.pixels import to_model_input  # noqa: E402
-from gpu_service.synthetic import make_radiograph  # noqa: E402
+from devkit.synthetic import make_radiograph
+from gpu_service.inference.explain import Explanation, LimeParams, explain, segment
+from gpu_service.inference.model import LoadedModel, ModelInfo, load_model
+from gpu_service.inference.pixels import to_model_input
 
 OUTPUT_SHAPE = (1024, 1024)
 
@@ -93,7 +90,7 @@ def time_lime(
     return time.perf_counter() - started
 
 
-# Before issue 12 (lime's fixed mode and segmentation); the adaptive rows use LimeParams' defaults.
+# The earlier defaults (lime's fixed mode and segmentation); the adaptive rows use LimeParams' defaults.
 FIXED = {
     "n_segments": 50,
     "compactness": 10.0,
@@ -163,7 +160,7 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
         "floor (N x per-image time, large batches)", "floor", f"{1000 * med['floor'] / samples:.3f} ms/image"
     )
     line(
-        "ours (gpu_service.explain)",
+        "ours (gpu_service.inference.explain)",
         "ours",
         f"ours/floor = {med['ours'] / med['floor']:.3f} (min/min {low['ours'] / low['floor']:.3f}, "
         f"median of per-run ratios {np.median(ratios):.3f})",

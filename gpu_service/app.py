@@ -15,16 +15,16 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from gpu_service.acknowledgement import RequestOutcome, ack_status
-from gpu_service.auth import AuthError, PushAuthenticator
-from gpu_service.batcher import Batcher
-from gpu_service.model import LoadedModel
-from gpu_service.processing import Processor
-from gpu_service.push import MessageError, parse_envelope, parse_request
+from gpu_service.inference.batcher import Batcher
+from gpu_service.inference.model import LoadedModel
+from gpu_service.outcome import RequestOutcome, ack_status
+from gpu_service.pipeline.processing import Processor
+from gpu_service.results.cloud_storage import GcsStore
+from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore
-from gpu_service.webhook import WebhookClient
-from gpu_service.wiring import Wired, build_processor, load_warm_model, make_store, make_webhook
+from gpu_service.transport.oidc import AuthError, PushAuthenticator
+from gpu_service.transport.push import MessageError, parse_envelope, parse_request
+from gpu_service.wiring import Wired, build_processor, load_warm_model, make_cloud_storage, make_webhook
 from pipeline_common import jsonlog
 from pipeline_common.jsonlog import log
 
@@ -50,11 +50,11 @@ class Service:
         self,
         settings: Settings,
         model: LoadedModel | None = None,
-        store: GcsStore | None = None,
+        cloud_storage: GcsStore | None = None,
         webhook: WebhookClient | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or make_store(settings)
+        self.cloud_storage = cloud_storage or make_cloud_storage(settings)
         self.webhook = webhook or make_webhook(settings)
         self.model = model
         self.wired: Wired | None = None
@@ -82,7 +82,7 @@ class Service:
                 self.model = load_warm_model(self.settings)
             else:
                 self.model.warmup()
-            self.wired = build_processor(self.settings, self.model, self.store, self.webhook)
+            self.wired = build_processor(self.settings, self.model, self.cloud_storage, self.webhook)
             info = self.model.info
             log(logger, logging.INFO, "model ready", model_name=info.name, model_version=info.version,
                 model_sha256=info.sha256, batching=self.settings.batching)  # fmt: skip
@@ -107,13 +107,13 @@ class Service:
 def create_app(
     settings: Settings | None = None,
     model: LoadedModel | None = None,
-    store: GcsStore | None = None,
+    cloud_storage: GcsStore | None = None,
     webhook: WebhookClient | None = None,
 ) -> Flask:
     """WSGI app factory (``gunicorn 'gpu_service.app:create_app()'``); tests pass a loaded model."""
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
-    service = Service(settings, model, store, webhook)
+    service = Service(settings, model, cloud_storage, webhook)
     if service.authenticator is None:
         log(logger, logging.WARNING, "push authentication is off (PUSH_AUDIENCE unset)")
     elif not settings.push_service_account:

@@ -2,7 +2,7 @@
 
 ``python -m gpu_service.job --prefix gs://bucket/prefix`` | ``--subscription projects/P/subscriptions/S``.
 A delivered result whose DICOM objects the DICOMweb store lacks gets them stored from the
-bytes beside the upload (:mod:`gpu_service.dicom_backfill`). Both reuse the service's processor,
+bytes beside the upload (:mod:`gpu_service.pipeline.dicom_backfill`). Both reuse the service's processor,
 one batcher shared by ``--concurrency`` threads; the exit status is 1 when anything is left to
 retry, so Cloud Run retries the task (done work is skipped).
 """
@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from gpu_service import dicom_backfill
-from gpu_service.acknowledgement import ProcessResult, RequestOutcome, is_acked
-from gpu_service.processing import Processor
-from gpu_service.push import InferenceRequest, MessageError, PubSubMessage, parse_request, request_for_object
+from gpu_service.outcome import ProcessResult, RequestOutcome, is_acked
+from gpu_service.pipeline import dicom_backfill
+from gpu_service.pipeline.processing import Processor
+from gpu_service.request import InferenceRequest, request_for_object
+from gpu_service.results.cloud_storage import GcsStore, ObjectInfo
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore, ObjectInfo
+from gpu_service.transport.push import MessageError, PubSubMessage, parse_request
 from gpu_service.wiring import build_processor, load_warm_model
 from pipeline_common import jsonlog, naming
 from pipeline_common.jsonlog import log
@@ -161,7 +162,9 @@ def run_prefix(
                 stored = processor.existing_result(request)
                 if processor.is_done(request, stored):
                     # Delivered: only its DICOM objects may still be missing from the store.
-                    summary.add(dicom_backfill.ensure_stored(processor, request, stored))
+                    summary.add(
+                        dicom_backfill.ensure_stored(processor.dicomweb, processor.outputs, request, stored)
+                    )
                     return
             except Exception:  # noqa: BLE001 - a listing race or a storage hiccup: retry later
                 logger.exception("cannot inspect object")
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     try:
         if args.prefix:
             summary = run_prefix(
-                processor, processor.store, args.prefix, task_index=args.task_index,
+                processor, processor.cloud_storage, args.prefix, task_index=args.task_index,
                 task_count=args.task_count, concurrency=concurrency,
                 progress_every=max(1, args.progress_every),
             )  # fmt: skip

@@ -7,44 +7,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from gpu_service.webhook_signature import check_secret
+from gpu_service.inference.explain import LimeParams
+from gpu_service.results.webhook_signature import check_secret
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
+from pipeline_common.env import read_bool, read_float, read_int, read_str
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{key} must be a number, got {raw!r}") from None
-
-
 def _optional_float(env: Mapping[str, str], key: str) -> float | None:
-    return _float(env, key, 0.0) if env.get(key, "").strip() else None
-
-
-def _str(env: Mapping[str, str], key: str, default: str | None = None) -> str | None:
-    raw = env.get(key, "").strip()
-    return raw or default
-
-
-def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key, "").strip().lower()
-    if not raw:
-        return default
-    return raw in ("1", "true", "yes", "on")
+    return read_float(env, key, 0.0) if env.get(key, "").strip() else None
 
 
 @dataclass(frozen=True)
@@ -110,42 +84,42 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         settings = cls(
-            project=_str(env, "GOOGLE_CLOUD_PROJECT"),
-            model_uri=_str(env, "MODEL_URI"),
-            webhook_url=_str(env, "WEBHOOK_URL"),
+            project=read_str(env, "GOOGLE_CLOUD_PROJECT"),
+            model_uri=read_str(env, "MODEL_URI"),
+            webhook_url=read_str(env, "WEBHOOK_URL"),
             webhook_secret=env.get("WEBHOOK_SECRET", ""),
-            webhook_timeout_s=_float(env, "WEBHOOK_TIMEOUT_S", 10.0),
-            webhook_max_attempts=_int(env, "WEBHOOK_MAX_ATTEMPTS", 5),
-            webhook_backoff_base_s=_float(env, "WEBHOOK_BACKOFF_BASE_S", 0.5),
-            webhook_backoff_max_s=_float(env, "WEBHOOK_BACKOFF_MAX_S", 8.0),
-            push_audience=_str(env, "PUSH_AUDIENCE"),
-            push_service_account=_str(env, "PUSH_SERVICE_ACCOUNT"),
-            push_certs_url=_str(env, "PUSH_CERTS_URL", GOOGLE_CERTS_URL) or GOOGLE_CERTS_URL,
-            output_bucket=_str(env, "OUTPUT_BUCKET"),
-            output_prefix=(_str(env, "OUTPUT_PREFIX", "") or "").strip("/"),
-            lime_num_samples=_int(env, "LIME_NUM_SAMPLES", 1000),
-            lime_num_features=_int(env, "LIME_NUM_FEATURES", 5),
-            lime_segmentation=_str(env, "LIME_SEGMENTATION"),
-            lime_seed=_int(env, "LIME_SEED", 0),
-            lime_batch_size=_int(env, "LIME_BATCH_SIZE", 0) or None,
-            lime_segmentation_max_side=_int(env, "LIME_SEGMENTATION_MAX_SIDE", 0) or None,
+            webhook_timeout_s=read_float(env, "WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_max_attempts=read_int(env, "WEBHOOK_MAX_ATTEMPTS", 5),
+            webhook_backoff_base_s=read_float(env, "WEBHOOK_BACKOFF_BASE_S", 0.5),
+            webhook_backoff_max_s=read_float(env, "WEBHOOK_BACKOFF_MAX_S", 8.0),
+            push_audience=read_str(env, "PUSH_AUDIENCE"),
+            push_service_account=read_str(env, "PUSH_SERVICE_ACCOUNT"),
+            push_certs_url=read_str(env, "PUSH_CERTS_URL", GOOGLE_CERTS_URL) or GOOGLE_CERTS_URL,
+            output_bucket=read_str(env, "OUTPUT_BUCKET"),
+            output_prefix=(read_str(env, "OUTPUT_PREFIX", "") or "").strip("/"),
+            lime_num_samples=read_int(env, "LIME_NUM_SAMPLES", 1000),
+            lime_num_features=read_int(env, "LIME_NUM_FEATURES", 5),
+            lime_segmentation=read_str(env, "LIME_SEGMENTATION"),
+            lime_seed=read_int(env, "LIME_SEED", 0),
+            lime_batch_size=read_int(env, "LIME_BATCH_SIZE", 0) or None,
+            lime_segmentation_max_side=read_int(env, "LIME_SEGMENTATION_MAX_SIDE", 0) or None,
             lime_target_stability=_optional_float(env, "LIME_TARGET_STABILITY"),
-            lime_max_samples=_int(env, "LIME_MAX_SAMPLES", 0) or None,
+            lime_max_samples=read_int(env, "LIME_MAX_SAMPLES", 0) or None,
             lime_min_relative_weight=_optional_float(env, "LIME_MIN_RELATIVE_WEIGHT"),
-            batching=_bool(env, "BATCHING", True),
-            batch_max_size=_int(env, "BATCH_MAX_SIZE", 256),
-            batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 10.0),
-            concurrency=_int(env, "CONCURRENCY", 4),
-            max_object_bytes=_int(env, "MAX_OBJECT_BYTES", 512 * 1024 * 1024),
-            max_pixels=_int(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
-            max_delivery_attempts=_int(env, "MAX_DELIVERY_ATTEMPTS", 5),
-            ready_wait_s=_float(env, "READY_WAIT_S", 60.0),
-            port=_int(env, "PORT", 8080),
-            log_level=_str(env, "LOG_LEVEL", "INFO") or "INFO",
-            dicom_objects=_bool(env, "DICOM_OBJECTS", True),
-            dicomweb_url=_str(env, "DICOMWEB_URL"),
-            dicomweb_auth=_str(env, "DICOMWEB_AUTH", "none") or "none",
-            dicomweb_timeout_s=_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
+            batching=read_bool(env, "BATCHING", True),
+            batch_max_size=read_int(env, "BATCH_MAX_SIZE", 256),
+            batch_max_wait_ms=read_float(env, "BATCH_MAX_WAIT_MS", 10.0),
+            concurrency=read_int(env, "CONCURRENCY", 4),
+            max_object_bytes=read_int(env, "MAX_OBJECT_BYTES", 512 * 1024 * 1024),
+            max_pixels=read_int(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            max_delivery_attempts=read_int(env, "MAX_DELIVERY_ATTEMPTS", 5),
+            ready_wait_s=read_float(env, "READY_WAIT_S", 60.0),
+            port=read_int(env, "PORT", 8080),
+            log_level=read_str(env, "LOG_LEVEL", "INFO") or "INFO",
+            dicom_objects=read_bool(env, "DICOM_OBJECTS", True),
+            dicomweb_url=read_str(env, "DICOMWEB_URL"),
+            dicomweb_auth=read_str(env, "DICOMWEB_AUTH", "none") or "none",
+            dicomweb_timeout_s=read_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
         )
         settings.validate()
         return settings
@@ -179,3 +153,25 @@ class Settings:
     def give_up_attempt(self) -> int:
         """The delivery at which a transient failure becomes a ``retries_exhausted`` record."""
         return max(1, self.max_delivery_attempts - 1)
+
+
+def lime_params(settings: Settings) -> LimeParams:
+    """The LIME parameters the settings ask for; unset settings keep the inference core's defaults."""
+    params = LimeParams(
+        num_samples=settings.lime_num_samples,
+        num_features=settings.lime_num_features,
+        seed=settings.lime_seed,
+    )
+    if settings.lime_segmentation:
+        params = replace(params, segmentation=settings.lime_segmentation)
+    if settings.lime_batch_size:
+        params = replace(params, batch_size=settings.lime_batch_size)
+    if settings.lime_segmentation_max_side:
+        params = replace(params, segmentation_max_side=settings.lime_segmentation_max_side)
+    if settings.lime_min_relative_weight is not None:
+        params = replace(params, min_relative_weight=settings.lime_min_relative_weight)
+    if settings.lime_target_stability is not None:  # 0: lime's fixed sampling
+        params = replace(params, target_stability=settings.lime_target_stability or None)
+    if params.target_stability is not None and settings.lime_max_samples:
+        params = replace(params, num_samples=settings.lime_max_samples)
+    return params

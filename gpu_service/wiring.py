@@ -1,16 +1,19 @@
-"""A processor built from settings: the one place the Flask app and the Cloud Run job share."""
+"""Every adapter of the service built from settings, and the processor over them: the one place
+the Flask app and the Cloud Run job share. Nothing below this module builds an adapter."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpu_service import dicom_objects
-from gpu_service.batcher import Batcher
-from gpu_service.model import LoadedModel, load_model
-from gpu_service.processing import Processor
+from gpu_service.dicom import objects as dicom_objects
+from gpu_service.dicom.dicomweb_store import DicomWebStore
+from gpu_service.inference.batcher import Batcher
+from gpu_service.inference.model import LoadedModel, load_model
+from gpu_service.pipeline.processing import Processor
+from gpu_service.results.cloud_storage import GcsStore
+from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
-from gpu_service.storage import GcsStore
-from gpu_service.webhook import WebhookClient
+from gpu_service.transport.model_download import download_model
 
 
 def make_webhook(settings: Settings) -> WebhookClient:
@@ -24,12 +27,19 @@ def make_webhook(settings: Settings) -> WebhookClient:
     )
 
 
-def make_store(settings: Settings) -> GcsStore:
+def make_cloud_storage(settings: Settings) -> GcsStore:
     return GcsStore(settings.project, settings.output_bucket, settings.output_prefix)
 
 
+def make_dicomweb_store(settings: Settings) -> DicomWebStore | None:
+    """None when results are not stored as DICOM objects, or no store is configured."""
+    if not (settings.dicom_objects and settings.dicomweb_url):
+        return None
+    return DicomWebStore(settings.dicomweb_url, settings.dicomweb_auth, settings.dicomweb_timeout_s)
+
+
 def load_warm_model(settings: Settings) -> LoadedModel:
-    model = load_model(settings.model_uri, max_batch_size=settings.batch_max_size)
+    model = load_model(settings.model_uri, max_batch_size=settings.batch_max_size, fetch=download_model)
     model.warmup()
     return model
 
@@ -47,7 +57,7 @@ class Wired:
 def build_processor(
     settings: Settings,
     model: LoadedModel,
-    store: GcsStore | None = None,
+    cloud_storage: GcsStore | None = None,
     webhook: WebhookClient | None = None,
     *,
     batching: bool = True,
@@ -59,6 +69,11 @@ def build_processor(
     if settings.batching and batching:
         batcher = Batcher(model.predict, settings.batch_max_size, settings.batch_max_wait_ms)
     processor = Processor(
-        settings, model, store or make_store(settings), webhook or make_webhook(settings), batcher
+        settings,
+        model,
+        cloud_storage or make_cloud_storage(settings),
+        webhook or make_webhook(settings),
+        make_dicomweb_store(settings),
+        batcher,
     )
     return Wired(processor, batcher)

@@ -1,6 +1,6 @@
 """Rebuild the bundled demo DICOMs: ``.venv/bin/python samples/make_samples.py``.
 
-No patient data: two synthetic chest radiographs (``gpu_service.synthetic``, one with a
+No patient data: two synthetic chest radiographs (``devkit.synthetic``, one with a
 planted nodule), two of pydicom's own test files (a CT and a JPEG-LS compressed MR, to
 show that decoding is not limited to the synthetic kind) and one file that only looks
 like DICOM by its name, to show a rejection. ``manifest.json`` says what the pipeline
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.data import get_testdata_file
 
-from gpu_service.synthetic import make_radiograph, to_dicom_dataset
+from devkit.synthetic import make_radiograph, to_dicom_dataset
 
 HERE = Path(__file__).resolve().parent
 SEED = 20240131

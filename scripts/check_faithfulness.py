@@ -22,21 +22,18 @@ import argparse
 import dataclasses
 import io
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gpu_service.explain import LimeParams, explain, upsample_segments  # noqa: E402
-from gpu_service.model import LoadedModel, load_model  # noqa: E402
-from gpu_service.pixels import decode, read_dicom, to_model_input  # noqa: E402
-from gpu_service.synthetic import NODULE_RADIUS_FRACTION, make_radiograph, to_dicom_dataset  # noqa: E402
+from devkit.synthetic import NODULE_RADIUS_FRACTION, make_radiograph, to_dicom_dataset
+from gpu_service.inference.explain import LimeParams, explain, upsample_segments
+from gpu_service.inference.model import LoadedModel, load_model
+from gpu_service.inference.pixels import decode, read_dicom, to_model_input
 
-# Before issue 12: 1000 samples, ~50 SLIC superpixels of a 64-px copy, lime's top 5 positive.
+# The earlier defaults: 1000 samples, ~50 SLIC superpixels of a 64-px copy, lime's top 5 positive.
 TODAY = LimeParams(
     num_samples=1000,
     n_segments=50,

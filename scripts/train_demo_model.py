@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_demo_model.py [--out gpu_service/models/demo]
 
-Images come from `gpu_service.synthetic` at several sizes and go through the same
+Images come from `devkit.synthetic` at several sizes and go through the same
 `pixels.to_model_input` resize the service uses, so the model sees at training time what a
 DICOM of any size becomes at inference time. Prints the held-out accuracy (must be >= 0.95).
 """
@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gpu_service.pixels import to_model_input  # noqa: E402
-from gpu_service.synthetic import make_radiograph, nodule_mask  # noqa: E402
+from devkit.synthetic import make_radiograph, nodule_mask
+from gpu_service.inference.pixels import to_model_input
 
 INPUT_SIZE = (128, 128)
 CHANNELS = 1

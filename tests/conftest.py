@@ -1,7 +1,9 @@
 """Session-wide real emulators: Google's Pub/Sub emulator and fake-gcs-server on loopback.
 
 Tests create their own uniquely named buckets, topics and subscriptions, so
-they share one emulator of each kind without seeing each other's data.
+they share one emulator of each kind without seeing each other's data. Every test that starts a
+server (through these fixtures, or a suite marked ``slow`` itself) is ``slow``:
+``make test-fast`` leaves those out, ``make test`` runs everything.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import pytest
 from infra.local.emulators import FakeGcsServer, PubSubEmulator
 
 PROJECT = "test-project"
+SERVER_FIXTURES = frozenset({"pubsub_emulator", "gcs_server", "bucket_name", "webhook"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +65,7 @@ def bucket_name(gcs_server: FakeGcsServer) -> str:
 @pytest.fixture
 def webhook():
     """A real local HTTP server standing in for Django (see tests/service_support.py)."""
-    from service_support import WebhookServer
+    from tests.support.service import WebhookServer
 
     server = WebhookServer()
     yield server

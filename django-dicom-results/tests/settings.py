@@ -5,7 +5,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from dicom_results.database import database_from_env
+import dj_database_url
+
+from dicom_results.database import tuned_for_webhooks
 
 _TMP = Path(os.environ.get("DICOM_RESULTS_TEST_DIR") or tempfile.mkdtemp(prefix="dicom-results-tests-"))
 
@@ -43,7 +45,15 @@ TEMPLATES = [
         },
     }
 ]
-DATABASES = {"default": database_from_env(_TMP / "db.sqlite3")}
+DATABASES = {
+    "default": tuned_for_webhooks(
+        dj_database_url.parse(
+            os.environ.get("DATABASE_URL") or f"sqlite:///{(_TMP / 'db.sqlite3').resolve()}",
+            conn_max_age=60,
+            conn_health_checks=True,
+        )
+    )
+}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory: the live-server tests write from many threads at once.
     DATABASES["default"]["TEST"] = {"NAME": str(_TMP / "test-db.sqlite3")}

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-
-if TYPE_CHECKING:
-    from dicom_ingest.header_parse import DicomHeader
 
 
 def text_value(ds: Dataset | None, keyword: str) -> str | None:
@@ -83,11 +80,6 @@ def dicom_fields(ds: Dataset, transfer_syntax: str) -> dict[str, Any]:
     out["specific_character_set"] = text_value(ds, "SpecificCharacterSet")
     out["_invalid"] = bad  # removed by check(); names of attributes whose values are not integers
     return out
-
-
-def message_fields(header: DicomHeader) -> dict[str, Any]:
-    """The ``dicom`` section exactly as docs/contracts.md lists it."""
-    return {k: header.dicom.get(k) for k in DICOM_FIELDS}
 
 
 DICOM_FIELDS = (

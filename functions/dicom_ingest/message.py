@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_ingest.header_fields import message_fields
+from dicom_ingest.header_fields import DICOM_FIELDS
 from dicom_ingest.header_parse import DicomHeader
 from pipeline_common import contract, naming
 
@@ -45,6 +45,11 @@ class Upload:
             "content_type": self.content_type,
             "uri": naming.gs_uri(self.bucket, self.name),
         }
+
+
+def message_fields(header: DicomHeader) -> dict[str, Any]:
+    """The ``dicom`` section exactly as docs/contracts.md lists it."""
+    return {k: header.dicom.get(k) for k in DICOM_FIELDS}
 
 
 def inference_request(upload: Upload, header: DicomHeader) -> tuple[bytes, dict[str, str]]:

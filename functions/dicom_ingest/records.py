@@ -19,8 +19,9 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from dicom_ingest.message import Upload
 from dicom_ingest.rejection import Rejection
 from pipeline_common import contract, jsonlog, naming
-from pipeline_common.conditional_write import Relation, WriteOutcome, relation, write_unless_kept
+from pipeline_common.conditional_write import write_unless_kept
 from pipeline_common.timefmt import rfc3339
+from pipeline_common.write_outcome import Relation, WriteOutcome, relation
 
 logger = logging.getLogger("dicom_ingest")
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from pipeline_common import naming
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
+from pipeline_common.env import SettingsError, read_int
+
+__all__ = ["IMAGE_MODALITIES", "Settings", "SettingsError"]
 
 # Modalities that produce images a reader would look at (DICOM PS3.3 C.7.3.1.1.1).
 # Left out on purpose: objects that carry Pixel Data but are not pictures of the
@@ -22,21 +25,8 @@ IMAGE_MODALITIES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
-class SettingsError(ValueError):
-    """A deployment mistake: raised at the first event so it shows up as a failing function."""
-
-
 def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
-    return value
+    return read_int(os.environ, name, default, minimum=1)
 
 
 def _csv(name: str) -> tuple[str, ...] | None:

@@ -137,7 +137,6 @@ class Stack:
         """The process basics (:data:`INHERITED_ENV`), the stack's values, then ``extra``."""
         env = inherited_env(os.environ, INHERITED_ENV)
         env.update(self.env())
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "functions"), str(REPO)])
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra)
         return env

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpu_service.webhook_signature import new_secret
+from gpu_service.results.webhook_signature import new_secret
 from infra.local.emulators import LOOPBACK, free_port, port_is_free
 from infra.local.supervision import port_owner
 

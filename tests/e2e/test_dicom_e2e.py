@@ -15,7 +15,7 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 
-from gpu_service.synthetic import make_radiograph, to_dicom_dataset
+from devkit.synthetic import make_radiograph, to_dicom_dataset
 from infra.local.emulators import stop_process_group
 from infra.local.supervision import is_owned as _owned
 from tests.e2e.conftest import REFUSED_STUDY_PREFIX

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from google.cloud import storage
 
-from gpu_service.synthetic import make_radiograph, to_dicom_dataset
+from devkit.synthetic import make_radiograph, to_dicom_dataset
 from infra.local.demo import storage_client
 from pipeline_common import naming
 

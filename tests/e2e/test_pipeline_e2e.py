@@ -23,9 +23,9 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
-from gpu_service.explain import Explanation
-from gpu_service.synthetic import make_radiograph, to_dicom_dataset
-from gpu_service.webhook_signature import idempotency_key
+from devkit.synthetic import make_radiograph, to_dicom_dataset
+from gpu_service.inference.explain import Explanation
+from gpu_service.results.webhook_signature import idempotency_key
 from infra.local.emulators import create_subscription, pull
 from infra.local.eventarc_bridge import deliver, notification_to_cloudevent
 from pipeline_common import naming

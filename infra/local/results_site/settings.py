@@ -5,7 +5,9 @@ webhook logs, and fake-gcs-server through ``STORAGE_EMULATOR_HOST``."""
 import os
 from pathlib import Path
 
-from dicom_results.database import database_from_env
+import dj_database_url
+
+from dicom_results.database import tuned_for_webhooks
 
 SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
 DEBUG = False
@@ -46,7 +48,14 @@ TEMPLATES = [
         },
     }
 ]
-DATABASES = {"default": database_from_env(os.environ.get("RESULTS_DB", ".local/results.sqlite3"))}
+_SQLITE = Path(os.environ.get("RESULTS_DB", ".local/results.sqlite3")).resolve()
+DATABASES = {
+    "default": tuned_for_webhooks(
+        dj_database_url.parse(
+            os.environ.get("DATABASE_URL") or f"sqlite:///{_SQLITE}", conn_max_age=60, conn_health_checks=True
+        )
+    )
+}
 STATIC_URL = "static/"
 LOGIN_URL = "dicom_results:login"
 LOGIN_REDIRECT_URL = "dicom_results:list"

@@ -1,0 +1,152 @@
+"""One completed result's DICOM objects: built (:mod:`gpu_service.dicom.objects`), written beside
+the upload as ``STEM.seg.dcm`` / ``STEM.sr.dcm`` (``STEM.heatmap.seg.dcm`` with a weight map),
+then sent by STOW-RS when ``DICOMWEB_URL`` is set (:mod:`gpu_service.dicom.dicomweb_store`; a redelivery
+after the store was down re-sends them from the bucket: :mod:`gpu_service.pipeline.staged_result`).
+
+The result record is written only after this returns, so a stored record never claims objects
+that were not written or stored. What the record says about them is :func:`dicom_section`
+(the ``dicom`` block of docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from gpu_service.dicom import objects as dicom_objects
+from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
+from gpu_service.inference.model import label_names
+from pipeline_common import naming
+from pipeline_common.write_outcome import WriteOutcome, WriteResult
+
+SUFFIXES = {SEG: naming.SEG_SUFFIX, SR: naming.SR_SUFFIX, HEATMAP: naming.HEATMAP_SEG_SUFFIX}
+CONTENT_TYPE = "application/dicom"
+
+# write(suffix, role, data, content type) -> WriteResult; uri(suffix) -> gs:// URI of that output
+WriteFn = Callable[[str, str, bytes, str], WriteResult]
+UriFn = Callable[[str], str]
+
+
+class Superseded(Exception):
+    """A newer generation's output holds the name: this result is stale, nothing to store."""
+
+
+def dicom_section(
+    objects: DicomObjects, uris: Mapping[str, str], dicomweb_url: str | None, stored: bool | None
+) -> dict[str, Any]:
+    """The record's ``dicom`` block: where each object is, its UIDs, and why any is absent."""
+    section: dict[str, Any] = {
+        "seg_uri": uris.get(SEG),
+        "sr_uri": uris.get(SR),
+        "study_instance_uid": objects.study_instance_uid,
+        "series_instance_uids": {r: str(ds.SeriesInstanceUID) for r, ds in objects.objects.items()},
+        "sop_instance_uids": {r: str(ds.SOPInstanceUID) for r, ds in objects.objects.items()},
+        "absent": dict(objects.absent),
+        "dicomweb": None,
+    }
+    if HEATMAP in uris:
+        section["heatmap_uri"] = uris[HEATMAP]
+    if dicomweb_url:
+        section["dicomweb"] = {
+            "url": dicomweb_url,
+            "stored": sorted(objects.objects) if stored is not None else [],
+            "already_present": bool(stored),
+        }
+    return section
+
+
+@dataclass(frozen=True)
+class WrittenObjects:
+    """The objects written beside the upload, not yet stored: ``section`` says ``stored: []``."""
+
+    section: dict[str, Any]
+    datasets: list[Dataset]
+
+
+def mark_stored(section: dict[str, Any], already_present: bool) -> None:
+    """The store accepted every object of ``section``: say so in its ``dicomweb`` block."""
+    if section.get("dicomweb"):
+        section["dicomweb"]["stored"] = sorted(section["sop_instance_uids"])
+        section["dicomweb"]["already_present"] = already_present
+
+
+def write_objects(
+    *,
+    source: Dataset,
+    mask: np.ndarray,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int,
+    pixel_weights: np.ndarray | None,
+    write: WriteFn,
+    uri: UriFn,
+    dicomweb_url: str | None,
+) -> WrittenObjects:
+    """Build and write; raises :class:`Superseded` when a newer upload's output holds a name."""
+    objects = dicom_objects.build_objects(
+        source, mask, finding, algorithm, dedup_key, frame_index, pixel_weights=pixel_weights
+    )
+    uris: dict[str, str] = {}
+    for role, ds in objects.objects.items():
+        suffix = SUFFIXES[role]
+        written = write(suffix, role, dicom_objects.encode(ds), CONTENT_TYPE)
+        if written.outcome is WriteOutcome.SUPERSEDED:
+            raise Superseded(role)
+        uris[role] = uri(suffix)
+    return WrittenObjects(dicom_section(objects, uris, dicomweb_url, None), list(objects.objects.values()))
+
+
+def write_result_objects(
+    *,
+    source: Dataset,
+    explanation: Any,
+    probs: np.ndarray,
+    model: Any,
+    dedup_key: str,
+    frame_index: int,
+    write: WriteFn,
+    uri: UriFn,
+    dicomweb_url: str | None,
+    correlation_id: str = "",
+) -> WrittenObjects:
+    """:func:`write_objects` for one inference: the explained label is the finding."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    labels = label_names(model.labels, probs.size)
+    return write_objects(
+        source=source,
+        mask=explanation.mask,
+        finding=Finding(labels, [float(p) for p in probs], int(explanation.label_index)),
+        algorithm=Algorithm(
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            lime_parameters=_lime_parameters(explanation.params),
+            label_codes=getattr(model, "label_codes", None) or {},
+            correlation_id=correlation_id,
+        ),
+        dedup_key=dedup_key,
+        frame_index=frame_index,
+        pixel_weights=getattr(explanation, "pixel_weights", None),
+        write=write,
+        uri=uri,
+        dicomweb_url=dicomweb_url,
+    )
+
+
+def _lime_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that decide the explanation (those a person would set)."""
+    keys = (
+        "num_samples",
+        "num_features",
+        "segmentation",
+        "seed",
+        "kernel_width",
+        "n_superpixels",
+        "label_index",
+    )
+    return {k: params[k] for k in keys if k in params}

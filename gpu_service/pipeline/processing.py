@@ -1,0 +1,378 @@
+"""The pipeline of one inference request: download, decode, predict, explain, render, write, record.
+
+Stages that fail the same way on the same bytes raise :class:`PermanentFailure`, which
+becomes a ``failed`` record; memory and I/O errors propagate as transient (see
+:mod:`gpu_service.outcome`). Every adapter (Cloud Storage, DICOMweb store, webhook) is built by
+:mod:`gpu_service.wiring` and handed in; storing and sending the record is
+:mod:`gpu_service.results.delivery`'s. The protocol is in docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpu_service.dicom import result_objects
+from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected
+from gpu_service.inference import render
+from gpu_service.inference.batcher import Batcher
+from gpu_service.inference.explain import Explanation, LimeParams, explain
+from gpu_service.inference.model import LoadedModel
+from gpu_service.inference.pixels import (
+    DecodedImage,
+    PixelDecodeError,
+    decode,
+    read_dicom,
+    to_model_input,
+    to_uint8,
+)
+from gpu_service.outcome import ProcessResult, RequestOutcome, gives_up, is_transient
+from gpu_service.pipeline.staged_result import StagedResults
+from gpu_service.request import InferenceRequest
+from gpu_service.results import record as result
+from gpu_service.results.cloud_storage import GcsStore, OutputConflict, SourceUnavailable
+from gpu_service.results.delivery import ResultDelivery
+from gpu_service.results.outputs import RequestOutputs, StoredRecord
+from gpu_service.results.webhook import WebhookClient
+from gpu_service.settings import Settings, lime_params
+from gpu_service.timing import StageTimer
+from pipeline_common import naming
+from pipeline_common.jsonlog import log
+from pipeline_common.write_outcome import WriteOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class PermanentFailure(Exception):
+    """A stage failed in a way no retry can fix: recorded as ``failed`` and delivered."""
+
+    def __init__(self, code: str, message: str, dataset: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.dataset = dataset  # the parsed header, when there is one, for the failed record
+
+
+@contextlib.contextmanager
+def permanent_unless_transient(code: str, dataset: Any = None) -> Iterator[None]:
+    """Errors of a pure stage are properties of the input, except memory and I/O errors; a decode
+    error keeps its own code."""
+    try:
+        yield
+    except PermanentFailure:
+        raise
+    except PixelDecodeError as exc:
+        raise PermanentFailure(exc.code, exc.message, dataset) from exc
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise PermanentFailure(code, f"{type(exc).__name__}: {exc}", dataset) from exc
+
+
+def pixel_count(ds: Any) -> int | None:
+    """rows x columns x frames from the header alone (None when it cannot be told)."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return rows * columns * max(frames, 1)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Everything computed from the pixels, before anything is written."""
+
+    preview: np.ndarray
+    probs: np.ndarray
+    explanation: Explanation
+
+
+def infer(
+    predict_fn: Callable[[np.ndarray], np.ndarray],
+    decoded_u8: np.ndarray,
+    model_input: np.ndarray,
+    params: LimeParams,
+    timer: StageTimer,
+) -> Inference:
+    with timer.stage("predict"):
+        probs = np.asarray(predict_fn(model_input[None]))[0]
+    with timer.stage("explain"):
+        explanation = explain(
+            model_input, predict_fn, int(np.argmax(probs)), params, output_shape=decoded_u8.shape[:2]
+        )
+    return Inference(decoded_u8, probs, explanation)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    dataset: Any
+    image: DecodedImage
+    preview: np.ndarray
+    model_input: np.ndarray
+
+
+class _NotRead(enum.Enum):
+    TOKEN = 0
+
+
+NOT_READ = _NotRead.TOKEN
+
+
+class Processor:
+    """One request's processing with one loaded model, over the adapters :mod:`gpu_service.wiring`
+    built (``dicomweb`` None: no DICOMweb store configured)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: LoadedModel,
+        cloud_storage: GcsStore,
+        webhook: WebhookClient,
+        dicomweb: DicomWebStore | None = None,
+        batcher: Batcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.cloud_storage = cloud_storage
+        self.batcher = batcher
+        self.predict_fn = batcher.predict if batcher is not None else model.predict
+        self.params = lime_params(settings)
+        self.outputs = RequestOutputs(cloud_storage, model.info.sha256)
+        self.delivery = ResultDelivery(self.outputs, webhook)
+        self.dicomweb = dicomweb if settings.dicom_objects else None
+        self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
+
+    @property
+    def model_sha(self) -> str:
+        return self.model.info.sha256
+
+    # -- entry points --------------------------------------------------------------------
+    def existing_result(self, request: InferenceRequest) -> StoredRecord | None:
+        return self.outputs.stored_record(request)
+
+    def is_done(self, request: InferenceRequest, stored: StoredRecord | None) -> bool:
+        """Nothing left to do: this generation's result with this model is stored and Django
+        accepted it. A stored but undelivered result is not done: processing re-sends it."""
+        return bool(
+            stored
+            and stored.delivered_at
+            and result.same_work(stored.record, request.uri, request.generation, self.model_sha)
+        )
+
+    def process(
+        self,
+        request: InferenceRequest,
+        delivery_attempt: int | None = None,
+        *,
+        stored: StoredRecord | None | _NotRead = NOT_READ,
+    ) -> ProcessResult:
+        """``stored``: the record :meth:`existing_result` returned, when the caller already read it."""
+        try:
+            return self._process(request, self.existing_result(request) if stored is NOT_READ else stored)
+        except Exception as exc:  # noqa: BLE001 - storage, model/GPU, memory, I/O: transient
+            detail = f"{type(exc).__name__}: {exc}"
+            if not gives_up(delivery_attempt, self.settings.give_up_attempt):
+                logger.exception("processing failed; the message will be redelivered")
+                return ProcessResult(RequestOutcome.RETRY, error_code="transient")
+            logger.exception(
+                "processing failed at the last useful delivery; recording retries_exhausted",
+                extra={"fields": {"delivery_attempt": delivery_attempt}},
+            )
+        try:
+            return self._fail(
+                request,
+                PermanentFailure(
+                    "retries_exhausted", f"still failing at delivery attempt {delivery_attempt}: {detail}"
+                ),
+                StageTimer(),
+            )
+        except Exception:  # noqa: BLE001 - even the record cannot be stored: redeliver
+            logger.exception("cannot record retries_exhausted; the message will be redelivered")
+            return ProcessResult(RequestOutcome.RETRY, error_code="transient")
+
+    # -- the pipeline --------------------------------------------------------------------
+    def _process(self, request: InferenceRequest, existing: StoredRecord | None) -> ProcessResult:
+        timer = StageTimer()
+        if existing is not None:
+            if result.same_work(existing.record, request.uri, request.generation, self.model_sha):
+                return self.delivery.redeliver(request, existing, RequestOutcome.DUPLICATE, timer)
+            stored_gen = result.record_generation(existing.record)
+            if stored_gen is not None and stored_gen > int(request.generation):
+                log(logger, logging.INFO, "a newer generation's result is stored; skipping",
+                    stored_generation=str(stored_gen))  # fmt: skip
+                return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+        try:
+            resumed = self.staged.resume(request, timer)  # the store was down: no recompute
+            return resumed if resumed is not None else self._run(request, timer)
+        except StoreRejected as exc:
+            return self._fail(request, PermanentFailure(exc.code, str(exc)), timer)
+        except PermanentFailure as failure:
+            return self._fail(request, failure, timer)
+
+    def _run(self, request: InferenceRequest, timer: StageTimer) -> ProcessResult:
+        decoded = self._decode(self._download(request, timer), timer)
+        ds = decoded.dataset
+        header = result.merge_header(request.dicom, result.header_from_dataset(ds))
+
+        inference = self._infer(decoded, timer)
+
+        with timer.stage("render"), permanent_unless_transient("render_failed", ds):
+            mask = inference.explanation.mask
+            artifacts = [
+                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview)),
+                (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
+                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask)),
+                (
+                    naming.HEATMAP_SUFFIX,
+                    "heatmap",
+                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights),
+                ),
+            ]
+        with timer.stage("write"):
+            for suffix, role, png in artifacts:
+                try:
+                    written = self.outputs.write(request, suffix, role, png, "image/png")
+                except OutputConflict as exc:
+                    raise PermanentFailure(OutputConflict.code, str(exc), ds) from exc
+                if written.outcome is WriteOutcome.SUPERSEDED:
+                    log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
+                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+        dicom = None
+        if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
+            with timer.stage("dicom"):
+                try:
+                    dicom = self._write_dicom(request, ds, inference, decoded.image)
+                except result_objects.Superseded:
+                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+                except OutputConflict as exc:
+                    raise PermanentFailure(exc.code, str(exc), ds) from exc
+
+        with permanent_unless_transient("record_failed", ds):
+            record = self._completed_record(
+                request, header, inference, decoded.image, timer, dicom.section if dicom else None
+            )
+        try:  # STOW-RS, then the record; a store that is down finds the record staged next time
+            return self.staged.store_and_commit(request, record, dicom.datasets if dicom else [], timer)
+        except StoreRejected as exc:
+            raise PermanentFailure(exc.code, str(exc), ds) from exc
+
+    def _infer(self, decoded: _Decoded, timer: StageTimer) -> Inference:
+        """The model calls of one request (prediction and LIME); model/GPU errors propagate: transient."""
+        with self.batcher.caller() if self.batcher is not None else contextlib.nullcontext():
+            return infer(self.predict_fn, decoded.preview, decoded.model_input, self.params, timer)
+
+    def _download(self, request: InferenceRequest, timer: StageTimer) -> bytes:
+        with timer.stage("download"):
+            try:
+                return self.cloud_storage.fetch_source(
+                    request.bucket, request.name, request.generation, self.settings.max_object_bytes
+                )
+            except SourceUnavailable as exc:
+                raise PermanentFailure(exc.code, exc.message) from exc
+
+    def _decode(self, data: bytes, timer: StageTimer) -> _Decoded:
+        """The pixel budget is checked from the header, before any pixel is decoded."""
+        with timer.stage("decode"):
+            with permanent_unless_transient("decode_failed"):
+                ds = read_dicom(data)
+            pixels = pixel_count(ds)
+            if pixels is not None and pixels > self.settings.max_pixels:
+                raise PermanentFailure(
+                    "image_too_large",
+                    f"rows x columns x frames = {pixels}, above the limit of {self.settings.max_pixels}",
+                    ds,
+                )
+            with permanent_unless_transient("decode_failed", ds):
+                image = decode(ds)
+                info = self.model.info
+                model_input = to_model_input(image, info.input_size, info.channels)
+                return _Decoded(ds, image, to_uint8(image), model_input)
+
+    def _completed_record(
+        self,
+        request: InferenceRequest,
+        header: dict[str, Any],
+        inference: Inference,
+        decoded: DecodedImage,
+        timer: StageTimer,
+        dicom: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        expl, preview = inference.explanation, inference.preview
+        return self._record(
+            request,
+            result.COMPLETED,
+            header,
+            timer,
+            prediction=result.prediction_fields(inference.probs, self.model.info.labels),
+            image_uri=self.outputs.location(request, naming.PREVIEW_SUFFIX).uri,
+            explanation={
+                "method": "lime",
+                "mask_uri": self.outputs.location(request, naming.MASK_SUFFIX).uri,
+                "overlay_uri": self.outputs.location(request, naming.OVERLAY_SUFFIX).uri,
+                **result.explanation_quality(expl, self.outputs.location(request, naming.HEATMAP_SUFFIX).uri),
+                "parameters": expl.params,
+                "top_segments": expl.top_segments,
+                "weights": {str(s): round(expl.weights[s], 6) for s in expl.top_segments},
+                "intercept": round(expl.intercept, 6),
+                "local_score": round(expl.local_score, 6),
+                "label_index": expl.label_index,
+            },
+            image={
+                "rows": int(preview.shape[0]),
+                "columns": int(preview.shape[1]),
+                "frame_index": int(decoded.frame_index),
+                "n_frames": int(decoded.n_frames),
+                "photometric": decoded.photometric,
+            },
+            dicom=dicom,
+        )
+
+    def _write_dicom(
+        self, request: InferenceRequest, ds: Any, inference: Inference, decoded: DecodedImage
+    ) -> result_objects.WrittenObjects:
+        return result_objects.write_result_objects(
+            source=ds,
+            explanation=inference.explanation,
+            probs=inference.probs,
+            model=self.model.info,
+            dedup_key=request.object_key,
+            frame_index=int(decoded.frame_index),
+            write=lambda suffix, role, data, ctype: self.outputs.write(request, suffix, role, data, ctype),
+            uri=lambda suffix: self.outputs.location(request, suffix).uri,
+            dicomweb_url=self.dicomweb.url if self.dicomweb else None,
+            correlation_id=request.correlation_id,
+        )
+
+    def _record(
+        self, request: InferenceRequest, status: str, header: dict[str, Any], timer: StageTimer, **fields: Any
+    ) -> dict[str, Any]:
+        """A result record of this request: what every record, completed or failed, carries."""
+        return result.build_record(
+            status=status,
+            correlation_id=request.correlation_id,
+            bucket=request.bucket,
+            name=request.name,
+            generation=request.generation,
+            header=header,
+            model=self.model.info.as_record(),
+            timings_ms=timer.ms,
+            **fields,
+        )
+
+    def _fail(self, request: InferenceRequest, failure: PermanentFailure, timer: StageTimer) -> ProcessResult:
+        """A permanent failure: record it and tell Django, so nothing is silently dropped."""
+        log(logger, logging.WARNING, "permanent failure", error_code=failure.code)
+        ds = failure.dataset
+        header = result.merge_header(
+            request.dicom, result.header_from_dataset(ds) if ds is not None else None
+        )
+        error = {"code": failure.code, "message": failure.message}
+        record = self._record(request, result.FAILED, header, timer, error=error)
+        return self.delivery.commit(request, record, RequestOutcome.FAILED, timer)

@@ -1,0 +1,167 @@
+"""infra/terraform parsed offline with python-hcl2 (`terraform validate` needs providers CI cannot
+download), plus the look-ups the wiring tests share: resources, blocks, references, variables'
+defaults and IAM grants. A resource with `for_each` over a local map is expanded into its
+instances (`name["key"]`), as Terraform plans it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+
+from tests.support import REPO
+
+TF_DIR = REPO / "infra" / "terraform"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: python-hcl2 keeps HCL's quotes around strings and keys and marks blocks; strip both.
+# ---------------------------------------------------------------------------------------------
+_HCL2_MARKERS = ("__is_block__", "__comments__", "__inline_comments__")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def clean(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {_unquote(k): clean(v) for k, v in node.items() if k not in _HCL2_MARKERS}
+    if isinstance(node, list):
+        return [clean(v) for v in node]
+    if isinstance(node, str):
+        return _unquote(node)
+    return node
+
+
+def load_config(tf_dir: Path = TF_DIR) -> dict[str, Any]:
+    """All .tf files merged: resources, data, variables, locals, outputs, terraform blocks."""
+    cfg: dict[str, Any] = {
+        "resource": {},
+        "data": {},
+        "variable": {},
+        "locals": {},
+        "output": {},
+        "terraform": [],
+    }
+    for path in sorted(tf_dir.glob("*.tf")):
+        with path.open() as fh:
+            doc = clean(hcl2.load(fh))
+        for kind in ("resource", "data"):
+            for entry in doc.get(kind, []):
+                for rtype, named in entry.items():
+                    for name, body in named.items():
+                        assert name not in cfg[kind].setdefault(rtype, {}), f"duplicate {rtype}.{name}"
+                        cfg[kind][rtype][name] = body
+        for entry in doc.get("variable", []):
+            cfg["variable"].update(entry)
+        for entry in doc.get("output", []):
+            cfg["output"].update(entry)
+        for entry in doc.get("locals", []):
+            cfg["locals"].update(entry)
+        cfg["terraform"].extend(doc.get("terraform", []))
+    _expand_for_each(cfg)
+    return cfg
+
+
+_EACH = re.compile(r"\beach\.(key|value)((?:\.[a-z0-9_]+)*)")
+
+
+def _each(key: str, value: Any, which: str, attrs: str) -> Any:
+    picked: Any = key if which == "key" else value
+    for attr in filter(None, attrs.split(".")):
+        picked = picked[attr]
+    return picked
+
+
+def _substitute(node: Any, key: str, value: Any) -> Any:
+    """`each.key` / `each.value[.attr]` replaced by one instance's values, anywhere in a body."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, key, value) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, key, value) for v in node]
+    if not isinstance(node, str):
+        return node
+    whole = re.fullmatch(r"\$\{" + _EACH.pattern + r"\}", node)
+    if whole:
+        return _each(key, value, *whole.groups())
+
+    def inline(match: re.Match[str]) -> str:
+        picked = str(_each(key, value, *match.groups()))
+        inner = re.fullmatch(r"\$\{(.+)\}", picked)
+        return inner.group(1) if inner else json.dumps(picked)
+
+    return _EACH.sub(inline, node)
+
+
+def _expand_for_each(cfg: dict[str, Any]) -> None:
+    """`resource "t" "n" { for_each = local.m }` over a literal map -> instances `n["key"]`."""
+    for named in cfg["resource"].values():
+        for name, body in list(named.items()):
+            match = re.fullmatch(r"\$\{local\.([a-z0-9_]+)\}", str(body.get("for_each", "")))
+            items = cfg["locals"].get(match.group(1)) if match else None
+            if not isinstance(items, dict):
+                continue  # a computed for_each (e.g. a conditional) stays one entry
+            del named[name]
+            for key, value in items.items():
+                instance = {k: v for k, v in body.items() if k != "for_each"}
+                named[f'{name}["{key}"]'] = _substitute(instance, key, value)
+
+
+def bucket(key: str) -> str:
+    """Reference to one of the private buckets (storage.tf): `google_storage_bucket.private["uploads"]`."""
+    return f'google_storage_bucket.private["{key}"]'
+
+
+def res(cfg: dict[str, Any], rtype: str, name: str) -> dict[str, Any]:
+    assert name in cfg["resource"].get(rtype, {}), f"missing resource {rtype}.{name}"
+    return cfg["resource"][rtype][name]
+
+
+def block(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """The single nested block `name` (hcl2 gives blocks as one-element lists)."""
+    value = body.get(name)
+    assert isinstance(value, list) and len(value) == 1, f"expected exactly one {name} block"
+    return value[0]
+
+
+def ref(expr: Any) -> str:
+    """`${google_x.y.attr}` -> `google_x.y.attr` (other values unchanged, as strings)."""
+    text = str(expr)
+    match = re.fullmatch(r"\$\{(.+)\}", text)
+    return match.group(1) if match else text
+
+
+def resolve(cfg: dict[str, Any], expr: Any) -> Any:
+    """A value that is exactly `${local.x}` or `${var.x}` becomes that local or the variable's default."""
+    match = re.fullmatch(r"\$\{(local|var)\.([a-z0-9_]+)\}", str(expr))
+    if not match:
+        return expr
+    kind, name = match.groups()
+    value = cfg["locals"][name] if kind == "local" else cfg["variable"][name].get("default")
+    return resolve(cfg, value)
+
+
+def default(cfg: dict[str, Any], var: str) -> Any:
+    assert var in cfg["variable"], f"missing variable {var}"
+    return cfg["variable"][var].get("default")
+
+
+def iam_members(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every *_iam_member resource as (type.name, role, body)."""
+    out = []
+    for rtype, named in cfg["resource"].items():
+        if rtype.endswith("_iam_member"):
+            for name, body in named.items():
+                out.append((f"{rtype}.{name}", str(resolve(cfg, body.get("role"))), body))
+    return out
+
+
+def grants_of(cfg: dict[str, Any], member_ref: str) -> list[tuple[str, str, dict[str, Any]]]:
+    return [g for g in iam_members(cfg) if ref(g[2].get("member")) == member_ref]

@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 
 .PHONY: help venv prereqs prereqs-test prereqs-stack ports-free test test-fast lint fmt clean up down status demo
 
-# Checked before anything is installed, so a missing Java or gcloud is reported at once.
+# Checked before the virtual environment. On Debian/Ubuntu as root the check installs the missing
+# system packages (infra/local/debian-packages); elsewhere, or with INSTALL_SYSTEM_PACKAGES=0, it
+# stops at once with the one command to run.
 prereqs-test:
 	@bash infra/local/check_prereqs.sh test
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -19,11 +21,18 @@ from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.model import LoadedModel
 from gpu_service.outcome import RequestOutcome, ack_status
 from gpu_service.pipeline.processing import Processor
+from gpu_service.request import InferenceRequest
 from gpu_service.results.cloud_storage import GcsStore
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
 from gpu_service.transport.oidc import AuthError, PushAuthenticator
-from gpu_service.transport.push import MessageError, parse_envelope, parse_request
+from gpu_service.transport.push import (
+    MessageError,
+    PubSubMessage,
+    parse_delivery,
+    parse_envelope,
+    parse_request,
+)
 from gpu_service.wiring import Wired, build_processor, load_warm_model, make_cloud_storage, make_webhook
 from pipeline_common import jsonlog
 from pipeline_common.jsonlog import log
@@ -143,12 +152,20 @@ def create_app(
 
     @app.post("/")
     def push() -> tuple[Response, int]:
-        return _handle_push(service)
+        return _handle_push(service, parse_request, delivery=False)
+
+    @app.post("/deliver")
+    def deliver() -> tuple[Response, int]:
+        """The delivery subscription: a durable result waits for its downstream (no hand-off, no
+        giving up; docs/contracts.md, "Delivery after a downstream outage")."""
+        return _handle_push(service, parse_delivery, delivery=True)
 
     return app
 
 
-def _handle_push(service: Service) -> tuple[Response, int]:
+def _handle_push(
+    service: Service, parse: Callable[[PubSubMessage], InferenceRequest], *, delivery: bool
+) -> tuple[Response, int]:
     settings = service.settings
     trace_header = request.headers.get("X-Cloud-Trace-Context") or request.headers.get("traceparent")
     trace = jsonlog.trace_field(trace_header, service.project)
@@ -161,7 +178,7 @@ def _handle_push(service: Service) -> tuple[Response, int]:
                 return jsonify(error=exc.reason), exc.status
         try:
             message = parse_envelope(request.get_json(silent=True, force=True))
-            req = parse_request(message)
+            req = parse(message)
         except MessageError as exc:
             # Not acknowledged: Pub/Sub retries, then dead-letters it (docs/contracts.md).
             log(logger, logging.ERROR, "unprocessable push message", reason=str(exc),
@@ -176,7 +193,12 @@ def _handle_push(service: Service) -> tuple[Response, int]:
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)
                 return jsonify(outcome=RequestOutcome.NOT_READY.value), ack_status(RequestOutcome.NOT_READY)
             assert service.processor is not None
-            result = service.processor.process(req, message.delivery_attempt)
+            age_s = (
+                (datetime.now(UTC) - message.published_at).total_seconds() if message.published_at else None
+            )
+            result = service.processor.process(
+                req, message.delivery_attempt, age_s=age_s, hand_off=not delivery, give_up=not delivery
+            )
             body: dict[str, Any] = {"outcome": result.outcome.value, "correlation_id": req.correlation_id}
             if result.error_code:
                 body["error_code"] = result.error_code

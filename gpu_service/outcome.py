@@ -16,6 +16,7 @@ class RequestOutcome(enum.StrEnum):
     FAILED = "failed"  # permanent failure, recorded and delivered
     DUPLICATE = "duplicate"  # result already stored for this generation and model; delivered or re-sent
     SUPERSEDED = "superseded"  # a newer generation's result is stored; nothing to do
+    HANDED_OFF = "handed_off"  # durable in the bucket; a dicom-delivery/1 message will deliver it
     RETRY = "retry"  # transient: let Pub/Sub redeliver
     INVALID = "invalid"  # can never be processed: dead-letter it
     NOT_READY = "not_ready"  # model still loading
@@ -26,6 +27,7 @@ _STATUS = {
     RequestOutcome.FAILED: 200,
     RequestOutcome.DUPLICATE: 200,
     RequestOutcome.SUPERSEDED: 200,
+    RequestOutcome.HANDED_OFF: 200,
     RequestOutcome.RETRY: 503,
     RequestOutcome.INVALID: 400,
     RequestOutcome.NOT_READY: 503,
@@ -47,9 +49,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError | OSError)
 
 
-def gives_up(delivery_attempt: int | None, give_up_attempt: int) -> bool:
-    """True when a transient failure must be recorded as ``retries_exhausted`` and acked."""
-    return delivery_attempt is not None and delivery_attempt >= give_up_attempt
+def gives_up(
+    delivery_attempt: int | None, give_up_attempt: int, age_s: float | None = None, give_up_after_s: float = 0
+) -> bool:
+    """True when a transient failure must be recorded as ``retries_exhausted`` and acked: at the
+    last useful delivery attempt, or (where pushes carry no ``deliveryAttempt``, as the emulator's)
+    once the message is older than ``give_up_after_s`` (0: never by age)."""
+    if delivery_attempt is not None:
+        return delivery_attempt >= give_up_attempt
+    return bool(give_up_after_s and age_s is not None and age_s >= give_up_after_s)
+
+
+# Failures of a downstream after the result is durable: handed off to the delivery subscription.
+DOWNSTREAM_UNAVAILABLE = frozenset({"dicomweb_unavailable", "webhook_failed"})
 
 
 @dataclass

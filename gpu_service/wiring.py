@@ -11,6 +11,7 @@ from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.model import LoadedModel, load_model
 from gpu_service.pipeline.processing import Processor
 from gpu_service.results.cloud_storage import GcsStore
+from gpu_service.results.delivery_queue import DeliveryQueue
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
 from gpu_service.transport.model_download import download_model
@@ -36,6 +37,10 @@ def make_dicomweb_store(settings: Settings) -> DicomWebStore | None:
     if not (settings.dicom_objects and settings.dicomweb_url):
         return None
     return DicomWebStore(settings.dicomweb_url, settings.dicomweb_auth, settings.dicomweb_timeout_s)
+
+
+def make_delivery_queue(settings: Settings) -> DeliveryQueue | None:
+    return DeliveryQueue(settings.project, settings.delivery_topic) if settings.delivery_topic else None
 
 
 def load_warm_model(settings: Settings) -> LoadedModel:
@@ -75,5 +80,6 @@ def build_processor(
         webhook or make_webhook(settings),
         make_dicomweb_store(settings),
         batcher,
+        make_delivery_queue(settings),
     )
     return Wired(processor, batcher)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpu_service.dicom import result_objects
-from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected
+from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected, StoreUnavailable
 from gpu_service.inference import render
 from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.explain import Explanation, LimeParams, explain
@@ -32,12 +32,13 @@ from gpu_service.inference.pixels import (
     to_model_input,
     to_uint8,
 )
-from gpu_service.outcome import ProcessResult, RequestOutcome, gives_up, is_transient
+from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up, is_transient
 from gpu_service.pipeline.staged_result import StagedResults
 from gpu_service.request import InferenceRequest
 from gpu_service.results import record as result
 from gpu_service.results.cloud_storage import GcsStore, OutputConflict, SourceUnavailable
 from gpu_service.results.delivery import ResultDelivery
+from gpu_service.results.delivery_queue import DeliveryQueue
 from gpu_service.results.outputs import RequestOutputs, StoredRecord
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings, lime_params
@@ -137,6 +138,7 @@ class Processor:
         webhook: WebhookClient,
         dicomweb: DicomWebStore | None = None,
         batcher: Batcher | None = None,
+        delivery_queue: DeliveryQueue | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -148,6 +150,7 @@ class Processor:
         self.delivery = ResultDelivery(self.outputs, webhook)
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
+        self.delivery_queue = delivery_queue
 
     @property
     def model_sha(self) -> str:
@@ -172,24 +175,69 @@ class Processor:
         delivery_attempt: int | None = None,
         *,
         stored: StoredRecord | None | _NotRead = NOT_READ,
+        age_s: float | None = None,
+        hand_off: bool = True,
+        give_up: bool = True,
     ) -> ProcessResult:
-        """``stored``: the record :meth:`existing_result` returned, when the caller already read it."""
+        """``stored``: the record :meth:`existing_result` returned, when the caller already read it.
+        ``age_s``: seconds since the message was published. ``hand_off`` False and ``give_up``
+        False: the delivery subscription's own push, which waits for the downstream as long as
+        it takes (docs/contracts.md, "Delivery after a downstream outage")."""
         try:
-            return self._process(request, self.existing_result(request) if stored is NOT_READ else stored)
+            done = self._process(request, self.existing_result(request) if stored is NOT_READ else stored)
+        except StoreUnavailable as exc:  # the result is staged (or recomputable): a downstream is down
+            if not (hand_off and self.delivery_queue):
+                return self._transient(request, exc, delivery_attempt, age_s, give_up)
+            done = ProcessResult(RequestOutcome.RETRY, error_code="dicomweb_unavailable")
         except Exception as exc:  # noqa: BLE001 - storage, model/GPU, memory, I/O: transient
-            detail = f"{type(exc).__name__}: {exc}"
-            if not gives_up(delivery_attempt, self.settings.give_up_attempt):
-                logger.exception("processing failed; the message will be redelivered")
-                return ProcessResult(RequestOutcome.RETRY, error_code="transient")
-            logger.exception(
-                "processing failed at the last useful delivery; recording retries_exhausted",
-                extra={"fields": {"delivery_attempt": delivery_attempt}},
+            return self._transient(request, exc, delivery_attempt, age_s, give_up)
+        if done.outcome is RequestOutcome.RETRY and done.error_code in DOWNSTREAM_UNAVAILABLE and hand_off:
+            return self._hand_off(request, done)
+        return done
+
+    def _hand_off(self, request: InferenceRequest, waiting: ProcessResult) -> ProcessResult:
+        """A durable result whose downstream is down goes to the delivery subscription, so the
+        inference message is acknowledged instead of exhausting its retries."""
+        if self.delivery_queue is None:
+            return waiting  # no delivery topic configured: the inference message waits, as it did
+        try:
+            self.delivery_queue.publish(request, str(waiting.error_code))
+        except Exception:  # noqa: BLE001 - Pub/Sub unreachable: the inference message stays
+            logger.exception("cannot publish the delivery message; the message will be redelivered")
+            return waiting
+        log(logger, logging.INFO, "downstream unavailable; delivery handed off", reason=waiting.error_code)
+        return ProcessResult(
+            RequestOutcome.HANDED_OFF, error_code=waiting.error_code, timings_ms=waiting.timings_ms
+        )
+
+    def _transient(
+        self,
+        request: InferenceRequest,
+        exc: Exception,
+        delivery_attempt: int | None,
+        age_s: float | None,
+        give_up: bool,
+    ) -> ProcessResult:
+        detail = f"{type(exc).__name__}: {exc}"
+        if not (
+            give_up
+            and gives_up(
+                delivery_attempt, self.settings.give_up_attempt, age_s, self.settings.give_up_after_s
             )
+        ):
+            logger.exception("processing failed; the message will be redelivered")
+            return ProcessResult(RequestOutcome.RETRY, error_code="transient")
+        logger.exception(
+            "processing failed at the last useful delivery; recording retries_exhausted",
+            extra={"fields": {"delivery_attempt": delivery_attempt, "age_s": age_s}},
+        )
         try:
             return self._fail(
                 request,
                 PermanentFailure(
-                    "retries_exhausted", f"still failing at delivery attempt {delivery_attempt}: {detail}"
+                    "retries_exhausted",
+                    f"still failing at delivery attempt {delivery_attempt or '?'} "
+                    f"({round(age_s or 0)} s after the upload was queued): {detail}",
                 ),
                 StageTimer(),
             )

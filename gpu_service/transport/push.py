@@ -11,9 +11,10 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from gpu_service.request import InferenceRequest
+from gpu_service.request import InferenceRequest, request_for_object
 from pipeline_common import contract, naming
 
 
@@ -27,6 +28,7 @@ class PubSubMessage:
     attributes: dict[str, str]
     message_id: str | None = None
     delivery_attempt: int | None = None  # absent from the emulator's pushes
+    published_at: datetime | None = None  # publishTime: the message's age decides where no attempt is given
 
 
 def parse_envelope(envelope: Any) -> PubSubMessage:
@@ -46,6 +48,7 @@ def parse_envelope(envelope: Any) -> PubSubMessage:
         raise MessageError("push message attributes are not an object")
     attempt = envelope.get("deliveryAttempt", message.get("deliveryAttempt"))
     return PubSubMessage(
+        published_at=_rfc3339(message.get("publishTime") or message.get("publish_time")),
         data=data,
         attributes={str(k): str(v) for k, v in attributes.items()},
         message_id=message.get("messageId") or message.get("message_id"),
@@ -53,14 +56,35 @@ def parse_envelope(envelope: Any) -> PubSubMessage:
     )
 
 
-def parse_request(message: PubSubMessage) -> InferenceRequest:
-    """The ``dicom-inference-request/1`` body of a message (see docs/contracts.md)."""
+def _rfc3339(value: Any) -> datetime | None:
+    """Pub/Sub's publishTime (``2026-11-30T17:00:00.123456789Z``); None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # nanoseconds: Python reads at most microseconds
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_object(message: PubSubMessage) -> dict[str, Any]:
     try:
         body = json.loads(message.data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError("message data is not UTF-8 JSON") from exc
     if not isinstance(body, dict):
         raise MessageError("message data is not a JSON object")
+    return body
+
+
+def parse_request(message: PubSubMessage) -> InferenceRequest:
+    """The ``dicom-inference-request/1`` body of a message (see docs/contracts.md)."""
+    body = _json_object(message)
     schema = body.get("schema") or message.attributes.get("schema")
     if schema != contract.INFERENCE_REQUEST:
         raise MessageError(f"unsupported message schema {schema!r}")
@@ -88,3 +112,17 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
         size=size,
         dicom={k: dicom.get(k) for k in dicom},
     )
+
+
+def parse_delivery(message: PubSubMessage) -> InferenceRequest:
+    """The ``dicom-delivery/1`` body the service published for a result it could not deliver."""
+    body = _json_object(message)
+    if (body.get("schema") or message.attributes.get("schema")) != contract.DELIVERY:
+        raise MessageError(f"unsupported delivery schema {body.get('schema')!r}")
+    source = body.get("source")
+    if not isinstance(source, dict):
+        raise MessageError("delivery message has no 'source' object")
+    bucket, name, generation = source.get("bucket"), source.get("name"), str(source.get("generation") or "")
+    if not (isinstance(bucket, str) and bucket and isinstance(name, str) and name and generation.isdigit()):
+        raise MessageError("delivery source has no bucket, name or numeric generation")
+    return request_for_object(bucket, name, generation, None)

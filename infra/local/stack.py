@@ -60,6 +60,15 @@ INFERENCE_TOPIC = "dicom-inference-requests"
 INFERENCE_SUBSCRIPTION = "dicom-inference-push"
 DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
+# The inference subscription's budget, as in production but compressed: 5 attempts, backoff 2 s to
+# 60 s (about 30 s). The emulator's pushes carry no deliveryAttempt, so the service gives up by the
+# message's age instead, before the last attempt (docs/contracts.md, "Push acknowledgement").
+INFERENCE_MAX_DELIVERY_ATTEMPTS = 5
+GIVE_UP_AFTER_S = 20
+# Results whose downstream (Orthanc, Django) is down wait here, retried every 1 s to 5 s for as long
+# as it takes: no dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
+DELIVERY_TOPIC = "dicom-delivery"
+DELIVERY_SUBSCRIPTION = "dicom-delivery-push"
 WEBHOOK_PATH = viewer.WEBHOOK_PATH
 
 
@@ -203,7 +212,13 @@ class Stack:
             if not self.records:
                 pubsub.stop()
             raise
-        for topic in (NOTIFY_TOPIC, NOTIFY_DEAD_LETTER_TOPIC, INFERENCE_TOPIC, DEAD_LETTER_TOPIC):
+        for topic in (
+            NOTIFY_TOPIC,
+            NOTIFY_DEAD_LETTER_TOPIC,
+            INFERENCE_TOPIC,
+            DEAD_LETTER_TOPIC,
+            DELIVERY_TOPIC,
+        ):
             create_topic(pubsub.host, c.project, topic)
         # Dead letters are kept (a pull subscription nobody acknowledges) so that they can be inspected.
         create_subscription(
@@ -265,7 +280,16 @@ class Stack:
         )
         spawn("orthanc", self._orthanc_command(), self._child_env({}), "/system")
 
-        service_env = self._child_env({"PORT": str(c.ports.service), "LOG_LEVEL": "INFO", **c.service_env})
+        service_env = self._child_env(
+            {
+                "PORT": str(c.ports.service),
+                "LOG_LEVEL": "INFO",
+                "DELIVERY_TOPIC": DELIVERY_TOPIC,
+                "MAX_DELIVERY_ATTEMPTS": str(INFERENCE_MAX_DELIVERY_ATTEMPTS),
+                "GIVE_UP_AFTER_S": str(GIVE_UP_AFTER_S),
+                **c.service_env,
+            }
+        )
         cmd = [
             str(BIN / "gunicorn"), "-c", "gpu_service/gunicorn.conf.py", "--no-control-socket",
             "--bind", f"{LOOPBACK}:{c.ports.service}", "gpu_service.app:create_app()",
@@ -305,7 +329,12 @@ class Stack:
         create_subscription(
             pubsub.host, c.project, INFERENCE_SUBSCRIPTION, INFERENCE_TOPIC,
             push_endpoint=c.url("service") + "/", ack_deadline_s=600,
-            dead_letter_topic=DEAD_LETTER_TOPIC, max_delivery_attempts=5, min_backoff_s=2, max_backoff_s=60,
+            dead_letter_topic=DEAD_LETTER_TOPIC, max_delivery_attempts=INFERENCE_MAX_DELIVERY_ATTEMPTS,
+            min_backoff_s=2, max_backoff_s=60,
+        )  # fmt: skip
+        create_subscription(
+            pubsub.host, c.project, DELIVERY_SUBSCRIPTION, DELIVERY_TOPIC,
+            push_endpoint=c.url("service") + "/deliver", ack_deadline_s=600, min_backoff_s=1, max_backoff_s=5,
         )  # fmt: skip
         create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,

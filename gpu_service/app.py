@@ -20,6 +20,7 @@ from flask import Flask, Response, jsonify, request
 from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.model import LoadedModel
 from gpu_service.outcome import RequestOutcome, ack_status
+from gpu_service.pipeline.dead_letters import record_dead_letter
 from gpu_service.pipeline.processing import Processor
 from gpu_service.request import InferenceRequest
 from gpu_service.results.cloud_storage import GcsStore
@@ -160,6 +161,12 @@ def create_app(
         giving up; docs/contracts.md, "Delivery after a downstream outage")."""
         return _handle_push(service, parse_delivery, delivery=True)
 
+    @app.post("/dead-letter")
+    def dead_letter() -> tuple[Response, int]:
+        """The dead-letter topic's recorder: a record and an ERROR line per dead letter; the message
+        itself stays on the hold subscription for the replay."""
+        return _handle_dead_letter(service)
+
     return app
 
 
@@ -203,6 +210,33 @@ def _handle_push(
             if result.error_code:
                 body["error_code"] = result.error_code
             return jsonify(body), result.http_status
+
+
+def _handle_dead_letter(service: Service) -> tuple[Response, int]:
+    if service.authenticator is not None:
+        try:
+            service.authenticator.verify(request.headers.get("Authorization"))
+        except AuthError as exc:
+            return jsonify(error=exc.reason), exc.status
+    try:
+        message = parse_envelope(request.get_json(silent=True, force=True))
+        req = parse_request(message)
+    except MessageError as exc:  # kept on the hold subscription all the same: say so, and ack
+        log(logger, logging.ERROR, "unreadable message dead-lettered; it stays on the hold subscription",
+            message_id=_message_id(), reason=str(exc))  # fmt: skip
+        return jsonify(outcome="recorded", error=str(exc)), 200
+    if not service.ready.wait(service.settings.ready_wait_s if not service.error else 0):
+        return jsonify(outcome=RequestOutcome.NOT_READY.value), ack_status(RequestOutcome.NOT_READY)
+    assert service.processor is not None
+    with jsonlog.bind_upload(req, message_id=message.message_id):
+        try:
+            record_dead_letter(
+                service.processor.outputs, req, message.message_id, service.settings.dead_letter_subscription
+            )
+        except Exception:  # noqa: BLE001 - storage down: Pub/Sub pushes it again
+            logger.exception("cannot record the dead letter; it will be pushed again")
+            return jsonify(outcome=RequestOutcome.RETRY.value), ack_status(RequestOutcome.RETRY)
+    return jsonify(outcome="recorded", correlation_id=req.correlation_id), 200
 
 
 def _message_id() -> str | None:

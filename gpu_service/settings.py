@@ -75,6 +75,8 @@ class Settings:
     # The delivery topic (docs/contracts.md, "Delivery after a downstream outage"); unset: a
     # downstream outage is retried on the inference subscription.
     delivery_topic: str | None = None
+    # The dead-letter topic's pull subscription, named in each dead letter's replay command.
+    dead_letter_subscription: str | None = None
     # How long a push waits for the model to finish loading before answering 503.
     ready_wait_s: float = 60.0
     port: int = 8080
@@ -121,6 +123,7 @@ class Settings:
             max_delivery_attempts=read_int(env, "MAX_DELIVERY_ATTEMPTS", 5),
             give_up_after_s=read_float(env, "GIVE_UP_AFTER_S", 0.0),
             delivery_topic=read_str(env, "DELIVERY_TOPIC"),
+            dead_letter_subscription=read_str(env, "DEAD_LETTER_SUBSCRIPTION"),
             ready_wait_s=read_float(env, "READY_WAIT_S", 60.0),
             port=read_int(env, "PORT", 8080),
             log_level=read_str(env, "LOG_LEVEL", "INFO") or "INFO",

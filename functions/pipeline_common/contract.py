@@ -3,6 +3,7 @@
 INFERENCE_REQUEST = "dicom-inference-request/1"  # Pub/Sub message, function -> service
 REJECTION = "dicom-rejection/1"  # STEM.rejected.json, written by the function
 INFERENCE_RESULT = "dicom-inference-result/1"  # STEM.result.json = webhook body, service -> Django
+DEAD_LETTER = "dicom-dead-letter/1"  # STEM.dead-letter.json: the inference message was dead-lettered
 DELIVERY = "dicom-delivery/1"  # Pub/Sub message, service -> service: deliver a durable result
 
 # rows x columns x frames an image may have (MAX_PIXELS of both components): the function

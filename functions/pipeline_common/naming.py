@@ -23,6 +23,7 @@ OVERLAY_SUFFIX = ".overlay.png"
 HEATMAP_SUFFIX = ".heatmap.png"
 RESULT_SUFFIX = ".result.json"
 PENDING_SUFFIX = ".pending.json"  # a completed record staged while the DICOMweb store is down
+DEAD_LETTER_SUFFIX = ".dead-letter.json"  # the upload's inference message reached the dead-letter topic
 REJECTION_SUFFIX = ".rejected.json"
 SEG_SUFFIX = ".seg.dcm"
 SR_SUFFIX = ".sr.dcm"
@@ -35,6 +36,7 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (
     HEATMAP_SUFFIX,
     RESULT_SUFFIX,
     PENDING_SUFFIX,
+    DEAD_LETTER_SUFFIX,
     REJECTION_SUFFIX,
     PREVIEW_SUFFIX,
 )

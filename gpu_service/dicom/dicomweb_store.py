@@ -22,7 +22,10 @@ from pydicom.dataset import Dataset
 
 # dicomweb-client's log lines name study UIDs (patient data, never logged); and no message of
 # ours quotes a URL or an answer body (they name UIDs too): the status code says enough.
-logging.getLogger("dicomweb_client").disabled = True
+# A disabled logger does not silence its children (dicomweb_client.web logs "store instances of
+# study <UID>"), and `retrying` logs the failed request's URL: both are raised out of reach.
+for _name in ("dicomweb_client", "retrying"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL + 1)
 
 AUTH_MODES = ("none", "google")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,13 @@ from gpu_service.inference.explain import Explanation, LimeParams, explain
 from gpu_service.inference.model import LoadedModel
 from gpu_service.inference.pixels import (
     DecodedImage,
-    PixelDecodeError,
     decode,
     read_dicom,
     to_model_input,
     to_uint8,
 )
-from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up, is_transient
+from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up
+from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
 from gpu_service.pipeline.staged_result import StagedResults
 from gpu_service.request import InferenceRequest
 from gpu_service.results import record as result
@@ -48,32 +48,6 @@ from pipeline_common.jsonlog import log
 from pipeline_common.write_outcome import WriteOutcome
 
 logger = logging.getLogger(__name__)
-
-
-class PermanentFailure(Exception):
-    """A stage failed in a way no retry can fix: recorded as ``failed`` and delivered."""
-
-    def __init__(self, code: str, message: str, dataset: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.dataset = dataset  # the parsed header, when there is one, for the failed record
-
-
-@contextlib.contextmanager
-def permanent_unless_transient(code: str, dataset: Any = None) -> Iterator[None]:
-    """Errors of a pure stage are properties of the input, except memory and I/O errors; a decode
-    error keeps its own code."""
-    try:
-        yield
-    except PermanentFailure:
-        raise
-    except PixelDecodeError as exc:
-        raise PermanentFailure(exc.code, exc.message, dataset) from exc
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        raise PermanentFailure(code, f"{type(exc).__name__}: {exc}", dataset) from exc
 
 
 def pixel_count(ds: Any) -> int | None:
@@ -314,7 +288,10 @@ class Processor:
     def _infer(self, decoded: _Decoded, timer: StageTimer) -> Inference:
         """The model calls of one request (prediction and LIME); model/GPU errors propagate: transient."""
         with self.batcher.caller() if self.batcher is not None else contextlib.nullcontext():
-            return infer(self.predict_fn, decoded.preview, decoded.model_input, self.params, timer)
+            inference = infer(self.predict_fn, decoded.preview, decoded.model_input, self.params, timer)
+        log(logger, logging.INFO, "model and explanation computed",
+            predict_ms=timer.ms.get("predict"), explain_ms=timer.ms.get("explain"))  # fmt: skip
+        return inference
 
     def _download(self, request: InferenceRequest, timer: StageTimer) -> bytes:
         with timer.stage("download"):

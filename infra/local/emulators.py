@@ -306,7 +306,12 @@ def pull(host: str, project: str, subscription: str, max_messages: int = 100, ac
     )
     r.raise_for_status()
     received = r.json().get("receivedMessages", [])
-    if ack and received:
+    if received:
         ids = [m["ackId"] for m in received]
-        requests.post(f"{base}:acknowledge", json={"ackIds": ids}, timeout=10).raise_for_status()
+        if ack:
+            requests.post(f"{base}:acknowledge", json={"ackIds": ids}, timeout=10).raise_for_status()
+        else:  # handed back at once: the subscription keeps them, as if never pulled
+            requests.post(
+                f"{base}:modifyAckDeadline", json={"ackIds": ids, "ackDeadlineSeconds": 0}, timeout=10
+            ).raise_for_status()
     return [m["message"] for m in received]

@@ -25,6 +25,7 @@ from infra.local.emulators import (
     create_subscription,
     create_topic,
     gcloud_storage_env,
+    pull,
     wait_http,
     write_boto_config,
 )
@@ -69,6 +70,9 @@ GIVE_UP_AFTER_S = 20
 # as it takes: no dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
 DELIVERY_TOPIC = "dicom-delivery"
 DELIVERY_SUBSCRIPTION = "dicom-delivery-push"
+# Every dead letter is recorded by the service (STEM.dead-letter.json, an ERROR line) and kept on
+# the hold subscription for the replay; `make status` counts what is held.
+DEAD_LETTER_RECORDER = "dicom-inference-dead-letter-record"
 WEBHOOK_PATH = viewer.WEBHOOK_PATH
 
 
@@ -81,6 +85,8 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.records: list[dict[str, Any]] = []
+        # How each component was started (command, environment, url, health path): for restart().
+        self._specs: dict[str, tuple[list[str], dict[str, str], str, str]] = {}
 
     # ---- state -------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -154,6 +160,7 @@ class Stack:
         self, name: str, cmd: list[str], env: dict[str, str], url: str, health: str
     ) -> tuple[subprocess.Popen, Path]:
         """Start one child in its own session and record it at once (signals held in between)."""
+        self._specs[name] = (cmd, env, url, health)
         log = self.config.log_dir / f"{name}.log"
         proc = spawn_recorded(
             cmd, cwd=REPO, env=env, log=log, record=lambda pid: self._record(name, pid, url, health, log)
@@ -287,6 +294,7 @@ class Stack:
                 "DELIVERY_TOPIC": DELIVERY_TOPIC,
                 "MAX_DELIVERY_ATTEMPTS": str(INFERENCE_MAX_DELIVERY_ATTEMPTS),
                 "GIVE_UP_AFTER_S": str(GIVE_UP_AFTER_S),
+                "DEAD_LETTER_SUBSCRIPTION": DEAD_LETTER_SUBSCRIPTION,
                 **c.service_env,
             }
         )
@@ -337,6 +345,11 @@ class Stack:
             push_endpoint=c.url("service") + "/deliver", ack_deadline_s=600, min_backoff_s=1, max_backoff_s=5,
         )  # fmt: skip
         create_subscription(
+            pubsub.host, c.project, DEAD_LETTER_RECORDER, DEAD_LETTER_TOPIC,
+            push_endpoint=c.url("service") + "/dead-letter", ack_deadline_s=60,
+            min_backoff_s=1, max_backoff_s=5,
+        )  # fmt: skip
+        create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,
             push_endpoint=c.url("bridge") + "/", ack_deadline_s=NOTIFY_ACK_DEADLINE_S,
             dead_letter_topic=NOTIFY_DEAD_LETTER_TOPIC, max_delivery_attempts=NOTIFY_MAX_DELIVERY_ATTEMPTS,
@@ -350,9 +363,18 @@ class Stack:
 
     def start_orthanc(self) -> None:
         """Start the DICOMweb store again (after a test stopped it); recorded like the others."""
-        url = self.config.url("orthanc")
-        proc, log = self._spawn("orthanc", self._orthanc_command(), self._child_env({}), url, "/system")
-        wait_http(url + "/system", 60, proc, log)
+        self.restart("orthanc")
+
+    def restart(self, name: str, timeout_s: float = 120) -> None:
+        """Start a component this stack started before (a test stopped it) with the same command."""
+        cmd, env, url, health = self._specs[name]
+        proc, log = self._spawn(name, cmd, env, url, health)
+        wait_http(url + health, timeout_s, proc, log)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The inference messages held on the dead-letter hold subscription, left there."""
+        c = self.config
+        return pull(f"{LOOPBACK}:{c.ports.pubsub}", c.project, DEAD_LETTER_SUBSCRIPTION, 1000, ack=False)
 
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"

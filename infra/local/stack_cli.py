@@ -7,14 +7,15 @@ import argparse
 import os
 import sys
 
+from gpu_service.pipeline.dead_letters import replay_command
 from infra.local import eventarc_bridge
 from infra.local.emulators import EmulatorError
-from infra.local.stack import REPO, Stack
+from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, REPO, Stack
 from infra.local.stack_config import StackConfig, StackError, busy_ports
 from infra.local.supervision import exit_on_termination
 
 
-def _cmd_status(stack: Stack) -> int:
+def status_report(stack: Stack) -> int:
     rows = stack.status()
     if not rows:
         print(f"local stack: not running (no {stack.config.state_file})")
@@ -28,6 +29,7 @@ def _cmd_status(stack: Stack) -> int:
             state = "orphaned"  # its leader died, other processes of its group remain
         print(f"{r['name']:<18} {r['pid']:>7}  {state:<10} {r['url']:<28} {r['log']}")
     events_ok = eventarc_bridge.print_stats(stack.event_stats())
+    events_ok = _print_dead_letters(stack) and events_ok
     if all(r["alive"] and not r["leader_exited"] and r["healthy"] is not False for r in rows):
         print(f"\nall running; `source {stack.config.env_file}` to use it")
         if not events_ok:
@@ -35,6 +37,23 @@ def _cmd_status(stack: Stack) -> int:
         return 0 if events_ok else 1
     print("\nsome components are not running: see their logs; `make down` then `make up`")
     return 1
+
+
+def _print_dead_letters(stack: Stack) -> bool:
+    """Inference messages held on the dead-letter hold subscription: each names its upload."""
+    try:
+        held = stack.dead_letters()
+    except Exception as exc:  # noqa: BLE001 - the emulator is down: the rows above say so
+        print(f"dead letters: unknown ({type(exc).__name__})")
+        return False
+    print(f"dead letters: {len(held)} held")
+    for message in held:
+        attributes = message.get("attributes") or {}
+        print(f"  gs://{attributes.get('bucket', '?')}/{attributes.get('object', '?')}")
+    if held:
+        replay = replay_command(DEAD_LETTER_SUBSCRIPTION)
+        print(f"  replay them: source {stack.config.env_file} && .venv/bin/{replay}")
+    return not held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_on_termination()
         if stack.running():
             print(f"the local stack is already running from {stack.config.root} (`make down` stops it)")
-            return _cmd_status(stack)
+            return status_report(stack)
         print(
             f"starting the local stack under {stack.config.root} (logs: {stack.config.log_dir}) ...",
             flush=True,
@@ -69,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nmake up failed: {exc}\nlogs: {stack.config.log_dir}", file=sys.stderr)
             return 1
         print(f"local stack up in {stack.started_in_s:.0f}s")
-        _cmd_status(stack)
+        status_report(stack)
         return 0
     if args.command == "down":
         stopped = stack.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return 0
-    return _cmd_status(stack)
+    return status_report(stack)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,10 @@ resource "google_service_account" "push_invoker" {
 # objectViewer grant. Suffixes: functions/pipeline_common/naming.py.
 locals {
   writer_role = "roles/storage.objectUser"
-  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json,
+  # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.dead-letter.json,
   # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm too); the ingest function never ingests names
   # with these suffixes.
-  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".pending.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
+  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
   rejection_condition        = "resource.name.endsWith('.rejected.json')"
 }
 
@@ -204,7 +204,7 @@ resource "google_storage_bucket_iam_member" "gpu_output_writer" {
 
   condition {
     title       = "pipeline-outputs-only"
-    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.seg.dcm, STEM.sr.dcm"
+    description = "Write and replace STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.dead-letter.json, STEM.seg.dcm, STEM.sr.dcm"
     expression  = local.inference_output_condition
   }
 
@@ -258,4 +258,13 @@ resource "google_kms_crypto_key_iam_member" "service_agents" {
     google_project_service_identity.artifactregistry,
     google_project_service_identity.secretmanager,
   ]
+}
+
+# Both runtimes hand a delivery off when a downstream is down: publisher on that topic only.
+resource "google_pubsub_topic_iam_member" "gpu_delivery_publisher" {
+  for_each = local.gpu_runtimes
+  project  = var.project_id
+  topic    = google_pubsub_topic.delivery.name
+  role     = "roles/pubsub.publisher"
+  member   = each.value
 }

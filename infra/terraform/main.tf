@@ -44,6 +44,9 @@ locals {
       MAX_PIXELS = var.max_pixels == null ? "" : tostring(var.max_pixels)
       # The service records `retries_exhausted` one delivery before Pub/Sub dead-letters the message.
       MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+      # A result whose downstream is down is handed to the delivery subscription (pubsub.tf).
+      DELIVERY_TOPIC           = google_pubsub_topic.delivery.id
+      DEAD_LETTER_SUBSCRIPTION = google_pubsub_subscription.dead_letter.name
       # Results as DICOM objects, STOW-RS with the runtime's own identity (healthcare.tf).
       DICOMWEB_URL  = local.dicomweb_url == null ? "" : local.dicomweb_url
       DICOMWEB_AUTH = local.dicomweb_url == null ? "" : "google"

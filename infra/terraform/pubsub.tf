@@ -102,3 +102,82 @@ resource "google_pubsub_subscription" "inference_push" {
     google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher,
   ]
 }
+
+# Results whose downstream (the DICOMweb store, Django) is down: the service stages them in the
+# bucket, publishes one dicom-delivery/1 message here and acknowledges the inference message;
+# this subscription retries the delivery for as long as the messages are retained, with no
+# dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
+resource "google_pubsub_topic" "delivery" {
+  project                    = var.project_id
+  name                       = "${local.prefix}-delivery"
+  kms_key_name               = var.kms_key_name
+  message_retention_duration = var.delivery_retention
+
+  message_storage_policy {
+    allowed_persistence_regions = [var.region]
+  }
+
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
+}
+
+resource "google_pubsub_subscription" "delivery_push" {
+  project                    = var.project_id
+  name                       = "${local.prefix}-delivery-push"
+  topic                      = google_pubsub_topic.delivery.id
+  ack_deadline_seconds       = var.push_ack_deadline_seconds
+  message_retention_duration = var.delivery_retention
+
+  push_config {
+    push_endpoint = "${google_cloud_run_v2_service.inference.uri}/deliver"
+    oidc_token {
+      service_account_email = google_service_account.push_invoker.email
+      audience              = local.push_audience
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = var.push_min_backoff
+    maximum_backoff = var.push_max_backoff
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [
+    google_cloud_run_v2_service_iam_member.push_invoker,
+    google_service_account_iam_member.pubsub_agent_token_creator,
+  ]
+}
+
+# Every dead letter is recorded by the service (STEM.dead-letter.json and an ERROR log line);
+# the -keep subscription above still holds the message itself for the replay.
+resource "google_pubsub_subscription" "dead_letter_record" {
+  project                    = var.project_id
+  name                       = "${local.prefix}-inference-dead-letter-record"
+  topic                      = google_pubsub_topic.dead_letter.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = var.message_retention_duration
+
+  push_config {
+    push_endpoint = "${google_cloud_run_v2_service.inference.uri}/dead-letter"
+    oidc_token {
+      service_account_email = google_service_account.push_invoker.email
+      audience              = local.push_audience
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = var.push_min_backoff
+    maximum_backoff = var.push_max_backoff
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [
+    google_cloud_run_v2_service_iam_member.push_invoker,
+    google_service_account_iam_member.pubsub_agent_token_creator,
+  ]
+}

@@ -174,6 +174,12 @@ variable "max_delivery_attempts" {
   }
 }
 
+variable "delivery_retention" {
+  description = "How long a computed result waits for a downstream that is down (the DICOMweb store, Django) before its delivery message expires: the outage budget. The staged result stays in the bucket after that; the backfill job delivers it."
+  type        = string
+  default     = "604800s"
+}
+
 variable "message_retention_duration" {
   description = "How long undelivered and dead-lettered messages are kept (max 31 days)."
   type        = string

@@ -113,12 +113,17 @@ def check_dead_letters(cfg: dict[str, Any]) -> None:
     assert ref(dlp["dead_letter_topic"]) == "google_pubsub_topic.dead_letter.id", "no dead-letter topic"
     attempts = default(cfg, "max_delivery_attempts")
     assert 5 <= attempts <= 100
-    keepers = [
+    on_topic = [
         body
         for body in cfg["resource"]["google_pubsub_subscription"].values()
         if ref(body["topic"]) == "google_pubsub_topic.dead_letter.id"
     ]
-    assert keepers, "dead letters have no subscription, so they would be dropped"
+    keepers = [body for body in on_topic if "push_config" not in body]  # held for the replay
+    assert keepers, "dead letters have no pull subscription, so nothing keeps them for the replay"
+    recorders = [body for body in on_topic if "push_config" in body]
+    assert any(str(block(r, "push_config")["push_endpoint"]).endswith("/dead-letter") for r in recorders), (
+        "dead letters are not recorded by the service"
+    )
     assert all(block(k, "expiration_policy").get("ttl") == "" for k in keepers)
     # Pub/Sub's service agent must be able to forward dead letters and ack the originals.
     agent = [g for g in iam_members(cfg) if ref(g[2]["member"]) == "local.pubsub_agent"]
@@ -131,6 +136,26 @@ def check_dead_letters(cfg: dict[str, Any]) -> None:
         and ref(g[2].get("subscription")) == "google_pubsub_subscription.inference_push.name"
         for g in agent
     ), "Pub/Sub agent cannot ack dead-lettered messages"
+
+
+def check_delivery_handoff(cfg: dict[str, Any]) -> None:
+    """A result whose downstream is down waits on its own subscription: pushed to /deliver, no
+    dead-letter policy, retained for the outage budget; both runtimes may publish to it."""
+    sub = res(cfg, "google_pubsub_subscription", "delivery_push")
+    assert ref(sub["topic"]) == "google_pubsub_topic.delivery.id"
+    assert str(block(sub, "push_config")["push_endpoint"]).endswith("/deliver")
+    assert "dead_letter_policy" not in sub, "a delivery must not be dead-lettered during an outage"
+    assert ref(sub["message_retention_duration"]) == "var.delivery_retention"
+    assert default(cfg, "delivery_retention") == "604800s"
+    assert block(sub, "expiration_policy").get("ttl") == ""
+    env = cfg["locals"]["inference_env"]
+    assert "google_pubsub_topic.delivery.id" in json.dumps(env), "the runtimes are not told the topic"
+    publishers = {
+        ref(g[2].get("topic"))
+        for g in iam_members(cfg)
+        if g[1] == "roles/pubsub.publisher" and g[0].startswith("google_pubsub_topic_iam_member.gpu_delivery")
+    }
+    assert publishers == {"google_pubsub_topic.delivery.name"}
 
 
 def check_push_identity(cfg: dict[str, Any]) -> None:
@@ -303,6 +328,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_buckets_private,
     check_push_subscription,
     check_dead_letters,
+    check_delivery_handoff,
     check_push_identity,
     check_function_trigger,
     check_service_gpu,
@@ -344,6 +370,24 @@ MUTATIONS = {
         _set([*_SUB, "push_config", 0, "push_endpoint"], "https://example.org"),
     ),
     "no-dead-letter-policy": (check_dead_letters, _set([*_SUB, "dead_letter_policy"], _DELETE)),
+    "delivery-dead-lettered": (
+        check_delivery_handoff,
+        _set(
+            ["resource", "google_pubsub_subscription", "delivery_push", "dead_letter_policy"],
+            [{"dead_letter_topic": "${google_pubsub_topic.dead_letter.id}", "max_delivery_attempts": 5}],
+        ),
+    ),
+    "delivery-pushed-to-inference": (
+        check_delivery_handoff,
+        _set(
+            ["resource", "google_pubsub_subscription", "delivery_push", "push_config"],
+            [{"push_endpoint": "${google_cloud_run_v2_service.inference.uri}"}],
+        ),
+    ),
+    "dead-letters-unrecorded": (
+        check_dead_letters,
+        _set(["resource", "google_pubsub_subscription", "dead_letter_record"], _DELETE),
+    ),
     "dead-letters-dropped": (
         check_dead_letters,
         _set(
@@ -415,7 +459,7 @@ def test_service_writer_may_write_every_service_output_and_no_upload(config: dic
     rejection record, ``.pending.json`` included) is in the write condition; an upload is not."""
     from pipeline_common import naming
 
-    allowed = re.findall(r'"(\.[a-z.]+)"', str(config["locals"]["inference_output_condition"]))
+    allowed = re.findall(r'"(\.[a-z.-]+)"', str(config["locals"]["inference_output_condition"]))
     assert allowed
     for suffix in naming.OUTPUT_SUFFIXES:
         if suffix != naming.REJECTION_SUFFIX:

@@ -210,11 +210,15 @@ def count_work(processor: Any) -> WorkCounts:
         return inference
 
     def counted_resume(*args: Any, **kwargs: Any) -> Any:
-        resumed = resume(*args, **kwargs)
-        if resumed is not None:
-            with counts.lock:
-                counts.staged_resumed += 1
-        return resumed
+        found = True
+        try:
+            resumed = resume(*args, **kwargs)
+            found = resumed is not None
+            return resumed
+        finally:  # a staged record found, whether its objects were then stored or refused
+            if found:
+                with counts.lock:
+                    counts.staged_resumed += 1
 
     processor._infer, processor.staged.resume = counted_infer, counted_resume
     return counts

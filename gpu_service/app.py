@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -200,11 +199,8 @@ def _handle_push(
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)
                 return jsonify(outcome=RequestOutcome.NOT_READY.value), ack_status(RequestOutcome.NOT_READY)
             assert service.processor is not None
-            age_s = (
-                (datetime.now(UTC) - message.published_at).total_seconds() if message.published_at else None
-            )
             result = service.processor.process(
-                req, message.delivery_attempt, age_s=age_s, hand_off=not delivery, give_up=not delivery
+                req, message.delivery_attempt, hand_off=not delivery, give_up=not delivery
             )
             body: dict[str, Any] = {"outcome": result.outcome.value, "correlation_id": req.correlation_id}
             if result.error_code:

@@ -182,6 +182,13 @@ def run_prefix(
     return summary
 
 
+def subscription_path(subscription: str, project: str | None) -> str:
+    """A bare subscription name (as a dead letter's replay command gives it) in the project."""
+    if subscription.startswith("projects/") or not project:
+        return subscription
+    return f"projects/{project}/subscriptions/{subscription}"
+
+
 def run_subscription(
     processor: Processor,
     subscription: str,
@@ -279,7 +286,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gpu_service.job", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--prefix", help="gs://bucket/prefix to reprocess")
-    mode.add_argument("--subscription", help="projects/P/subscriptions/S to drain")
+    mode.add_argument(
+        "--subscription", help="projects/P/subscriptions/S (or S in GOOGLE_CLOUD_PROJECT) to drain"
+    )
     parser.add_argument("--concurrency", type=int, default=None, help="worker threads (default CONCURRENCY)")
     parser.add_argument("--task-index", type=int, default=int(os.environ.get("CLOUD_RUN_TASK_INDEX", "0")))
     parser.add_argument("--task-count", type=int, default=int(os.environ.get("CLOUD_RUN_TASK_COUNT", "1")))
@@ -307,7 +316,10 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
             )  # fmt: skip
         else:
             summary = run_subscription(
-                processor, args.subscription, concurrency=concurrency, max_messages=args.max_messages
+                processor,
+                subscription_path(args.subscription, settings.project),
+                concurrency=concurrency,
+                max_messages=args.max_messages,
             )
     finally:
         wired.close()

@@ -49,15 +49,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError | OSError)
 
 
-def gives_up(
-    delivery_attempt: int | None, give_up_attempt: int, age_s: float | None = None, give_up_after_s: float = 0
-) -> bool:
-    """True when a transient failure must be recorded as ``retries_exhausted`` and acked: at the
-    last useful delivery attempt, or (where pushes carry no ``deliveryAttempt``, as the emulator's)
-    once the message is older than ``give_up_after_s`` (0: never by age)."""
-    if delivery_attempt is not None:
-        return delivery_attempt >= give_up_attempt
-    return bool(give_up_after_s and age_s is not None and age_s >= give_up_after_s)
+def gives_up(delivery_attempt: int | None, give_up_attempt: int) -> bool:
+    """True when a transient failure must be recorded as ``retries_exhausted`` and acked."""
+    return delivery_attempt is not None and delivery_attempt >= give_up_attempt
 
 
 # Failures of a downstream after the result is durable: handed off to the delivery subscription.

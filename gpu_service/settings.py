@@ -69,9 +69,6 @@ class Settings:
     # delivery MAX_DELIVERY_ATTEMPTS - 1 is recorded (retries_exhausted), leaving one delivery
     # to re-send that record if the webhook is down.
     max_delivery_attempts: int = 5
-    # Where pushes carry no deliveryAttempt (the emulator's), a transient failure is given up on
-    # once the message is this old (0: never by age). Terraform leaves it 0: Pub/Sub sets the attempt.
-    give_up_after_s: float = 0.0
     # The delivery topic (docs/contracts.md, "Delivery after a downstream outage"); unset: a
     # downstream outage is retried on the inference subscription.
     delivery_topic: str | None = None
@@ -121,7 +118,6 @@ class Settings:
             max_object_bytes=read_int(env, "MAX_OBJECT_BYTES", 512 * 1024 * 1024),
             max_pixels=read_int(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
             max_delivery_attempts=read_int(env, "MAX_DELIVERY_ATTEMPTS", 5),
-            give_up_after_s=read_float(env, "GIVE_UP_AFTER_S", 0.0),
             delivery_topic=read_str(env, "DELIVERY_TOPIC"),
             dead_letter_subscription=read_str(env, "DEAD_LETTER_SUBSCRIPTION"),
             ready_wait_s=read_float(env, "READY_WAIT_S", 60.0),

@@ -149,22 +149,21 @@ class Processor:
         delivery_attempt: int | None = None,
         *,
         stored: StoredRecord | None | _NotRead = NOT_READ,
-        age_s: float | None = None,
         hand_off: bool = True,
         give_up: bool = True,
     ) -> ProcessResult:
         """``stored``: the record :meth:`existing_result` returned, when the caller already read it.
-        ``age_s``: seconds since the message was published. ``hand_off`` False and ``give_up``
+        ``hand_off`` False and ``give_up``
         False: the delivery subscription's own push, which waits for the downstream as long as
         it takes (docs/contracts.md, "Delivery after a downstream outage")."""
         try:
             done = self._process(request, self.existing_result(request) if stored is NOT_READ else stored)
         except StoreUnavailable as exc:  # the result is staged (or recomputable): a downstream is down
             if not (hand_off and self.delivery_queue):
-                return self._transient(request, exc, delivery_attempt, age_s, give_up)
+                return self._transient(request, exc, delivery_attempt, give_up)
             done = ProcessResult(RequestOutcome.RETRY, error_code="dicomweb_unavailable")
         except Exception as exc:  # noqa: BLE001 - storage, model/GPU, memory, I/O: transient
-            return self._transient(request, exc, delivery_attempt, age_s, give_up)
+            return self._transient(request, exc, delivery_attempt, give_up)
         if done.outcome is RequestOutcome.RETRY and done.error_code in DOWNSTREAM_UNAVAILABLE and hand_off:
             return self._hand_off(request, done)
         return done
@@ -189,29 +188,22 @@ class Processor:
         request: InferenceRequest,
         exc: Exception,
         delivery_attempt: int | None,
-        age_s: float | None,
         give_up: bool,
     ) -> ProcessResult:
         detail = f"{type(exc).__name__}: {exc}"
-        if not (
-            give_up
-            and gives_up(
-                delivery_attempt, self.settings.give_up_attempt, age_s, self.settings.give_up_after_s
-            )
-        ):
+        if not (give_up and gives_up(delivery_attempt, self.settings.give_up_attempt)):
             logger.exception("processing failed; the message will be redelivered")
             return ProcessResult(RequestOutcome.RETRY, error_code="transient")
         logger.exception(
             "processing failed at the last useful delivery; recording retries_exhausted",
-            extra={"fields": {"delivery_attempt": delivery_attempt, "age_s": age_s}},
+            extra={"fields": {"delivery_attempt": delivery_attempt}},
         )
         try:
             return self._fail(
                 request,
                 PermanentFailure(
                     "retries_exhausted",
-                    f"still failing at delivery attempt {delivery_attempt or '?'} "
-                    f"({round(age_s or 0)} s after the upload was queued): {detail}",
+                    f"still failing at delivery attempt {delivery_attempt}: {detail}",
                 ),
                 StageTimer(),
             )

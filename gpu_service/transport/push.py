@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from gpu_service.request import InferenceRequest, request_for_object
@@ -28,7 +27,6 @@ class PubSubMessage:
     attributes: dict[str, str]
     message_id: str | None = None
     delivery_attempt: int | None = None  # absent from the emulator's pushes
-    published_at: datetime | None = None  # publishTime: the message's age decides where no attempt is given
 
 
 def parse_envelope(envelope: Any) -> PubSubMessage:
@@ -48,28 +46,11 @@ def parse_envelope(envelope: Any) -> PubSubMessage:
         raise MessageError("push message attributes are not an object")
     attempt = envelope.get("deliveryAttempt", message.get("deliveryAttempt"))
     return PubSubMessage(
-        published_at=_rfc3339(message.get("publishTime") or message.get("publish_time")),
         data=data,
         attributes={str(k): str(v) for k, v in attributes.items()},
         message_id=message.get("messageId") or message.get("message_id"),
         delivery_attempt=int(attempt) if isinstance(attempt, int | str) and str(attempt).isdigit() else None,
     )
-
-
-def _rfc3339(value: Any) -> datetime | None:
-    """Pub/Sub's publishTime (``2026-11-30T17:00:00.123456789Z``); None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:  # nanoseconds: Python reads at most microseconds
-        digits = "".join(c for c in rest if c.isdigit())
-        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _json_object(message: PubSubMessage) -> dict[str, Any]:

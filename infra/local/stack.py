@@ -61,15 +61,17 @@ INFERENCE_TOPIC = "dicom-inference-requests"
 INFERENCE_SUBSCRIPTION = "dicom-inference-push"
 DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
-# The inference subscription's budget, as in production but compressed: 5 attempts, backoff 2 s to
-# 60 s (about 30 s). The emulator's pushes carry no deliveryAttempt, so the service gives up by the
-# message's age instead, before the last attempt (docs/contracts.md, "Push acknowledgement").
+# The service's three push subscriptions are pulled and pushed by the push relay
+# (infra/local/push_relay.py), which gives every push its deliveryAttempt, honours the backoff
+# and dead-letters as Pub/Sub does. The inference subscription's budget is production's,
+# compressed: 5 attempts, backoff 2 s to 20 s (about 30 s), then the dead-letter topic.
 INFERENCE_MAX_DELIVERY_ATTEMPTS = 5
-GIVE_UP_AFTER_S = 20
+INFERENCE_BACKOFF_S = (2, 20)
 # Results whose downstream (Orthanc, Django) is down wait here, retried every 1 s to 5 s for as long
 # as it takes: no dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
 DELIVERY_TOPIC = "dicom-delivery"
 DELIVERY_SUBSCRIPTION = "dicom-delivery-push"
+DELIVERY_BACKOFF_S = (1, 5)
 # Every dead letter is recorded by the service (STEM.dead-letter.json, an ERROR line) and kept on
 # the hold subscription for the replay; `make status` counts what is held.
 DEAD_LETTER_RECORDER = "dicom-inference-dead-letter-record"
@@ -266,6 +268,7 @@ class Stack:
         py = sys.executable
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
                 "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
+                "push-relay": c.url("relay"),
                 "orthanc": c.url("orthanc")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
@@ -293,7 +296,6 @@ class Stack:
                 "LOG_LEVEL": "INFO",
                 "DELIVERY_TOPIC": DELIVERY_TOPIC,
                 "MAX_DELIVERY_ATTEMPTS": str(INFERENCE_MAX_DELIVERY_ATTEMPTS),
-                "GIVE_UP_AFTER_S": str(GIVE_UP_AFTER_S),
                 "DEAD_LETTER_SUBSCRIPTION": DEAD_LETTER_SUBSCRIPTION,
                 **c.service_env,
             }
@@ -334,21 +336,18 @@ class Stack:
                 raise StackError(f"{name} did not start (log: {log}):\n{exc}") from None
 
         # Subscriptions last: nothing is pushed before its endpoint answers.
-        create_subscription(
-            pubsub.host, c.project, INFERENCE_SUBSCRIPTION, INFERENCE_TOPIC,
-            push_endpoint=c.url("service") + "/", ack_deadline_s=600,
-            dead_letter_topic=DEAD_LETTER_TOPIC, max_delivery_attempts=INFERENCE_MAX_DELIVERY_ATTEMPTS,
-            min_backoff_s=2, max_backoff_s=60,
-        )  # fmt: skip
-        create_subscription(
-            pubsub.host, c.project, DELIVERY_SUBSCRIPTION, DELIVERY_TOPIC,
-            push_endpoint=c.url("service") + "/deliver", ack_deadline_s=600, min_backoff_s=1, max_backoff_s=5,
-        )  # fmt: skip
-        create_subscription(
-            pubsub.host, c.project, DEAD_LETTER_RECORDER, DEAD_LETTER_TOPIC,
-            push_endpoint=c.url("service") + "/dead-letter", ack_deadline_s=60,
-            min_backoff_s=1, max_backoff_s=5,
-        )  # fmt: skip
+        for name, topic in (
+            (INFERENCE_SUBSCRIPTION, INFERENCE_TOPIC),
+            (DELIVERY_SUBSCRIPTION, DELIVERY_TOPIC),
+            (DEAD_LETTER_RECORDER, DEAD_LETTER_TOPIC),
+        ):
+            create_subscription(pubsub.host, c.project, name, topic, ack_deadline_s=600)
+        spawn("push-relay", [py, "-m", "infra.local.push_relay"], self._relay_env(), "/healthz")
+        name, proc, log, health = procs[-1]
+        try:
+            wait_http(urls[name] + health, c.ready_timeout_s, proc, log)
+        except EmulatorError as exc:
+            raise StackError(f"{name} did not start (log: {log}):\n{exc}") from None
         create_subscription(
             pubsub.host, c.project, NOTIFY_SUBSCRIPTION, NOTIFY_TOPIC,
             push_endpoint=c.url("bridge") + "/", ack_deadline_s=NOTIFY_ACK_DEADLINE_S,
@@ -356,6 +355,28 @@ class Stack:
             min_backoff_s=1, max_backoff_s=10,
         )  # fmt: skip
         self.started_in_s = time.monotonic() - t0
+
+    def _relay_env(self) -> dict[str, str]:
+        c = self.config
+        sub, topic = f"projects/{c.project}/subscriptions/", f"projects/{c.project}/topics/"
+        routes = [
+            {
+                "subscription": sub + INFERENCE_SUBSCRIPTION,
+                "endpoint": c.url("service") + "/",
+                "min_backoff_s": INFERENCE_BACKOFF_S[0],
+                "max_backoff_s": INFERENCE_BACKOFF_S[1],
+                "max_attempts": INFERENCE_MAX_DELIVERY_ATTEMPTS,
+                "dead_letter_topic": topic + DEAD_LETTER_TOPIC,
+            },
+            {
+                "subscription": sub + DELIVERY_SUBSCRIPTION,
+                "endpoint": c.url("service") + "/deliver",
+                "min_backoff_s": DELIVERY_BACKOFF_S[0],
+                "max_backoff_s": DELIVERY_BACKOFF_S[1],
+            },
+            {"subscription": sub + DEAD_LETTER_RECORDER, "endpoint": c.url("service") + "/dead-letter"},
+        ]
+        return self._child_env({"RELAY_PORT": str(c.ports.relay), "RELAY_ROUTES": json.dumps(routes)})
 
     def _orthanc_command(self) -> list[str]:
         c = self.config
@@ -368,6 +389,7 @@ class Stack:
     def restart(self, name: str, timeout_s: float = 120) -> None:
         """Start a component this stack started before (a test stopped it) with the same command."""
         cmd, env, url, health = self._specs[name]
+        self.records = [r for r in self.records if r["name"] != name or is_owned(r)]  # the stopped one
         proc, log = self._spawn(name, cmd, env, url, health)
         wait_http(url + health, timeout_s, proc, log)
 

@@ -54,6 +54,7 @@ class Ports:
     webhook: int = 8083
     bridge: int = 8084
     orthanc: int = 8086  # not 8042: the Debian package may run a system Orthanc there
+    relay: int = 8088  # the Pub/Sub push stand-in's /healthz and /stats
 
     @classmethod
     def from_env(cls) -> Ports:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from gpu_service.outcome import gives_up
 from infra.local import emulators, orthanc
 from infra.local.emulators import free_port
 from pipeline_common import contract, naming
@@ -153,12 +152,3 @@ def test_a_malformed_delivery_message_is_refused(make_app: Any) -> None:  # noqa
         }
     }
     assert app.test_client().post("/deliver", json=inference_body).status_code == 400
-
-
-def test_giving_up_by_age_where_pushes_carry_no_attempt() -> None:
-    assert gives_up(4, 4) and not gives_up(3, 4)
-    assert not gives_up(None, 4, age_s=1000, give_up_after_s=0)  # age rule off
-    assert gives_up(None, 4, age_s=21, give_up_after_s=20) and not gives_up(
-        None, 4, age_s=5, give_up_after_s=20
-    )
-    assert not gives_up(3, 4, age_s=10**6, give_up_after_s=20)  # an attempt count decides when given

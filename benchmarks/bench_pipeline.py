@@ -10,13 +10,16 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-"before" and "after" differ only in the render stage (and `--threads`, when set):
+Three variants, differing only in the render and write stages (`--variants` picks some):
 - before: gpu_service/inference/render.py as of commit bbd50c9, copied verbatim below
   (`LegacyRender`): every rendering at the source's resolution, the overlay's outline by
-  repeated `find_boundaries` at full resolution, float blends, PNG zlib level 6;
-- after: today's render.py with `RENDER_MAX_SIDE` (default 1024).
-Every other stage is today's code in both columns. The two run interleaved, `--repeat` times
-each per size (a busy neighbour slows both alike), every request on a fresh upload.
+  repeated `find_boundaries` at full resolution, float blends, PNG zlib level 6; the four PNGs
+  rendered, then written, one after the other (as processing.py did then);
+- after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), the PNGs rendered
+  side by side, then written side by side (gpu_service/pipeline/side_by_side.py);
+- after-serial: as shipped, but one after the other (what the thread pool adds).
+Every other stage is today's code in every column. The variants run interleaved, `--repeat`
+times each per size (a busy neighbour slows all alike), every request on a fresh upload.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -52,7 +55,7 @@ from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
 from gpu_service.inference.model import load_model
-from gpu_service.pipeline import processing
+from gpu_service.pipeline import processing, side_by_side
 from gpu_service.request import InferenceRequest
 from gpu_service.settings import Settings
 from gpu_service.wiring import build_processor
@@ -132,16 +135,23 @@ class LegacyRender:
         return cls._png(cls.heatmap_rgb(image_u8, weights))
 
 
+VARIANTS = ("before", "after", "after-serial")
+
+
 @contextmanager
 def variant(name: str) -> Iterator[None]:
-    """``before``: processing.py renders with :class:`LegacyRender`; ``after``: as shipped."""
-    shipped = processing.render
+    """``before``: processing.py renders with :class:`LegacyRender`, and renders and writes the
+    PNGs one after the other; ``after``: as shipped (side by side on the pool);
+    ``after-serial``: as shipped, but one after the other (what the pool adds)."""
+    shipped, threads = processing.render, side_by_side.THREADS
     if name == "before":
         processing.render = LegacyRender  # type: ignore[assignment]
+    if name in ("before", "after-serial"):
+        side_by_side.THREADS = 1
     try:
         yield
     finally:
-        processing.render = shipped
+        processing.render, side_by_side.THREADS = shipped, threads
 
 
 class ModelClock:
@@ -227,36 +237,41 @@ def med(rows: list[dict[str, float]], key: str) -> float:
 
 
 def report(label: str, results: dict[str, list[dict[str, float]]], peaks: dict[str, float]) -> None:
-    before, after = results["before"], results["after"]
+    names = list(results)
 
-    def row(name: str, b: float, a: float, fmt: str = ".1f") -> None:
-        print(f"  {name:<28}{b:>10{fmt}}{a:>10{fmt}}")
+    def row(name: str, values: list[float], fmt: str = ".1f") -> None:
+        print(f"  {name:<28}" + "".join(f"{v:>14{fmt}}" for v in values))
 
-    print(f"\n{label}: median of {len(after)} requests each (ms)")
-    print(f"  {'stage':<28}{'before':>10}{'after':>10}")
+    print(f"\n{label}: median of {len(results[names[0]])} requests each (ms)")
+    print(f"  {'stage':<28}" + "".join(f"{n:>14}" for n in names))
     derived = {"request", "model calls", "model call count"}
-    extra = sorted({k for r in after for k in r} - set(STAGES) - derived)
+    extra = sorted({k for rows in results.values() for r in rows for k in r} - set(STAGES) - derived)
     for stage in (*STAGES, *extra):
-        row(stage, med(before, stage), med(after, stage))
-    row("request (wall)", med(before, "request"), med(after, "request"))
-    row("  in model calls", med(before, "model calls"), med(after, "model calls"))
-    outside = {}
-    for name, rows in results.items():
-        values = [r["request"] - r["model calls"] for r in rows]
-        shares = [(r["request"] - r["model calls"]) / r["request"] for r in rows]
-        outside[name] = (statistics.median(values), statistics.median(shares))
-    row("  everything else", outside["before"][0], outside["after"][0])
-    row("  everything else, share", outside["before"][1], outside["after"][1], ".0%")
-    row("model calls per request", med(before, "model call count"), med(after, "model call count"), ".0f")
-    row("peak traced memory (MiB)", peaks["before"], peaks["after"], ".0f")
-    ok = outside["after"][0] <= 300 and outside["after"][1] <= 0.25
-    print(f"  goal (everything else <= 300 ms and <= 25 %): {'met' if ok else 'NOT met'} after")
+        row(stage, [med(results[n], stage) for n in names])
+    row("request (wall)", [med(results[n], "request") for n in names])
+    row("  in model calls", [med(results[n], "model calls") for n in names])
+    outside = {
+        n: (
+            statistics.median(r["request"] - r["model calls"] for r in rows),
+            statistics.median((r["request"] - r["model calls"]) / r["request"] for r in rows),
+        )
+        for n, rows in results.items()
+    }
+    row("  everything else", [outside[n][0] for n in names])
+    row("  everything else, share", [outside[n][1] for n in names], ".0%")
+    row("model calls per request", [med(results[n], "model call count") for n in names], ".0f")
+    row("peak traced memory (MiB)", [peaks[n] for n in names], ".0f")
+    for n in names:
+        if n != "before":
+            ok = outside[n][0] <= 300 and outside[n][1] <= 0.25
+            print(f"  goal (everything else <= 300 ms and <= 25 %), {n}: {'met' if ok else 'NOT met'}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["512", "2048", "3000x2500"])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--profile", metavar="SIZE", help="cProfile one request (after) of this size instead")
     args = parser.parse_args()
 
@@ -277,21 +292,21 @@ def main() -> int:
             return profile(bench, dicom_of(*parse_size(args.profile)))
         print(f"demo model {model.info.name} {model.info.version}, production LIME defaults, "
               f"RENDER_MAX_SIDE {settings.render_max_side}, fake-gcs-server on loopback, "
-              f"{os.cpu_count()} CPUs; before = render.py of bbd50c9, after = today's")  # fmt: skip
+              f"{os.cpu_count()} CPUs; before = render.py of bbd50c9, serial; after = today's")  # fmt: skip
         for text in args.sizes:
             rows, columns = parse_size(text)
             data = dicom_of(rows, columns)
-            for name in ("before", "after"):  # one untimed request each: caches, connections
+            for name in args.variants:  # one untimed request each: caches, connections
                 with variant(name):
                     bench.run(bench.upload(data))
-            results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+            results: dict[str, list[dict[str, float]]] = {name: [] for name in args.variants}
             for _ in range(args.repeat):
-                for name in ("before", "after"):
+                for name in args.variants:
                     request = bench.upload(data)
                     with variant(name):
                         results[name].append(bench.run(request))
             peaks = {}
-            for name in ("before", "after"):
+            for name in args.variants:
                 with variant(name):
                     peaks[name] = peak_traced_mb(bench, data)
             report(f"{columns} x {rows} ({len(data) / 2**20:.1f} MiB DICOM)", results, peaks)

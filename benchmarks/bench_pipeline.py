@@ -10,16 +10,18 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-Three variants, differing only in the render and write stages (`--variants` picks some):
-- before: gpu_service/inference/render.py as of commit bbd50c9, copied verbatim below
-  (`LegacyRender`): every rendering at the source's resolution, the overlay's outline by
-  repeated `find_boundaries` at full resolution, float blends, PNG zlib level 6; the four PNGs
-  rendered, then written, one after the other (as processing.py did then);
-- after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), the PNGs rendered
-  side by side, then written side by side (gpu_service/pipeline/side_by_side.py);
-- after-serial: as shipped, but one after the other (what the thread pool adds).
-Every other stage is today's code in every column. The variants run interleaved, `--repeat`
-times each per size (a busy neighbour slows all alike), every request on a fresh upload.
+Three variants (`--variants` picks some):
+- before: what commit bbd50c9 did in the stages this work changed. render.py as of bbd50c9,
+  copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
+  overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
+  level 6; the four PNGs rendered, then written, one after the other; decoding pixel by pixel
+  (`pixels.LUT_MIN_PIXELS` out of reach). Today's code otherwise;
+- after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), decoding through
+  a lookup table, the PNGs rendered side by side, then written side by side
+  (gpu_service/pipeline/side_by_side.py);
+- after-serial: as shipped, but the PNGs one after the other (what the thread pool adds).
+The variants run interleaved, `--repeat` times each per size (a busy neighbour slows all
+alike), every request on a fresh upload.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -54,6 +56,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
+from gpu_service.inference import pixels
 from gpu_service.inference.model import load_model
 from gpu_service.pipeline import processing, side_by_side
 from gpu_service.request import InferenceRequest
@@ -140,18 +143,17 @@ VARIANTS = ("before", "after", "after-serial")
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
-    """``before``: processing.py renders with :class:`LegacyRender`, and renders and writes the
-    PNGs one after the other; ``after``: as shipped (side by side on the pool);
-    ``after-serial``: as shipped, but one after the other (what the pool adds)."""
-    shipped, threads = processing.render, side_by_side.THREADS
+    """Sets up one of :data:`VARIANTS` for the requests run inside."""
+    shipped, threads, lut_min = processing.render, side_by_side.THREADS, pixels.LUT_MIN_PIXELS
     if name == "before":
         processing.render = LegacyRender  # type: ignore[assignment]
+        pixels.LUT_MIN_PIXELS = 1 << 62
     if name in ("before", "after-serial"):
         side_by_side.THREADS = 1
     try:
         yield
     finally:
-        processing.render, side_by_side.THREADS = shipped, threads
+        processing.render, side_by_side.THREADS, pixels.LUT_MIN_PIXELS = shipped, threads, lut_min
 
 
 class ModelClock:
@@ -292,7 +294,7 @@ def main() -> int:
             return profile(bench, dicom_of(*parse_size(args.profile)))
         print(f"demo model {model.info.name} {model.info.version}, production LIME defaults, "
               f"RENDER_MAX_SIDE {settings.render_max_side}, fake-gcs-server on loopback, "
-              f"{os.cpu_count()} CPUs; before = render.py of bbd50c9, serial; after = today's")  # fmt: skip
+              f"{os.cpu_count()} CPUs; before = bbd50c9's render and decode")  # fmt: skip
         for text in args.sizes:
             rows, columns = parse_size(text)
             data = dicom_of(rows, columns)

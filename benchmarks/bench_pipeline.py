@@ -10,18 +10,15 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-Three variants (`--variants` picks some):
-- before: what commit bbd50c9 did in the stages this work changed. render.py as of bbd50c9,
+Two variants, interleaved, `--repeat` times each per size (a busy neighbour slows both alike),
+every request on a fresh upload:
+- before: what commit bbd50c9 did in the stages this work changed: render.py as of bbd50c9,
   copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
   overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
-  level 6; the four PNGs rendered, then written, one after the other; decoding pixel by pixel
-  (`pixels.LUT_MIN_PIXELS` out of reach). Today's code otherwise;
+  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). Today's code
+  otherwise (the same processing.py, storage, LIME and DICOM code);
 - after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), decoding through
-  a lookup table, the PNGs rendered side by side, then written side by side
-  (gpu_service/pipeline/side_by_side.py);
-- after-serial: as shipped, but the PNGs one after the other (what the thread pool adds).
-The variants run interleaved, `--repeat` times each per size (a busy neighbour slows all
-alike), every request on a fresh upload.
+  a lookup table.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -58,7 +55,7 @@ from skimage.segmentation import find_boundaries
 from devkit.synthetic import make_radiograph, to_dicom_dataset
 from gpu_service.inference import pixels
 from gpu_service.inference.model import load_model
-from gpu_service.pipeline import processing, side_by_side
+from gpu_service.pipeline import processing
 from gpu_service.request import InferenceRequest
 from gpu_service.settings import Settings
 from gpu_service.wiring import build_processor
@@ -138,22 +135,20 @@ class LegacyRender:
         return cls._png(cls.heatmap_rgb(image_u8, weights))
 
 
-VARIANTS = ("before", "after", "after-serial")
+VARIANTS = ("before", "after")
 
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Sets up one of :data:`VARIANTS` for the requests run inside."""
-    shipped, threads, lut_min = processing.render, side_by_side.THREADS, pixels.LUT_MIN_PIXELS
+    shipped, lut_min = processing.render, pixels.LUT_MIN_PIXELS
     if name == "before":
         processing.render = LegacyRender  # type: ignore[assignment]
         pixels.LUT_MIN_PIXELS = 1 << 62
-    if name in ("before", "after-serial"):
-        side_by_side.THREADS = 1
     try:
         yield
     finally:
-        processing.render, side_by_side.THREADS, pixels.LUT_MIN_PIXELS = shipped, threads, lut_min
+        processing.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
 
 
 class ModelClock:

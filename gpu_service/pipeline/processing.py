@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from gpu_service.inference.pixels import (
     to_uint8,
 )
 from gpu_service.outcome import ProcessResult, RequestOutcome, gives_up, is_transient
-from gpu_service.pipeline.side_by_side import side_by_side
 from gpu_service.pipeline.staged_result import StagedResults
 from gpu_service.request import InferenceRequest
 from gpu_service.results import record as result
@@ -226,26 +224,23 @@ class Processor:
         inference = self._infer(decoded, timer)
 
         with timer.stage("render"), permanent_unless_transient("render_failed", ds):
-            image, side = decoded.preview, self.settings.render_max_side
-            mask, weights = inference.explanation.mask, inference.explanation.pixel_weights  # source size
-            roles = [  # rendered side by side, then written side by side
-                (naming.PREVIEW_SUFFIX, "preview", lambda: render.preview_png(image, side)),
-                (naming.MASK_SUFFIX, "mask", lambda: render.mask_png(mask)),
-                (naming.OVERLAY_SUFFIX, "overlay", lambda: render.overlay_png(image, mask, side)),
-                (naming.HEATMAP_SUFFIX, "heatmap", lambda: render.heatmap_png(image, weights, side)),
+            mask, side = inference.explanation.mask, self.settings.render_max_side  # mask: source size
+            artifacts = [
+                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview, side)),
+                (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
+                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask, side)),
+                (
+                    naming.HEATMAP_SUFFIX,
+                    "heatmap",
+                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights, side),
+                ),
             ]
-            pngs = side_by_side([draw for _, _, draw in roles])
         with timer.stage("write"):
-            writes = side_by_side(
-                [
-                    functools.partial(self.outputs.write, request, suffix, role, png, "image/png")
-                    for (suffix, role, _), png in zip(roles, pngs, strict=True)
-                ],
-                keep_errors=(OutputConflict,),
-            )
-            for (_, role, _), written in zip(roles, writes, strict=True):
-                if isinstance(written, OutputConflict):
-                    raise PermanentFailure(OutputConflict.code, str(written), ds) from written
+            for suffix, role, png in artifacts:
+                try:
+                    written = self.outputs.write(request, suffix, role, png, "image/png")
+                except OutputConflict as exc:
+                    raise PermanentFailure(OutputConflict.code, str(exc), ds) from exc
                 if written.outcome is WriteOutcome.SUPERSEDED:
                     log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
                     return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)

@@ -160,19 +160,21 @@ def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int |
     if image_u8.shape[:2] != pixel_weights.shape:
         raise ValueError(f"weights {pixel_weights.shape} do not match image {image_u8.shape[:2]}")
     shape = display_shape(image_u8.shape, max_side)
-    rgb = _rgb(_shrink_image(image_u8, shape)).astype(np.float32)
+    small = _shrink_image(image_u8, shape)
     w = np.clip(np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0)
-    alpha = (np.float32(HEATMAP_MAX_ALPHA) * np.abs(w))[..., None]
-    color = np.where(
-        (w > 0)[..., None],
-        np.asarray(SUPPORT_COLOR, dtype=np.float32),
-        np.asarray(AGAINST_COLOR, dtype=np.float32),
-    )
-    rgb *= 1.0 - alpha
-    rgb += alpha * color
-    rgb += 0.5
-    np.clip(rgb, 0, 255, out=rgb)
-    return rgb.astype(np.uint8)
+    alpha = np.float32(HEATMAP_MAX_ALPHA) * np.abs(w)
+    keep = 1.0 - alpha
+    support = w > 0
+    out = np.empty((*shape, 3), dtype=np.uint8)
+    for c in range(3):  # per channel, on HxW planes: no HxWx3 float temporaries
+        value = (small if small.ndim == 2 else small[..., c]).astype(np.float32)
+        tint = np.where(support, np.float32(SUPPORT_COLOR[c]), np.float32(AGAINST_COLOR[c]))
+        plane = keep * value
+        plane += alpha * tint
+        plane += 0.5
+        np.clip(plane, 0, 255, out=plane)
+        out[..., c] = plane
+    return out
 
 
 def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> bytes:

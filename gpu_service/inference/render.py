@@ -76,9 +76,10 @@ def _sample(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _rgb(image_u8: np.ndarray) -> np.ndarray:
+    """A new HxWx3 array (drawn on: never the caller's image)."""
     if image_u8.ndim == 2:
         return np.repeat(image_u8[..., None], 3, axis=2)
-    return np.ascontiguousarray(image_u8[..., :3])
+    return np.array(image_u8[..., :3], copy=True, order="C")
 
 
 def _check_image(image_u8: np.ndarray) -> None:

@@ -69,12 +69,15 @@ def test_renderings_have_the_display_size_and_the_mask_the_sources(shape: tuple[
     image = rng.integers(0, 256, shape, dtype=np.uint8)
     mask = _mask(shape)
     weights = rng.uniform(-1, 1, shape).astype(np.float32)
+    colour = np.stack([image, 255 - image, image // 2], axis=2)  # an RGB source
     height, width = render.display_shape(shape, 256)
     for name, data, mode in [
         ("preview", render.preview_png(image, 256), "L"),
         ("overlay", render.overlay_png(image, mask, 256), "RGB"),
         ("heatmap", render.heatmap_png(image, weights, 256), "RGB"),
-        ("preview rgb", render.preview_png(np.repeat(image[..., None], 3, axis=2), 256), "RGB"),
+        ("preview rgb", render.preview_png(colour, 256), "RGB"),
+        ("overlay rgb", render.overlay_png(colour, mask, 256), "RGB"),
+        ("heatmap rgb", render.heatmap_png(colour, weights, 256), "RGB"),
     ]:
         img = _png(data)
         assert (img.size, img.mode) == ((width, height), mode), name
@@ -93,7 +96,8 @@ def test_preview_is_the_area_average_of_the_image() -> None:
 
 def _reference_overlay(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """What render.overlay_rgb drew before it was reworked (find_boundaries, float blend)."""
-    out = np.repeat(image_u8[..., None], 3, axis=2).astype(np.float32)
+    rgb = np.repeat(image_u8[..., None], 3, axis=2) if image_u8.ndim == 2 else image_u8
+    out = rgb.astype(np.float32)
     out[mask] = (1.0 - render.OVERLAY_ALPHA) * out[mask] + render.OVERLAY_ALPHA * np.asarray(
         render.OVERLAY_COLOR, dtype=np.float32
     )
@@ -105,10 +109,13 @@ def _reference_overlay(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape", [(60, 80), (1100, 700)])
-def test_overlay_at_its_own_size_is_what_find_boundaries_drew(shape: tuple[int, int]) -> None:
-    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
-    mask = _mask(shape)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_overlay_at_its_own_size_is_what_find_boundaries_drew(shape: tuple[int, int], channels: int) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (*shape, 3) if channels == 3 else shape, dtype=np.uint8)
+    mask, untouched = _mask(shape), image.copy()
     assert np.array_equal(render.overlay_rgb(image, mask, max_side=None), _reference_overlay(image, mask))
+    assert np.array_equal(image, untouched)  # drawn on a copy, never on the caller's image
 
 
 def test_shrunk_overlay_tints_the_sampled_mask_and_outlines_it_outside() -> None:

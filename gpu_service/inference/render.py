@@ -6,8 +6,8 @@ pixel; the three renderings meant to be looked at (preview, overlay, heat map) a
 display resolution, their long side at most ``max_side`` (``RENDER_MAX_SIDE``, docs/contracts.md),
 with the source's aspect ratio. Everything is computed at that display resolution: the image is
 shrunk first (area average), the mask and the weights are sampled down (nearest, no new values),
-and the overlay's outline is drawn on the display-resolution mask, so no step costs in proportion
-to the source's pixels except the mask PNG.
+and the overlay's outline is drawn on the display-resolution mask, so the only steps that cost in
+proportion to the source's pixels are the image's shrinking (one pass) and the mask PNG.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ def _png(array: np.ndarray) -> bytes:
 
 def display_shape(shape: tuple[int, ...], max_side: int | None) -> tuple[int, int]:
     """(height, width) of a rendering of an image of ``shape``: the same, or shrunk so the long
-    side is ``max_side`` with the aspect ratio kept (each side rounded, at least 1). ``max_side``
-    None or 0: the source's resolution."""
+    side is ``max_side`` with the aspect ratio kept (each side ``side x max_side / long side``
+    rounded half up, at least 1). ``max_side`` None or 0: the source's resolution."""
     h, w = int(shape[0]), int(shape[1])
-    if not max_side or max(h, w) <= max_side:
+    long = max(h, w)
+    if not max_side or long <= max_side:
         return h, w
-    scale = max_side / max(h, w)
-    return max(1, min(max_side, round(h * scale))), max(1, min(max_side, round(w * scale)))
+    return max(1, (2 * h * max_side + long) // (2 * long)), max(1, (2 * w * max_side + long) // (2 * long))
 
 
 def _shrink_image(image_u8: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

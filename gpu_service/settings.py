@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gpu_service.inference.explain import LimeParams
+from gpu_service.inference.render import DEFAULT_MAX_SIDE
 from gpu_service.results.webhook_signature import check_secret
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
 from pipeline_common.env import read_bool, read_float, read_int, read_str
@@ -55,6 +56,9 @@ class Settings:
     lime_max_samples: int | None = None
     # A mask superpixel weighs at least this share of the strongest; None: the core's default.
     lime_min_relative_weight: float | None = None
+    # Long side (px) of the preview, overlay and heat-map PNGs (0: the source's resolution); the
+    # mask PNG and the SEGs always keep the source's resolution. docs/contracts.md.
+    render_max_side: int = DEFAULT_MAX_SIDE
     # Shared batcher across concurrent requests.
     batching: bool = True
     batch_max_size: int = 256
@@ -111,6 +115,7 @@ class Settings:
             lime_target_stability=_optional_float(env, "LIME_TARGET_STABILITY"),
             lime_max_samples=read_int(env, "LIME_MAX_SAMPLES", 0) or None,
             lime_min_relative_weight=_optional_float(env, "LIME_MIN_RELATIVE_WEIGHT"),
+            render_max_side=read_int(env, "RENDER_MAX_SIDE", DEFAULT_MAX_SIDE),
             batching=read_bool(env, "BATCHING", True),
             batch_max_size=read_int(env, "BATCH_MAX_SIZE", 256),
             batch_max_wait_ms=read_float(env, "BATCH_MAX_WAIT_MS", 10.0),
@@ -153,6 +158,8 @@ class Settings:
         weight = self.lime_min_relative_weight
         if weight is not None and not 0 <= weight < 1:
             raise ValueError(f"LIME_MIN_RELATIVE_WEIGHT must be in [0, 1), got {weight}")
+        if self.render_max_side < 0:
+            raise ValueError(f"RENDER_MAX_SIDE must be >= 0 (0: no bound), got {self.render_max_side}")
         if self.dicomweb_auth not in ("none", "google"):
             raise ValueError(f"DICOMWEB_AUTH must be none or google, got {self.dicomweb_auth!r}")
 

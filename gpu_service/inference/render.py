@@ -1,17 +1,22 @@
 """PNG renderings of one result: the image as decoded, the LIME mask, an overlay and a heat map.
 
-Pure functions from arrays to PNG bytes. Browsers cannot show DICOM, so the web front
-end shows ``STEM.png``; the mask keeps the original resolution so it can be laid over
-that image pixel for pixel.
+Pure functions from arrays to PNG bytes. Browsers cannot show DICOM, so the web front end shows
+``STEM.png``. The mask keeps the source's resolution, so it can be laid over the source pixel for
+pixel; the three renderings meant to be looked at (preview, overlay, heat map) are drawn at a
+display resolution, their long side at most ``max_side`` (``RENDER_MAX_SIDE``, docs/contracts.md),
+with the source's aspect ratio. Everything is computed at that display resolution: the image is
+shrunk first (area average), the mask and the weights are sampled down (nearest, no new values),
+and the overlay's outline is drawn on the display-resolution mask, so the only steps that cost in
+proportion to the source's pixels are the image's shrinking (one pass) and the mask PNG.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 from PIL import Image
-from skimage.segmentation import find_boundaries
 
 OVERLAY_COLOR = (255, 64, 32)  # warm red: visible on grayscale radiographs
 BOUNDARY_COLOR = (255, 220, 0)
@@ -22,65 +27,156 @@ OVERLAY_ALPHA = 0.35
 SUPPORT_COLOR = (230, 30, 20)
 AGAINST_COLOR = (30, 90, 255)
 HEATMAP_MAX_ALPHA = 0.6
+# Display renderings' long side when the caller gives none (the service passes RENDER_MAX_SIDE).
+DEFAULT_MAX_SIDE = 1024
+# The outline is this share of the rendering's long side wide (at least 1 px): 2 px at 1024.
+OUTLINE_PER_SIDE = 512
+
+# zlib level 1, and for one-channel images (preview, mask) the run-length strategy: measured on a
+# 2-core CPU (benchmarks/bench_pipeline.py notes), level 6 spent 3-4x the time for files 10-15 %
+# smaller (RGB) or no smaller at all (grayscale and masks compress best with Z_RLE).
+PNG_COMPRESS_LEVEL = 1
 
 
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=6)
+    options = {"compress_type": zlib.Z_RLE} if array.ndim == 2 else {}
+    Image.fromarray(array).save(
+        buffer, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL, **options
+    )
     return buffer.getvalue()
 
 
-def preview_png(image_u8: np.ndarray) -> bytes:
-    """The 8-bit windowed image (HxW grayscale or HxWx3 RGB)."""
+def display_shape(shape: tuple[int, ...], max_side: int | None) -> tuple[int, int]:
+    """(height, width) of a rendering of an image of ``shape``: the same, or shrunk so the long
+    side is ``max_side`` with the aspect ratio kept (each side ``side x max_side / long side``
+    rounded half up, at least 1). ``max_side`` None or 0: the source's resolution."""
+    h, w = int(shape[0]), int(shape[1])
+    long = max(h, w)
+    if not max_side or long <= max_side:
+        return h, w
+    return max(1, (2 * h * max_side + long) // (2 * long)), max(1, (2 * w * max_side + long) // (2 * long))
+
+
+def _shrink_image(image_u8: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-averaged (Pillow's BOX filter: no ringing) HxW or HxWx3 uint8 at ``shape``."""
+    if image_u8.shape[:2] == shape:
+        return image_u8
+    img = Image.fromarray(np.ascontiguousarray(image_u8))
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BOX))
+
+
+def _sample(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour sampling at pixel centres (Pillow's NEAREST): only values of ``array``."""
+    if array.shape[:2] == shape:
+        return array
+    rows = ((np.arange(shape[0]) + 0.5) * (array.shape[0] / shape[0])).astype(np.intp)
+    cols = ((np.arange(shape[1]) + 0.5) * (array.shape[1] / shape[1])).astype(np.intp)
+    return array[np.ix_(np.minimum(rows, array.shape[0] - 1), np.minimum(cols, array.shape[1] - 1))]
+
+
+def _rgb(image_u8: np.ndarray) -> np.ndarray:
+    """A new HxWx3 array (drawn on: never the caller's image)."""
+    if image_u8.ndim == 2:
+        return np.repeat(image_u8[..., None], 3, axis=2)
+    return np.array(image_u8[..., :3], copy=True, order="C")
+
+
+def _check_image(image_u8: np.ndarray) -> None:
     if image_u8.dtype != np.uint8 or image_u8.ndim not in (2, 3):
-        raise ValueError("preview needs an HxW or HxWx3 uint8 array")
-    return _png(np.ascontiguousarray(image_u8))
+        raise ValueError("the image must be an HxW or HxWx3 uint8 array")
+
+
+def preview_png(image_u8: np.ndarray, max_side: int | None = None) -> bytes:
+    """The 8-bit windowed image (HxW grayscale or HxWx3 RGB), long side at most ``max_side``."""
+    _check_image(image_u8)
+    return _png(np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side))))
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-    """Binary mask as 8-bit grayscale: 255 inside the explanation, 0 elsewhere."""
+    """Binary mask as 8-bit grayscale: 255 inside the explanation, 0 elsewhere. Always at the
+    mask's own (the source's) resolution: it is the pixel-exact result, like the SEG."""
     if mask.ndim != 2:
         raise ValueError("mask must be HxW")
-    return _png(np.where(mask.astype(bool), 255, 0).astype(np.uint8))
+    inside = mask if mask.dtype == bool else mask.astype(bool)
+    return _png(inside.view(np.uint8) * np.uint8(255))
 
 
-def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the explanation tinted and outlined; same HxW as the image."""
-    rgb = np.repeat(image_u8[..., None], 3, axis=2) if image_u8.ndim == 2 else image_u8[..., :3]
-    if rgb.shape[:2] != mask.shape:
-        raise ValueError(f"mask {mask.shape} does not match image {rgb.shape[:2]}")
-    inside = mask.astype(bool)
-    out = rgb.astype(np.float32)
-    color = np.asarray(OVERLAY_COLOR, dtype=np.float32)
-    out[inside] = (1.0 - OVERLAY_ALPHA) * out[inside] + OVERLAY_ALPHA * color
-    # A line a few pixels wide stays visible when a large image is shown scaled down.
-    edges = find_boundaries(inside, mode="outer")
-    thickness = max(1, round(max(mask.shape) / 512))
-    for _ in range(thickness - 1):
-        edges = find_boundaries(edges | inside, mode="outer") | edges
-    out[edges] = np.asarray(BOUNDARY_COLOR, dtype=np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def outer_outline(inside: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels outside ``inside`` within ``thickness`` 4-connected steps of it: what repeated
+    ``skimage.segmentation.find_boundaries(mode="outer")`` thickening drew, by array shifts."""
+    grown = inside.copy()
+    for _ in range(max(1, thickness)):
+        step = grown.copy()
+        step[1:] |= grown[:-1]
+        step[:-1] |= grown[1:]
+        step[:, 1:] |= grown[:, :-1]
+        step[:, :-1] |= grown[:, 1:]
+        grown = step
+    return grown & ~inside
 
 
-def overlay_png(image_u8: np.ndarray, mask: np.ndarray) -> bytes:
-    return _png(overlay_rgb(image_u8, mask))
+def _tint_lut(color: tuple[int, int, int], alpha: float) -> np.ndarray:
+    """(256, 3) uint8: value v blended with ``color`` at ``alpha``, rounded as the float path."""
+    v = np.arange(256, dtype=np.float32)[:, None]
+    blended = (1.0 - np.float32(alpha)) * v + np.float32(alpha) * np.asarray(color, dtype=np.float32)
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
-    """The image tinted by signed weights in [-1, 1] (red > 0, blue < 0); same HxW as the image."""
-    rgb = np.repeat(image_u8[..., None], 3, axis=2) if image_u8.ndim == 2 else image_u8[..., :3]
-    if rgb.shape[:2] != pixel_weights.shape:
-        raise ValueError(f"weights {pixel_weights.shape} do not match image {rgb.shape[:2]}")
-    w = np.clip(np.nan_to_num(pixel_weights.astype(np.float32), nan=0.0), -1.0, 1.0)
-    alpha = (HEATMAP_MAX_ALPHA * np.abs(w))[..., None]
-    color = np.where(
-        (w > 0)[..., None],
-        np.asarray(SUPPORT_COLOR, dtype=np.float32),
-        np.asarray(AGAINST_COLOR, dtype=np.float32),
-    )
-    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * color
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+_OVERLAY_LUT = _tint_lut(OVERLAY_COLOR, OVERLAY_ALPHA)
 
 
-def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray) -> bytes:
-    return _png(heatmap_rgb(image_u8, pixel_weights))
+def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """The image with the explanation tinted and outlined, at :func:`display_shape`.
+
+    ``mask`` is at the image's resolution; it is sampled down to the rendering's, and the outline
+    (``max(1, round(long side / 512))`` px) is drawn there, outside the tinted region.
+    """
+    _check_image(image_u8)
+    if image_u8.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {image_u8.shape[:2]}")
+    shape = display_shape(image_u8.shape, max_side)
+    small = _shrink_image(image_u8, shape)
+    inside = _sample(mask if mask.dtype == bool else mask.astype(bool), shape)
+    out = _rgb(small)
+    if small.ndim == 2:
+        out[inside] = _OVERLAY_LUT[small[inside]]
+    else:
+        for c in range(3):
+            plane = out[..., c]
+            plane[inside] = _OVERLAY_LUT[plane[inside], c]
+    thickness = max(1, round(max(shape) / OUTLINE_PER_SIDE))
+    out[outer_outline(inside, thickness)] = BOUNDARY_COLOR
+    return out
+
+
+def overlay_png(image_u8: np.ndarray, mask: np.ndarray, max_side: int | None = None) -> bytes:
+    return _png(overlay_rgb(image_u8, mask, max_side))
+
+
+def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """The image tinted by signed weights in [-1, 1] (red > 0, blue < 0), at :func:`display_shape`;
+    ``pixel_weights`` is at the image's resolution and sampled down (nearest)."""
+    _check_image(image_u8)
+    if image_u8.shape[:2] != pixel_weights.shape:
+        raise ValueError(f"weights {pixel_weights.shape} do not match image {image_u8.shape[:2]}")
+    shape = display_shape(image_u8.shape, max_side)
+    small = _shrink_image(image_u8, shape)
+    w = np.clip(np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0)
+    alpha = np.float32(HEATMAP_MAX_ALPHA) * np.abs(w)
+    keep = 1.0 - alpha
+    support = w > 0
+    out = np.empty((*shape, 3), dtype=np.uint8)
+    for c in range(3):  # per channel, on HxW planes: no HxWx3 float temporaries
+        value = (small if small.ndim == 2 else small[..., c]).astype(np.float32)
+        tint = np.where(support, np.float32(SUPPORT_COLOR[c]), np.float32(AGAINST_COLOR[c]))
+        plane = keep * value
+        plane += alpha * tint
+        plane += 0.5
+        np.clip(plane, 0, 255, out=plane)
+        out[..., c] = plane
+    return out
+
+
+def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> bytes:
+    return _png(heatmap_rgb(image_u8, pixel_weights, max_side))

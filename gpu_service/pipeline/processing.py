@@ -238,15 +238,15 @@ class Processor:
         inference = self._infer(decoded, timer)
 
         with timer.stage("render"), permanent_unless_transient("render_failed", ds):
-            mask = inference.explanation.mask
+            mask, side = inference.explanation.mask, self.settings.render_max_side  # mask: source size
             artifacts = [
-                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview)),
+                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview, side)),
                 (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
-                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask)),
+                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask, side)),
                 (
                     naming.HEATMAP_SUFFIX,
                     "heatmap",
-                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights),
+                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights, side),
                 ),
             ]
         with timer.stage("write"):

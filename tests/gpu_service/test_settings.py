@@ -45,6 +45,14 @@ def test_settings_pixel_budget_and_delivery_attempts() -> None:
         Settings.from_env({"MAX_DELIVERY_ATTEMPTS": "0"})
 
 
+def test_render_max_side_bounds_the_renderings_and_zero_keeps_the_source() -> None:
+    assert Settings.from_env({}).render_max_side == 1024
+    assert Settings.from_env({"RENDER_MAX_SIDE": "512"}).render_max_side == 512
+    assert Settings.from_env({"RENDER_MAX_SIDE": "0"}).render_max_side == 0
+    with pytest.raises(ValueError, match="RENDER_MAX_SIDE"):
+        Settings.from_env({"RENDER_MAX_SIDE": "-1"})
+
+
 def test_lime_settings_reach_the_explanation_parameters() -> None:
     from gpu_service.inference.explain import LimeParams
     from gpu_service.settings import lime_params

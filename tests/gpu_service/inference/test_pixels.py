@@ -25,6 +25,7 @@ from pydicom.uid import (
 )
 
 from devkit.synthetic import make_radiograph, nodule_mask, to_dicom_dataset
+from gpu_service.inference import pixels
 from gpu_service.inference.pixels import (
     PIXEL_KEYWORDS,
     DecodedImage,
@@ -329,3 +330,49 @@ def test_decode_error_messages_never_quote_element_values() -> None:
         decode(ds)
     assert err.value.code == "unsupported_transfer_syntax"
     _no_patient_text(err.value)
+
+
+def _decode_both(ds: pydicom.Dataset, monkeypatch: pytest.MonkeyPatch) -> tuple[DecodedImage, DecodedImage]:
+    """The image decoded pixel by pixel and through the lookup table."""
+    monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 1 << 62)
+    direct = decode(ds)
+    monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 0)
+    return direct, decode(ds)
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},  # full-range window
+        {"RescaleIntercept": -1024, "RescaleSlope": 1, "WindowCenter": -600, "WindowWidth": 1500},
+        {"PhotometricInterpretation": "MONOCHROME1"},
+        {"WindowCenter": None},  # no window: min..max of the values present
+        {"RescaleSlope": 0.5, "RescaleIntercept": 3, "WindowCenter": None},
+    ],
+)
+def test_lookup_table_decodes_bit_for_bit_as_pixel_by_pixel(
+    attributes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_radiograph(np.random.default_rng(5), size=300, nodule=True).image * 0.6 + 0.2
+    ds = _dataset(image, bits=12)
+    for keyword, value in attributes.items():
+        if value is None:
+            del ds.WindowCenter, ds.WindowWidth
+        else:
+            setattr(ds, keyword, value)
+    direct, table = _decode_both(ds, monkeypatch)
+    assert table.pixels.dtype == np.float32 and np.array_equal(direct.pixels, table.pixels)
+    assert direct.details == table.details
+
+
+@pytest.mark.parametrize("path", [p for p in TEST_FILES if p.suffix.lower() == ".dcm"], ids=lambda p: p.name)
+def test_lookup_table_matches_on_every_pydicom_test_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 1 << 62)
+    try:
+        ds = read_dicom(path.read_bytes())
+        direct = decode(ds)
+    except (PixelDecodeError, ValueError):
+        pytest.skip("not decodable")
+    monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 0)
+    table = decode(ds)
+    assert np.array_equal(direct.pixels, table.pixels) and direct.details == table.details

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -180,6 +181,38 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     assert {"download", "decode", "predict", "explain", "render", "write"} <= set(record["timings_ms"])
     assert "error" not in record
     assert _stats(app).inferences == 1
+
+
+def test_renderings_have_the_display_size_the_mask_and_seg_the_sources(
+    make_app: Any, bucket_name: str
+) -> None:
+    """RENDER_MAX_SIDE shrinks STEM.png, the overlay and the heat map (aspect ratio kept); the
+    mask PNG keeps the source's rows x columns and the SEG holds exactly its pixels."""
+    sample = synthetic.make_radiograph(np.random.default_rng(31), size=200, nodule=True)
+    ds = synthetic.to_dicom_dataset(sample.image[:, 25:175], modality="DX")  # 200 rows x 150 columns
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    blob = upload(bucket_name, "display/x.dcm", data)
+    response = make_app(render_max_side=64).test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
+
+    decoded = to_uint8(decode(read_dicom(data)))
+    preview = _png(read_object(bucket_name, "display/x.png")[0])
+    assert preview.size == (48, 64) and preview.mode == "L"  # (width, height): 150 x 64 / 200 = 48
+    shrunk = Image.fromarray(decoded).resize((48, 64), Image.Resampling.BOX)
+    assert np.array_equal(np.asarray(preview), np.asarray(shrunk))
+    for suffix in (".overlay.png", ".heatmap.png"):
+        rendering = _png(read_object(bucket_name, "display/x" + suffix)[0])
+        assert rendering.size == (48, 64) and rendering.mode == "RGB", suffix
+    mask = np.asarray(_png(read_object(bucket_name, "display/x.lime.png")[0]))
+    assert mask.shape == (200, 150) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+    record = json.loads(read_object(bucket_name, "display/x.result.json")[0])
+    assert (record["image"]["rows"], record["image"]["columns"]) == (200, 150)
+
+    seg = hd.seg.segread(io.BytesIO(read_object(bucket_name, "display/x" + naming.SEG_SUFFIX)[0]))
+    pixels = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    assert np.array_equal(pixels.astype(bool), mask == 255)
 
 
 def blob_correlation(blob: storage.Blob) -> str:
@@ -503,7 +536,7 @@ def test_failure_of_a_pure_stage_is_a_recorded_failure(
 ) -> None:
     """Rendering fails the same way on every delivery: record it and tell Django at once."""
 
-    def broken_overlay(image: Any, mask: Any) -> bytes:
+    def broken_overlay(image: Any, mask: Any, max_side: Any = None) -> bytes:
         raise ValueError("operands could not be broadcast together")
 
     monkeypatch.setattr(render, "overlay_png", broken_overlay)

@@ -43,6 +43,7 @@ def _segment_algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequen
 # has one, else this nominal value.
 FALLBACK_SPACING_MM = 1.0
 NOMINAL_SLICE_THICKNESS_MM = 1.0
+NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -133,10 +134,15 @@ def _segmentation(
         pixel_measures=pixel_measures(source),
         **kind,
     )
-    if "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
         # General Image: Patient Orientation is Type 2C, required when the image has no
         # Image Orientation (Patient): the source's, else empty (unknown).
         seg.PatientOrientation = source.get("PatientOrientation") or ""
+        # OHIF (Cornerstone's SEG loader) reads the frames' orientation and refuses a SEG
+        # without one; a projection has none, and Cornerstone gives its image the identity
+        # orientation: the SEG says the same, so the two line up (it places nothing in space).
+        shared.PlaneOrientationSequence = hd.PlaneOrientationSequence("PATIENT", NOMINAL_ORIENTATION)
     return seg
 
 

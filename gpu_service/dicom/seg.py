@@ -44,6 +44,9 @@ def _segment_algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequen
 FALLBACK_SPACING_MM = 1.0
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
+# overlay draws it; the heat map orange (viewers warn when a segment has no colour).
+DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -115,6 +118,7 @@ def _segmentation(
         segmented_property_type=finding_code(finding.label, algorithm.label_codes, algorithm.name),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_segment_algorithm(algorithm),
+        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB[role]),
     )
     seg = hd.seg.Segmentation(
         source_images=[source],

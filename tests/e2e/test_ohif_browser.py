@@ -89,6 +89,10 @@ def test_ohif_lists_the_study_and_draws_the_seg_over_the_source(local_stack):
             page.wait_for_timeout(2_000)
             drawn = _red_pixels(viewport.screenshot())
             assert drawn > 200 and drawn > 20 * (before + 1), (before, drawn)
+            page.get_by_role("button", name="Yes").click()  # open it: a labelmap in the viewport
+            page.wait_for_timeout(3_000)
+            opened = _red_pixels(viewport.screenshot())
+            assert opened > 200 and opened > 20 * (before + 1), (before, drawn, opened)
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
             assert page_errors == [], page_errors

@@ -165,6 +165,7 @@ def test_segs_of_a_projection_image_carry_pixel_measures(header, spacing, thickn
         assert seg.PatientOrientation == "", role  # Type 2C without an Image Orientation (Patient)
         (orientation,) = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
         assert [float(v) for v in orientation.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0], role
+        assert len(seg.SegmentSequence[0].RecommendedDisplayCIELabValue) == 3, role
 
 
 def test_a_second_run_on_the_same_upload_gives_the_same_uids_another_upload_others() -> None:

@@ -55,7 +55,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: prereqs-test $(STAMP) $(CHECKOV_STAMP)
+test: prereqs-test $(STAMP) $(CHECKOV_STAMP) ohif
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports

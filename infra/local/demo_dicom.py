@@ -39,7 +39,8 @@ def report(env: dict[str, str], outcomes: list[Any]) -> tuple[list[str], list[st
         if env.get("OHIF_URL"):
             lines.append(f"    OHIF {ohif.study_url(env['OHIF_URL'], study)}")
         for s in series:
-            lines.append(f"    {s['modality']:<4} {s['instances'] or '?':>2} instance(s)  {s['description']}")
+            row = f"    {s['modality']:<4} {s['instances'] or '?':>2} instance(s)  {s['description']}"
+            lines.append(row.rstrip())
         for role, why in absent.items():
             lines.append(f"    no {role.upper()}: {why}")
         held = {s["series_instance_uid"] for s in series}

@@ -153,3 +153,24 @@ def test_the_pacs_stand_in_stores_dicom_sources_only(upstream: str) -> None:
     assert store("ward3/scan.dcm", {"dicom-pipeline-output": "seg"}).startswith("not a source")
     assert store("ward3/scan.result.json").startswith("not a source")
     assert [s["method"] for s in _Upstream.seen[seen:]] == ["GET"]  # the letter was read, not stored
+
+
+def test_demo_prints_each_completed_files_ohif_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from infra.local import demo_dicom, orthanc
+
+    monkeypatch.setattr(orthanc, "study_id", lambda base, study: "abc")
+    series = [{"modality": "DX", "description": "", "instances": "1", "series_instance_uid": "1.1"}]
+    monkeypatch.setattr(orthanc, "study_series", lambda url, study: series)
+    record = {"dicom": {"study_instance_uid": "1.2.3", "series_instance_uids": {}, "absent": {}}}
+    outcomes = [
+        SimpleNamespace(file="a.dcm", status="completed", record=record),
+        SimpleNamespace(file="b.dcm", status="rejected", record={}),
+    ]
+    env = {"ORTHANC_URL": "http://o", "DICOMWEB_URL": "http://o/dicom-web", "OHIF_URL": "http://v"}
+    lines, problems = demo_dicom.report(env, outcomes)
+    assert problems == []
+    assert "    OHIF http://v/viewer?StudyInstanceUIDs=1.2.3" in lines
+    assert "    DX    1 instance(s)" in lines  # no trailing blanks without a description
+    assert not any("b.dcm" in line for line in lines)

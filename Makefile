@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs prereqs-test prereqs-stack ports-free test test-fast lint fmt clean up down status demo
+.PHONY: help venv prereqs prereqs-test prereqs-stack ports-free ohif test test-fast lint fmt clean up down status demo
 
 # Checked before the virtual environment. On Debian/Ubuntu as root the check installs the missing
 # system packages (infra/local/debian-packages); elsewhere, or with INSTALL_SYSTEM_PACKAGES=0, it
@@ -55,7 +55,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: prereqs-test $(STAMP) $(CHECKOV_STAMP)
+test: prereqs-test $(STAMP) $(CHECKOV_STAMP) ohif
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
@@ -67,8 +67,12 @@ test-fast: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# OHIF, the viewer the local stack serves: the pinned @ohif/app's dist/ (npm, once) in .local/ohif/.
+ohif: $(STAMP)
+	$(PY) -m infra.local.ohif install
+
 # Local stack (infra/local): ports LOCAL_*_PORT, state and logs under .local/.
-up: prereqs-stack $(STAMP) ports-free
+up: prereqs-stack $(STAMP) ports-free ohif
 	$(PY) -m infra.local.stack_cli up
 
 down:
@@ -78,7 +82,7 @@ status:
 	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack_cli status; else echo "local stack: not running (no $(VENV))"; fi
 
 # make demo KEEP=1 leaves the stack running afterwards (make down stops it).
-demo: prereqs-stack $(STAMP) ports-free
+demo: prereqs-stack $(STAMP) ports-free ohif
 	$(PY) -m infra.local.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
 
 clean:

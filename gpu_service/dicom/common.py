@@ -8,6 +8,7 @@ import io
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ TYPE2_EMPTY = (
     "StudyID",
     "AccessionNumber",
 )
+# De-identification Method of an object whose source says its identity was removed but not how.
+UNSTATED_DEIDENTIFICATION = "as the source image: identity removed, method not stated"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # highdicom's log lines name the source's UIDs (patient data, never logged): silenced; what
 # goes wrong reaches the record as the reason an object is absent.
@@ -116,13 +119,20 @@ def source_header(ds: Dataset) -> Dataset:
     for keyword in TYPE2_EMPTY:
         if keyword not in header:
             setattr(header, keyword, "")
-    if not header.get("SliceThickness"):
-        # highdicom would copy the pixel spacing into a Pixel Measures item that its own reader
-        # refuses without a slice thickness (secondary captures, RGB photos, some NM).
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            if keyword in header:
-                delattr(header, keyword)
     return header
+
+
+def copy_deidentification(obj: Dataset, source: Dataset) -> None:
+    """Patient Identity Removed YES requires a De-identification Method or its code sequence
+    (Type 1C): the source's, else a text that says the source did not state one."""
+    if str(obj.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    methods = ("DeidentificationMethod", "DeidentificationMethodCodeSequence")
+    for keyword in methods:
+        if keyword in source and keyword not in obj:
+            obj[keyword] = deepcopy(source[keyword])
+    if not any(keyword in obj for keyword in methods):
+        obj.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
 
 
 def algorithm_parameters(algorithm: Algorithm) -> dict[str, str]:

@@ -22,12 +22,13 @@ from gpu_service.dicom.common import (
     SR,
     Algorithm,
     Finding,
+    copy_deidentification,
     encode,
     finding_code,
     object_uid,
     source_header,
 )
-from gpu_service.dicom.seg import build_heatmap, build_segmentation, seg_frame_number, why_no_segmentation
+from gpu_service.dicom.seg import build_heatmap, build_segmentation, why_no_segmentation
 from gpu_service.dicom.sr import build_report
 
 __all__ = [
@@ -89,12 +90,12 @@ def build_objects(
         absent[SR] = "the source has no Study Instance UID: a derived object could not join its study"
     else:
         try:
-            seg_frame = seg_frame_number(header, frame_index)
-            objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), seg_frame)
+            objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), frame_index)
         except Exception as exc:  # noqa: BLE001
             absent[SR] = f"highdicom cannot build the SR: {type(exc).__name__}: {exc}"
     for role, ds in objects.items():
         ds.SeriesDescription = SERIES_DESCRIPTIONS[role]
+        copy_deidentification(ds, header)
     return DicomObjects(objects, absent, study)
 
 

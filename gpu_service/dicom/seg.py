@@ -8,6 +8,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from highdicom.spatial import get_image_coordinate_system
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -35,10 +36,44 @@ def _segment_algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequen
     )
 
 
-def seg_frame_number(source: Dataset, frame_index: int) -> int:
-    """The SEG frame that holds the mask of source frame ``frame_index``: every source frame has
-    one (empty ones too: highdicom cannot omit them for legacy multi-frame sources)."""
-    return frame_index + 1 if n_frames_of(source) > 1 else 1
+# A projection image (no patient coordinates) without any pixel spacing gets this in the SEG's
+# Pixel Measures: what viewers assume for such an image (Cornerstone draws it at 1 mm a pixel),
+# so the SEG lines up with it. A projection has no slice: Slice Thickness, which the Pixel
+# Measures macro and highdicom's reader require beside Pixel Spacing, is the source's when it
+# has one, else this nominal value.
+FALLBACK_SPACING_MM = 1.0
+NOMINAL_SLICE_THICKNESS_MM = 1.0
+NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
+# overlay draws it; the heat map orange (viewers warn when a segment has no colour).
+DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
+
+
+def _spacing(source: Dataset) -> list[float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = source.get(keyword)
+        try:
+            spacing = [float(v) for v in value] if value is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(spacing) == 2 and all(v > 0 for v in spacing):
+            return spacing
+    return None
+
+
+def pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | None:
+    """The SEG's Pixel Measures for a projection source (no patient coordinates), which highdicom
+    leaves out and OHIF's SEG viewport needs: the source's Pixel Spacing, else its Imager Pixel
+    Spacing, else :data:`FALLBACK_SPACING_MM`. None for a source in patient coordinates: highdicom
+    copies its measures."""
+    if get_image_coordinate_system(source) is not None or n_frames_of(source) > 1:
+        return None
+    spacing = _spacing(source) or [FALLBACK_SPACING_MM, FALLBACK_SPACING_MM]
+    try:
+        thickness = float(source.get("SliceThickness") or 0) or NOMINAL_SLICE_THICKNESS_MM
+    except (TypeError, ValueError):
+        thickness = NOMINAL_SLICE_THICKNESS_MM
+    return hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness)
 
 
 def _frames(mask: np.ndarray, n_frames: int, frame_index: int) -> np.ndarray:
@@ -83,8 +118,9 @@ def _segmentation(
         segmented_property_type=finding_code(finding.label, algorithm.label_codes, algorithm.name),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_segment_algorithm(algorithm),
+        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB[role]),
     )
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=_frames(pixels, n_frames_of(source), frame_index),
         segment_descriptions=[description],
@@ -99,8 +135,19 @@ def _segmentation(
         content_label="LIME" if role == SEG else "LIMEWEIGHTS",
         content_description=f"{label} for {finding.label}"[:64],
         omit_empty_frames=False,
+        pixel_measures=pixel_measures(source),
         **kind,
     )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
+        # General Image: Patient Orientation is Type 2C, required when the image has no
+        # Image Orientation (Patient): the source's, else empty (unknown).
+        seg.PatientOrientation = source.get("PatientOrientation") or ""
+        # OHIF (Cornerstone's SEG loader) reads the frames' orientation and refuses a SEG
+        # without one; a projection has none, and Cornerstone gives its image the identity
+        # orientation: the SEG says the same, so the two line up (it places nothing in space).
+        shared.PlaneOrientationSequence = hd.PlaneOrientationSequence("PATIENT", NOMINAL_ORIENTATION)
+    return seg
 
 
 def build_segmentation(

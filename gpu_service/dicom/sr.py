@@ -18,10 +18,20 @@ from gpu_service.dicom.common import (
     Finding,
     algorithm_parameters,
     finding_code,
+    n_frames_of,
     object_uid,
 )
 
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
+def _source_image(source: Dataset, frame_index: int) -> hd.sr.SourceImageForSegmentation:
+    frames = [frame_index + 1] if n_frames_of(source) > 1 else None
+    return hd.sr.SourceImageForSegmentation(
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+        referenced_frame_numbers=frames,
+    )
 
 
 def build_report(
@@ -30,9 +40,15 @@ def build_report(
     algorithm: Algorithm,
     dedup_key: str,
     segmentation: Dataset | None = None,
-    seg_frame: int = 1,
+    frame_index: int = 0,
 ) -> Dataset:
-    """TID 1500: the finding (coded), each label's probability and the algorithm; UNVERIFIED."""
+    """TID 1500: the finding (coded), each label's probability and the algorithm; UNVERIFIED.
+
+    The predicted finding references segment 1 of the SEG (TID 1410 "Referenced Segmentation
+    Frame") by its segment number and without a frame number: the Image SOP Instance Reference
+    Macro allows one or the other (dciodvfy), and segment 1 is the SEG's only segment, its mask
+    on one frame. Beside it, the source image it segments (the decoded frame of a multi-frame
+    source)."""
     code = finding_code(finding.label, algorithm.label_codes, algorithm.name)
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name[:64],
@@ -79,9 +95,9 @@ def build_report(
                 referenced_segment=hd.sr.ReferencedSegmentationFrame(
                     sop_class_uid=segmentation.SOPClassUID,
                     sop_instance_uid=segmentation.SOPInstanceUID,
-                    frame_number=seg_frame,
+                    frame_number=1,  # removed below: the reference is by segment
                     segment_number=1,
-                    source_image=hd.sr.SourceImageForSegmentation.from_source_image(source),
+                    source_image=_source_image(source, frame_index),
                 ),
                 **common,
             )
@@ -96,7 +112,7 @@ def build_report(
         imaging_measurements=groups,
     )
     evidence = [source] + ([segmentation] if segmentation is not None else [])
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=object_uid(dedup_key, algorithm.sha256, "sr-series"),
@@ -108,3 +124,14 @@ def build_report(
         is_final=False,
         is_verified=False,
     )
+    _drop_frame_beside_segment(sr)
+    return sr
+
+
+def _drop_frame_beside_segment(item: Dataset) -> None:
+    """Referenced Frame Number out of every image reference that has a Referenced Segment Number."""
+    for reference in item.get("ReferencedSOPSequence", []):
+        if "ReferencedSegmentNumber" in reference and "ReferencedFrameNumber" in reference:
+            del reference.ReferencedFrameNumber
+    for child in item.get("ContentSequence", []):
+        _drop_frame_beside_segment(child)

@@ -1,5 +1,6 @@
 """``make demo``'s DICOM part: per completed file, the study's series as the local DICOMweb store
-(Orthanc) holds them, and the Orthanc Explorer URL where a person can look at them.
+(Orthanc) holds them, the OHIF link that opens the study in the radiologist's viewer, and the
+Orthanc Explorer URL.
 
 A completed record whose objects were stored but that the store does not list is a demo failure.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.local import orthanc
+from infra.local import ohif, orthanc
 
 
 def report(env: dict[str, str], outcomes: list[Any]) -> tuple[list[str], list[str]]:
@@ -35,8 +36,11 @@ def report(env: dict[str, str], outcomes: list[Any]) -> tuple[list[str], list[st
             problems.append(f"{o.file}: cannot query the DICOMweb store: {type(exc).__name__}: {exc}")
             continue
         lines.append(f"  {o.file}  {explorer}")
+        if env.get("OHIF_URL"):
+            lines.append(f"    OHIF {ohif.study_url(env['OHIF_URL'], study)}")
         for s in series:
-            lines.append(f"    {s['modality']:<4} {s['instances'] or '?':>2} instance(s)  {s['description']}")
+            row = f"    {s['modality']:<4} {s['instances'] or '?':>2} instance(s)  {s['description']}"
+            lines.append(row.rstrip())
         for role, why in absent.items():
             lines.append(f"    no {role.upper()}: {why}")
         held = {s["series_instance_uid"] for s in series}

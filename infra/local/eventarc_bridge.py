@@ -10,6 +10,13 @@ functions-framework. The bridge answers the push with the function's verdict, so
 failing function leaves the message unacknowledged and the emulator's retry policy
 redelivers it, as Eventarc does.
 
+With ``BRIDGE_PACS_URL`` (a DICOMweb URL; the stack gives its Orthanc) the bridge also stands in
+for the hospital's PACS, which in production already holds every study the pipeline reads: before
+delivering the event of an uploaded DICOM file, it reads the object and stores it there (STOW-RS),
+so that a viewer on that store (OHIF) can draw the results over their source. The pipeline's own
+outputs and anything that is not DICOM are left alone; a store that fails is logged and the event
+delivered all the same.
+
 A delivery that can never succeed (the function answers 4xx, or the event cannot be put on
 the wire) is logged as an ERROR naming the object, counted, and acknowledged so it is not
 retried forever; ``GET /stats`` gives the counts that ``make status`` prints.
@@ -21,6 +28,7 @@ import base64
 import json
 import os
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -31,6 +39,8 @@ from urllib.parse import quote
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+
+from pipeline_common import naming
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 # Notification event types (JSON_API_V1 payload) and the CloudEvent type Eventarc gives each.
@@ -54,6 +64,8 @@ class BridgeSettings:
     event_type: str = FINALIZED  # the trigger's event filter, as in the Eventarc trigger
     timeout_s: float = 60.0
     max_attempts: int = 0  # the subscription's dead-letter limit; 0: no limit
+    pacs_url: str | None = None  # DICOMweb store that receives each uploaded DICOM source
+    storage_host: str | None = None  # where the objects are read (STORAGE_EMULATOR_HOST)
 
     @classmethod
     def from_env(cls) -> BridgeSettings:
@@ -67,6 +79,8 @@ class BridgeSettings:
             event_type=os.environ.get("BRIDGE_EVENT_TYPE", FINALIZED),
             timeout_s=float(os.environ.get("BRIDGE_TIMEOUT_S", "60")),
             max_attempts=int(os.environ.get("BRIDGE_MAX_ATTEMPTS", "0")),
+            pacs_url=os.environ.get("BRIDGE_PACS_URL") or None,
+            storage_host=os.environ.get("STORAGE_EMULATOR_HOST") or None,
         )
 
 
@@ -96,6 +110,40 @@ def notification_to_cloudevent(message: dict[str, Any]) -> CloudEvent | None:
         },
         data,
     )
+
+
+def store_source(data: dict[str, Any], storage_host: str, pacs_url: str, timeout_s: float = 60) -> str:
+    """The PACS stand-in: the uploaded object, when it is a DICOM source, STOW-RS to ``pacs_url``.
+    Returns what happened, for the log line; raises ``requests.RequestException`` when the object
+    cannot be read or the store refuses it."""
+    bucket, name = str(data.get("bucket") or ""), str(data.get("name") or "")
+    if naming.is_pipeline_output(name, data.get("metadata") or {}) or name.lower().endswith(".json"):
+        return "not a source: left out of the PACS"
+    url = f"{storage_host.rstrip('/')}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+    params = {"alt": "media", **({"generation": str(data["generation"])} if data.get("generation") else {})}
+    answer = requests.get(url, params=params, timeout=timeout_s)
+    answer.raise_for_status()
+    body = answer.content
+    if body[128:132] != b"DICM":
+        return "not a DICOM file: left out of the PACS"
+    boundary = uuid.uuid4().hex
+    payload = b"".join(
+        (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+            body,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    stored = requests.post(
+        pacs_url.rstrip("/") + "/studies", data=payload, headers=headers, timeout=timeout_s
+    )
+    if stored.status_code != HTTPStatus.CONFLICT:  # 409: an earlier delivery stored it
+        stored.raise_for_status()
+    return "source stored in the PACS"
 
 
 # CloudEvents HTTP binding 1.0.2, 3.1.3.2: header values are UTF-8, then percent-encoded for
@@ -226,6 +274,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NO_CONTENT)  # outside the trigger's filter
             return
         uri, reason = _object_uri(event), None
+        if settings.pacs_url and settings.storage_host and attempt <= 1:
+            severity = "INFO"
+            try:
+                outcome = store_source(event.get_data() or {}, settings.storage_host, settings.pacs_url)
+            except requests.RequestException as exc:
+                severity, outcome = "WARNING", f"cannot store the source in the PACS: {exc}"
+            _log("PACS stand-in", severity, event_id=event["id"], object=uri, outcome=outcome)
         try:
             status = deliver(event, settings.target_url, settings.timeout_s)
         except (UnicodeError, ValueError) as exc:  # the request could not be built: never will be

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from infra.local import eventarc_bridge, orthanc, viewer
+from infra.local import eventarc_bridge, ohif, orthanc, viewer
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -81,7 +81,8 @@ WEBHOOK_PATH = viewer.WEBHOOK_PATH
 class Stack:
     """``up`` starts, each in its own process group, logging under ``ROOT/logs/``: the Pub/Sub
     emulator, fake-gcs-server (notifying the emulator), the Django webhook target, the service under
-    gunicorn, the function under functions-framework and the Eventarc stand-in; then the push
+    gunicorn, the function under functions-framework, the Eventarc stand-in (which also stores each
+    uploaded DICOM source in Orthanc, the PACS stand-in), Orthanc and OHIF; then the push
     subscriptions, as in production. ``ROOT/stack.env`` then tells a shell how to reach them."""
 
     def __init__(self, config: StackConfig) -> None:
@@ -148,6 +149,8 @@ class Stack:
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
             "BOTO_CONFIG": str(c.root / "boto.cfg"),
         }
+        if c.ohif_dist is not None:
+            env["OHIF_URL"] = c.url("ohif")
         return env
 
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
@@ -177,6 +180,8 @@ class Stack:
                 f"a local stack is already running from {c.root} (see `make status`; `make down` stops it)"
             )
         problems = busy_ports(c.ports)
+        if c.ohif_dist is not None and ohif.missing(c.ohif_dist):
+            problems.append(str(ohif.missing(c.ohif_dist)))
         if problems:
             raise StackError("cannot start the local stack:\n  " + "\n  ".join(problems))
         c.root.mkdir(parents=True, exist_ok=True)
@@ -269,7 +274,7 @@ class Stack:
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
                 "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
                 "push-relay": c.url("relay"),
-                "orthanc": c.url("orthanc")}  # fmt: skip
+                "orthanc": c.url("orthanc"), "ohif-viewer": c.url("ohif")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
             p, log = self._spawn(name, cmd, env, urls[name], health)
@@ -289,6 +294,9 @@ class Stack:
             viewer.HEALTH_PATH,
         )
         spawn("orthanc", self._orthanc_command(), self._child_env({}), "/system")
+        if c.ohif_dist is not None:
+            cmd = ohif.command(py, c.ports.ohif, c.ohif_dist)
+            spawn("ohif-viewer", cmd, self._child_env({}), ohif.HEALTH_PATH)
 
         service_env = self._child_env(
             {
@@ -321,6 +329,8 @@ class Stack:
                 "FUNCTION_URL": c.url("function"),
                 "BRIDGE_TIMEOUT_S": str(BRIDGE_TIMEOUT_S),
                 "BRIDGE_MAX_ATTEMPTS": str(NOTIFY_MAX_DELIVERY_ATTEMPTS),
+                # The hospital's PACS stand-in: each uploaded DICOM source is stored in Orthanc.
+                "BRIDGE_PACS_URL": orthanc.urls(c.url("orthanc"))["DICOMWEB_URL"],
             }
         )
         spawn("eventarc-bridge", [py, "-m", "infra.local.eventarc_bridge"], bridge_env, "/healthz")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gpu_service.results.webhook_signature import new_secret
+from infra.local import ohif
 from infra.local.emulators import LOOPBACK, free_port, port_is_free
 from infra.local.supervision import port_owner
 
@@ -54,6 +55,7 @@ class Ports:
     webhook: int = 8083
     bridge: int = 8084
     orthanc: int = 8086  # not 8042: the Debian package may run a system Orthanc there
+    ohif: int = 8087
     relay: int = 8088  # the Pub/Sub push stand-in's /healthz and /stats
 
     @classmethod
@@ -116,6 +118,8 @@ class StackConfig:
     ready_timeout_s: float = 600.0
     # The DICOMweb store refuses STOW-RS to studies whose UID starts with this (tests).
     orthanc_refuse_study_prefix: str | None = None
+    # OHIF's dist/ (infra/local/ohif.py) served with the store's DICOMweb; None: no OHIF.
+    ohif_dist: Path | None = None
 
     @classmethod
     def from_env(cls, root: Path | str = ".local") -> StackConfig:
@@ -135,6 +139,7 @@ class StackConfig:
             service_env=service_env,
             function_env=function_env,
             webhook_env=webhook_env,
+            ohif_dist=ohif.dist_dir(),
         )
 
     @property

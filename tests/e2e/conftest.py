@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from infra.local import ohif
 from infra.local.demo import UploadOutcome, read_webhooks, storage_client, wait_for_outcomes
 from infra.local.emulators import EmulatorError, private_gcloud_env
 from infra.local.stack import DEAD_LETTER_SUBSCRIPTION, Ports, Stack, StackConfig, StackError
@@ -96,6 +97,8 @@ def local_stack(tmp_path_factory) -> Iterator[LocalStack]:
         project="e2e-project",
         bucket="e2e-uploads",
         orthanc_refuse_study_prefix=REFUSED_STUDY_PREFIX,
+        # OHIF when `make ohif` installed it (the OHIF test says how when it did not).
+        ohif_dist=None if ohif.missing(ohif.dist_dir()) else ohif.dist_dir(),
         service_env={
             "LIME_NUM_SAMPLES": os.environ.get("E2E_LIME_NUM_SAMPLES", "100"),
             # The redelivery test fails the webhook once more than this: pin it to what it assumes.

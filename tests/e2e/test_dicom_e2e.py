@@ -11,6 +11,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
@@ -46,10 +47,12 @@ def dicomweb(local_stack) -> DICOMwebClient:
     return DICOMwebClient(local_stack.env["DICOMWEB_URL"])
 
 
-def instances(local_stack, study_uid: str) -> list[tuple[str, str]]:
-    """(SOP Class UID, SOP Instance UID) of every instance Orthanc holds in the study."""
+def instances(local_stack, study_uid: str, results_only: bool = True) -> list[tuple[str, str]]:
+    """(SOP Class UID, SOP Instance UID) of every instance Orthanc holds in the study: the results'
+    only, or the source too (the Eventarc stand-in stores each upload there, as the PACS)."""
     found = dicomweb(local_stack).search_for_instances(study_instance_uid=study_uid)
-    return sorted((i["00080016"]["Value"][0], i["00080018"]["Value"][0]) for i in found)
+    held = sorted((i["00080016"]["Value"][0], i["00080018"]["Value"][0]) for i in found)
+    return [i for i in held if i[0] in (SEG_CLASS, SR_CLASS)] if results_only else held
 
 
 def prefix(what: str) -> str:
@@ -65,11 +68,16 @@ def test_upload_puts_seg_and_sr_series_into_the_source_study(local_stack, tmp_pa
     dicom = outcome.record["dicom"]
     assert dicom["study_instance_uid"] == study and dicom["absent"] == {}
 
+    # The results' series, and the source's, which the local stack's PACS stand-in stored.
+    source = pydicom.dcmread(path, stop_before_pixels=True)
     series = dicomweb(local_stack).search_for_series(study_instance_uid=study)
     modalities = sorted(s["00080060"]["Value"][0] for s in series)
-    assert modalities == sorted(ROLES[role][0] for role in dicom["series_instance_uids"])
-    assert sorted(s["0020000E"]["Value"][0] for s in series) == sorted(dicom["series_instance_uids"].values())
+    assert modalities == sorted([*(ROLES[role][0] for role in dicom["series_instance_uids"]), "DX"])
+    assert sorted(s["0020000E"]["Value"][0] for s in series) == sorted(
+        [*dicom["series_instance_uids"].values(), source.SeriesInstanceUID]
+    )
     assert instances(local_stack, study) == expected_instances(dicom)
+    assert (source.SOPClassUID, source.SOPInstanceUID) in instances(local_stack, study, results_only=False)
     objects = local_stack.objects(name.rsplit("/", 1)[0] + "/")
     assert {n.rsplit("/", 1)[1] for n in objects} >= {"chest.dcm", "chest.seg.dcm", "chest.sr.dcm"}
     # The SEG's pixels are the PNG mask's, pixel for pixel, at the source's resolution.

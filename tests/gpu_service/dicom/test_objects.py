@@ -124,6 +124,11 @@ def test_sr_holds_the_records_finding_probabilities_and_references_unverified() 
     assert (
         group.referenced_segmentation_frame.referenced_sop_instance_uid == objects.objects[SEG].SOPInstanceUID
     )
+    # By segment number, without a frame number: the reference macro allows one or the other.
+    (reference,) = group.referenced_segmentation_frame[0].ReferencedSOPSequence
+    assert reference.ReferencedSegmentNumber == 1 and "ReferencedFrameNumber" not in reference
+    (source_image,) = group.referenced_segmentation_frame[1].ReferencedSOPSequence
+    assert source_image.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert group.finding_type.meaning.lower() == record_prediction["label"] == "nodule"
     (evaluation,) = group.get_qualitative_evaluations(name=codes.SCT.Nodule)
     assert evaluation.value == codes.DCM.Present
@@ -135,6 +140,32 @@ def test_sr_holds_the_records_finding_probabilities_and_references_unverified() 
     ]
     texts = text_values(reread(objects.encoded(SR)))
     assert {ALGORITHM.name, ALGORITHM.version, f"model_sha256={ALGORITHM.sha256}"} <= texts
+
+
+@pytest.mark.parametrize(
+    ("header", "spacing", "thickness"),
+    [
+        ({"PixelSpacing": [0.2, 0.25]}, [0.2, 0.25], 1.0),
+        ({"ImagerPixelSpacing": [0.143, 0.143], "SliceThickness": 2.5}, [0.143, 0.143], 2.5),
+        ({"PixelSpacing": [0.3, 0.3], "ImagerPixelSpacing": [0.1, 0.1]}, [0.3, 0.3], 1.0),
+        ({}, [1.0, 1.0], 1.0),  # no spacing at all: the documented fallback
+    ],
+)
+def test_segs_of_a_projection_image_carry_pixel_measures(header, spacing, thickness) -> None:
+    """OHIF's SEG viewport reads the shared Pixel Measures, which highdicom leaves out of a SEG
+    of a projection image: the source's Pixel Spacing, else Imager Pixel Spacing, else 1 mm."""
+    source = radiograph(size=64, **header)
+    weights = np.ones((64, 64), dtype=np.float32)
+    objects = build(source, some_mask((64, 64)), weights=weights)
+    for role in (SEG, HEATMAP):
+        seg = hd.seg.segread(io.BytesIO(objects.encoded(role)))
+        (measures,) = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+        assert [float(v) for v in measures.PixelSpacing] == pytest.approx(spacing), role
+        assert float(measures.SliceThickness) == pytest.approx(thickness), role
+        assert seg.PatientOrientation == "", role  # Type 2C without an Image Orientation (Patient)
+        (orientation,) = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+        assert [float(v) for v in orientation.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0], role
+        assert len(seg.SegmentSequence[0].RecommendedDisplayCIELabValue) == 3, role
 
 
 def test_a_second_run_on_the_same_upload_gives_the_same_uids_another_upload_others() -> None:

@@ -289,6 +289,7 @@ def test_one_list_of_packages_and_ci_installs_nothing_itself():
         "default-jre-headless": "stack",
         "orthanc": "stack",
         "orthanc-dicomweb": "stack",
+        "npm": "stack",
         "postgresql": "test",
         "chromium": "test",
         "dicom3tools": "test",

@@ -1,0 +1,90 @@
+"""The result's DICOM objects pass dciodvfy (dicom3tools, the Debian validator) with no error:
+the SEG, the heat-map SEG and the SR of the synthetic radiograph and of pydicom test files of
+every kind the pipeline completes (DX, CT, MR, RGB and palette secondary captures, JPEG 2000, a
+source whose identity was removed)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from devkit import synthetic
+from gpu_service.dicom import objects as dicom_objects
+from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, Finding
+from gpu_service.inference.pixels import decode, read_dicom, to_uint8
+
+DCIODVFY = shutil.which("dciodvfy")
+pytestmark = pytest.mark.skipif(
+    DCIODVFY is None, reason="dciodvfy not found (Debian package dicom3tools; make test installs it)"
+)
+ALGORITHM = Algorithm(
+    name="demo-nodule-cnn",
+    version="1.0.0",
+    sha256="cd" * 32,
+    lime_parameters={"num_samples": 1000, "num_features": 5, "seed": 0},
+    correlation_id="0123456789abcdef0123456789abcdef",
+)
+TEST_FILES = (
+    "CT_small.dcm",  # CT in patient coordinates
+    "MR_small.dcm",  # MR
+    "JPEG2000.dcm",  # projection, no spacing, JPEG 2000
+    "SC_rgb_small_odd.dcm",  # RGB secondary capture, odd size
+    "examples_palette.dcm",  # palette colour
+    "examples_overlay.dcm",  # overlay planes
+    "693_J2KI.dcm",  # Patient Identity Removed YES without a method; no Frame of Reference: SR only
+    "image_dfl.dcm",  # deflated transfer syntax
+)
+
+
+def _synthetic(**header) -> bytes:
+    sample = synthetic.make_radiograph(np.random.default_rng(5), size=128, nodule=True)
+    buffer = io.BytesIO()
+    synthetic.to_dicom_dataset(sample.image, modality="DX", **header).save_as(
+        buffer, enforce_file_format=True
+    )
+    return buffer.getvalue()
+
+
+SOURCES = {
+    "synthetic DX": lambda: _synthetic(),
+    "synthetic DX, Imager Pixel Spacing": lambda: _synthetic(ImagerPixelSpacing=[0.143, 0.143]),
+    **{name: (lambda name=name: get_testdata_file(name)) for name in TEST_FILES},
+}
+
+
+def _errors(data: bytes, path: Path) -> list[str]:
+    path.write_bytes(data)
+    run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_seg_heatmap_seg_and_sr_pass_dciodvfy(name: str, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = read_dicom(SOURCES[name]())
+        decoded = decode(source)
+        shape = to_uint8(decoded).shape[:2]
+    mask = np.zeros(shape, dtype=bool)
+    mask[shape[0] // 4 : shape[0] // 2, shape[1] // 3 : shape[1] // 2] = True
+    weights = np.linspace(-1.0, 1.0, shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    finding = Finding(["normal", "nodule"], [0.2, 0.8], 1)
+    objects = dicom_objects.build_objects(
+        source, mask, finding, ALGORITHM, f"b/{name}#1", decoded.frame_index, pixel_weights=weights
+    )
+    expected = {SR} if name == "693_J2KI.dcm" else {SEG, HEATMAP, SR}
+    assert set(objects.objects) == expected, objects.absent
+    for role in objects.objects:
+        errors = _errors(objects.encoded(role), tmp_path / f"{role}.dcm")
+        assert errors == [], (name, role)
+    for role in {SEG, HEATMAP} & expected:
+        seg = pydicom.dcmread(io.BytesIO(objects.encoded(role)))
+        assert "PixelMeasuresSequence" in seg.SharedFunctionalGroupsSequence[0], (name, role)

@@ -371,6 +371,11 @@ resource "google_monitoring_alert_policy" "webhook_failed" {
     }
   }
 
+  # Log-based counters write no point while nothing matches: close the incident after a quiet half hour.
+  alert_strategy {
+    auto_close = "1800s"
+  }
+
   documentation {
     mime_type = "text/markdown"
     content   = "The Django application did not accept results (down, 5xx, 4xx, a redirect, a wrong secret). Results are stored; Pub/Sub redelivers and the stored record is re-sent. ${local.runbook}"
@@ -401,6 +406,11 @@ resource "google_monitoring_alert_policy" "retries_exhausted" {
     }
   }
 
+  # Log-based counters write no point while nothing matches: close the incident after a quiet half hour.
+  alert_strategy {
+    auto_close = "1800s"
+  }
+
   documentation {
     mime_type = "text/markdown"
     content   = "An upload kept failing for a transient reason (storage, GPU, memory, DICOMweb store) until its last useful delivery, so a failed record with error code retries_exhausted was delivered instead of a prediction. ${local.runbook}"
@@ -429,6 +439,11 @@ resource "google_monitoring_alert_policy" "failed_results" {
         cross_series_reducer = "REDUCE_SUM"
       }
     }
+  }
+
+  # Log-based counters write no point while nothing matches: close the incident after a quiet half hour.
+  alert_strategy {
+    auto_close = "1800s"
   }
 
   documentation {
@@ -474,6 +489,11 @@ resource "google_monitoring_alert_policy" "dicomweb_store" {
         cross_series_reducer = "REDUCE_SUM"
       }
     }
+  }
+
+  # Log-based counters write no point while nothing matches: close the incident after a quiet half hour.
+  alert_strategy {
+    auto_close = "1800s"
   }
 
   documentation {

@@ -382,6 +382,8 @@ resource "google_monitoring_alert_policy" "webhook_failed" {
   }
 }
 
+# Failed records by the record's status, not the request's outcome: a failed record whose first
+# webhook was refused reaches Django later as "request duplicate".
 resource "google_monitoring_alert_policy" "retries_exhausted" {
   project               = var.project_id
   display_name          = "${local.prefix}: retries_exhausted records"
@@ -394,7 +396,7 @@ resource "google_monitoring_alert_policy" "retries_exhausted" {
   conditions {
     display_name = "retries_exhausted records: more than ${var.alert_retries_exhausted} in 5 minutes"
     condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.outcome=\"failed\" AND metric.labels.error_code=\"retries_exhausted\""
+      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code=\"retries_exhausted\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.alert_retries_exhausted
       duration        = "0s"
@@ -429,7 +431,7 @@ resource "google_monitoring_alert_policy" "failed_results" {
   conditions {
     display_name = "Failed records (other than retries_exhausted): more than ${var.alert_failed_results} in 5 minutes"
     condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.outcome=\"failed\" AND metric.labels.error_code!=\"retries_exhausted\""
+      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code!=\"retries_exhausted\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.alert_failed_results
       duration        = "0s"

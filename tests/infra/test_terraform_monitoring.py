@@ -238,7 +238,7 @@ def check_result_alerts(cfg: dict[str, Any]) -> None:
     exhausted = _single(cfg, "retries_exhausted")["filter"]
     failed = _single(cfg, "failed_results")["filter"]
     for text in (exhausted, failed):
-        assert _user_metric("results") in text and 'metric.labels.outcome="failed"' in text
+        assert _user_metric("results") in text and 'metric.labels.result_status="failed"' in text
     assert 'metric.labels.error_code="retries_exhausted"' in exhausted, (
         "retries_exhausted alert on any failure"
     )

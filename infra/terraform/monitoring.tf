@@ -19,9 +19,15 @@ locals {
   delivered_line = "jsonPayload.logger=\"gpu_service.results.delivery\" AND jsonPayload.message=~\"^request (completed|failed|duplicate)$\""
 
   log_metric_prefix = "logging.googleapis.com/user"
-  service_metrics   = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloud_run_v2_service.inference.name}\""
-  function_metrics  = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloudfunctions2_function.ingest.name}\""
-  runbook           = "What it means and what to do: docs/operations.md in the pipeline's repository."
+  # An alert condition must name one resource type: the log-based alerts have one condition per
+  # place the GPU code runs (the service's revisions, the backfill job's executions).
+  gpu_log_resources = {
+    service = "cloud_run_revision"
+    job     = "cloud_run_job"
+  }
+  service_metrics  = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloud_run_v2_service.inference.name}\""
+  function_metrics = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloudfunctions2_function.ingest.name}\""
+  runbook          = "What it means and what to do: docs/operations.md in the pipeline's repository."
 }
 
 resource "google_monitoring_notification_channel" "email" {
@@ -356,17 +362,20 @@ resource "google_monitoring_alert_policy" "webhook_failed" {
   user_labels           = local.labels
   depends_on            = [google_project_service.enabled]
 
-  conditions {
-    display_name = "Webhook deliveries failed after all retries: more than ${var.alert_webhook_failures} in 5 minutes"
-    condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.webhook_failures.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_webhook_failures
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_SUM"
+  dynamic "conditions" {
+    for_each = local.gpu_log_resources
+    content {
+      display_name = "Webhook deliveries failed after all retries (${conditions.key}): more than ${var.alert_webhook_failures} in 5 minutes"
+      condition_threshold {
+        filter          = "resource.type=\"${conditions.value}\" AND metric.type=\"${local.log_metric_prefix}/${google_logging_metric.webhook_failures.name}\""
+        comparison      = "COMPARISON_GT"
+        threshold_value = var.alert_webhook_failures
+        duration        = "0s"
+        aggregations {
+          alignment_period     = "300s"
+          per_series_aligner   = "ALIGN_DELTA"
+          cross_series_reducer = "REDUCE_SUM"
+        }
       }
     }
   }
@@ -393,17 +402,20 @@ resource "google_monitoring_alert_policy" "retries_exhausted" {
   user_labels           = local.labels
   depends_on            = [google_project_service.enabled]
 
-  conditions {
-    display_name = "retries_exhausted records: more than ${var.alert_retries_exhausted} in 5 minutes"
-    condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code=\"retries_exhausted\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_retries_exhausted
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_SUM"
+  dynamic "conditions" {
+    for_each = local.gpu_log_resources
+    content {
+      display_name = "retries_exhausted records (${conditions.key}): more than ${var.alert_retries_exhausted} in 5 minutes"
+      condition_threshold {
+        filter          = "resource.type=\"${conditions.value}\" AND metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code=\"retries_exhausted\""
+        comparison      = "COMPARISON_GT"
+        threshold_value = var.alert_retries_exhausted
+        duration        = "0s"
+        aggregations {
+          alignment_period     = "300s"
+          per_series_aligner   = "ALIGN_DELTA"
+          cross_series_reducer = "REDUCE_SUM"
+        }
       }
     }
   }
@@ -428,17 +440,20 @@ resource "google_monitoring_alert_policy" "failed_results" {
   user_labels           = local.labels
   depends_on            = [google_project_service.enabled]
 
-  conditions {
-    display_name = "Failed records (other than retries_exhausted): more than ${var.alert_failed_results} in 5 minutes"
-    condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code!=\"retries_exhausted\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_failed_results
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_SUM"
+  dynamic "conditions" {
+    for_each = local.gpu_log_resources
+    content {
+      display_name = "Failed records (other than retries_exhausted) (${conditions.key}): more than ${var.alert_failed_results} in 5 minutes"
+      condition_threshold {
+        filter          = "resource.type=\"${conditions.value}\" AND metric.type=\"${local.log_metric_prefix}/${google_logging_metric.results.name}\" AND metric.labels.result_status=\"failed\" AND metric.labels.error_code!=\"retries_exhausted\""
+        comparison      = "COMPARISON_GT"
+        threshold_value = var.alert_failed_results
+        duration        = "0s"
+        aggregations {
+          alignment_period     = "300s"
+          per_series_aligner   = "ALIGN_DELTA"
+          cross_series_reducer = "REDUCE_SUM"
+        }
       }
     }
   }
@@ -463,32 +478,38 @@ resource "google_monitoring_alert_policy" "dicomweb_store" {
   user_labels           = local.labels
   depends_on            = [google_project_service.enabled]
 
-  conditions {
-    display_name = "DICOMweb store refused objects: more than ${var.alert_dicomweb_errors} in 5 minutes"
-    condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.dicomweb_rejected.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_dicomweb_errors
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_SUM"
+  dynamic "conditions" {
+    for_each = local.gpu_log_resources
+    content {
+      display_name = "DICOMweb store refused objects (${conditions.key}): more than ${var.alert_dicomweb_errors} in 5 minutes"
+      condition_threshold {
+        filter          = "resource.type=\"${conditions.value}\" AND metric.type=\"${local.log_metric_prefix}/${google_logging_metric.dicomweb_rejected.name}\""
+        comparison      = "COMPARISON_GT"
+        threshold_value = var.alert_dicomweb_errors
+        duration        = "0s"
+        aggregations {
+          alignment_period     = "300s"
+          per_series_aligner   = "ALIGN_DELTA"
+          cross_series_reducer = "REDUCE_SUM"
+        }
       }
     }
   }
 
-  conditions {
-    display_name = "DICOMweb store unreachable: more than ${var.alert_dicomweb_errors} in 5 minutes"
-    condition_threshold {
-      filter          = "metric.type=\"${local.log_metric_prefix}/${google_logging_metric.dicomweb_unavailable.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_dicomweb_errors
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_DELTA"
-        cross_series_reducer = "REDUCE_SUM"
+  dynamic "conditions" {
+    for_each = local.gpu_log_resources
+    content {
+      display_name = "DICOMweb store unreachable (${conditions.key}): more than ${var.alert_dicomweb_errors} in 5 minutes"
+      condition_threshold {
+        filter          = "resource.type=\"${conditions.value}\" AND metric.type=\"${local.log_metric_prefix}/${google_logging_metric.dicomweb_unavailable.name}\""
+        comparison      = "COMPARISON_GT"
+        threshold_value = var.alert_dicomweb_errors
+        duration        = "0s"
+        aggregations {
+          alignment_period     = "300s"
+          per_series_aligner   = "ALIGN_DELTA"
+          cross_series_reducer = "REDUCE_SUM"
+        }
       }
     }
   }

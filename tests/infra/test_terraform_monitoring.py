@@ -48,6 +48,13 @@ POLICIES = {
     "dicomweb_store",
     "gpu_memory",
 }
+# Alerts on log-based metrics: the metrics each one watches.
+LOG_ALERTS = {
+    "webhook_failed": ["webhook_failures"],
+    "retries_exhausted": ["results"],
+    "failed_results": ["results"],
+    "dicomweb_store": ["dicomweb_rejected", "dicomweb_unavailable"],
+}
 LOG_METRICS = {
     # metric: the component whose lines it counts
     "uploads": "function",
@@ -232,17 +239,46 @@ def check_distributions(cfg: dict[str, Any]) -> None:
     )
 
 
+def _filters(cfg: dict[str, Any], policy: str) -> list[str]:
+    return [c["filter"] for c in alert_conditions(cfg, policy)]
+
+
+def check_conditions_name_one_resource_type(cfg: dict[str, Any]) -> None:
+    """Cloud Monitoring refuses an alert filter without a restriction on resource.type."""
+    for name in cfg["resource"]["google_monitoring_alert_policy"]:
+        for condition in alert_conditions(cfg, name):
+            types = re.findall(r'resource\.type="([a-z_]+)"', condition["filter"])
+            assert len(types) == 1, (
+                f"{name}: {condition['display_name']!r} names {types or 'no'} resource type"
+            )
+
+
+def check_log_alerts_cover_service_and_job(cfg: dict[str, Any]) -> None:
+    """The service and the backfill job run the same code: each log-based alert watches both."""
+    for policy, metrics in LOG_ALERTS.items():
+        for metric in metrics:
+            types = {
+                kind
+                for f in _filters(cfg, policy)
+                if _user_metric(metric) in f
+                for kind in re.findall(r'resource\.type="([a-z_]+)"', f)
+            }
+            assert types == {"cloud_run_revision", "cloud_run_job"}, f"{policy} on {metric} watches {types}"
+
+
 def check_result_alerts(cfg: dict[str, Any]) -> None:
-    webhook = _single(cfg, "webhook_failed")
-    assert _user_metric("webhook_failures") in webhook["filter"], "webhook alert not on the failures metric"
-    exhausted = _single(cfg, "retries_exhausted")["filter"]
-    failed = _single(cfg, "failed_results")["filter"]
-    for text in (exhausted, failed):
+    assert all(_user_metric("webhook_failures") in f for f in _filters(cfg, "webhook_failed")), (
+        "webhook alert not on the failures metric"
+    )
+    exhausted, failed = _filters(cfg, "retries_exhausted"), _filters(cfg, "failed_results")
+    for text in exhausted + failed:
         assert _user_metric("results") in text and 'metric.labels.result_status="failed"' in text
-    assert 'metric.labels.error_code="retries_exhausted"' in exhausted, (
+    assert all('metric.labels.error_code="retries_exhausted"' in f for f in exhausted), (
         "retries_exhausted alert on any failure"
     )
-    assert 'metric.labels.error_code!="retries_exhausted"' in failed, "retries_exhausted would alert twice"
+    assert all('metric.labels.error_code!="retries_exhausted"' in f for f in failed), (
+        "retries_exhausted would alert twice"
+    )
     labels = {
         lab["key"]
         for lab in block(res(cfg, "google_logging_metric", "results"), "metric_descriptor")["labels"]
@@ -251,7 +287,7 @@ def check_result_alerts(cfg: dict[str, Any]) -> None:
 
 
 def check_dicomweb_alert(cfg: dict[str, Any]) -> None:
-    filters = [c["filter"] for c in alert_conditions(cfg, "dicomweb_store")]
+    filters = _filters(cfg, "dicomweb_store")
     for metric in ("dicomweb_rejected", "dicomweb_unavailable"):
         assert any(_user_metric(metric) in f for f in filters), f"no condition on {metric}"
     assert res(cfg, "google_monitoring_alert_policy", "dicomweb_store")["combiner"] == "OR"
@@ -318,6 +354,8 @@ def check_dashboard(cfg: dict[str, Any]) -> None:
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_notification_channel_optional,
     check_thresholds_are_variables,
+    check_conditions_name_one_resource_type,
+    check_log_alerts_cover_service_and_job,
     check_dead_letter_alert,
     check_push_backlog_alert,
     check_5xx_alerts,
@@ -344,6 +382,10 @@ _METRIC = ["resource", "google_logging_metric"]
 
 def _condition(policy: str, index: int = 0) -> list[Any]:
     return [*_POLICY, policy, "conditions", index, "condition_threshold", 0]
+
+
+def _dynamic_condition(policy: str, index: int = 0) -> list[Any]:
+    return [*_POLICY, policy, "dynamic", index, "conditions", "content", 0, "condition_threshold", 0]
 
 
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -373,7 +415,7 @@ def _replace(path: list[Any], old: str, new: str) -> Callable[[dict[str, Any]], 
 def _keep_first_condition(policy: str) -> Callable[[dict[str, Any]], None]:
     def mutate(cfg: dict[str, Any]) -> None:
         body = cfg["resource"]["google_monitoring_alert_policy"][policy]
-        body["conditions"] = body["conditions"][:1]
+        body["dynamic"] = body["dynamic"][:1]
 
     return mutate
 
@@ -428,6 +470,14 @@ MUTATIONS = {
         check_5xx_alerts,
         _set([*_condition("service_5xx"), "denominator_filter"], _DELETE),
     ),
+    "alert-without-resource-type": (
+        check_conditions_name_one_resource_type,
+        _replace([*_condition("gpu_memory"), "filter"], "${local.service_metrics} AND ", ""),
+    ),
+    "log-alert-on-service-only": (
+        check_log_alerts_cover_service_and_job,
+        _set(["locals", "gpu_log_resources"], {"service": "cloud_run_revision"}),
+    ),
     "log-message-reworded": (
         check_log_metrics_match_the_logs,
         _replace([*_METRIC, "webhook_failures", "filter"], "webhook not accepted", "webhook failed"),
@@ -455,14 +505,14 @@ MUTATIONS = {
     "retries-exhausted-on-any-failure": (
         check_result_alerts,
         _replace(
-            [*_condition("retries_exhausted"), "filter"],
+            [*_dynamic_condition("retries_exhausted"), "filter"],
             ' AND metric.labels.error_code=\\"retries_exhausted\\"',
             "",
         ),
     ),
     "webhook-alert-on-results": (
         check_result_alerts,
-        _replace([*_condition("webhook_failed"), "filter"], "webhook_failures", "results"),
+        _replace([*_dynamic_condition("webhook_failed"), "filter"], "webhook_failures", "results"),
     ),
     "dicomweb-unreachable-not-watched": (
         check_dicomweb_alert,

@@ -182,12 +182,31 @@ def expand(cfg: dict[str, Any], text: Any) -> str:
     return out.replace('\\"', '"')
 
 
+def _dynamic_conditions(cfg: dict[str, Any], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """`dynamic "conditions" { for_each = local.m ... }` over a literal map, one condition per entry
+    with `conditions.key` / `conditions.value` substituted, as Terraform plans them."""
+    out = []
+    for entry in body.get("dynamic", []):
+        spec = entry.get("conditions")
+        if spec is None:
+            continue
+        match = re.fullmatch(r"\$\{local\.([a-z0-9_]+)\}", str(spec["for_each"]))
+        items = cfg["locals"].get(match.group(1)) if match else None
+        assert isinstance(items, dict), "dynamic conditions over no literal map"
+        for key, value in items.items():
+            text = json.dumps(spec["content"][0])
+            text = text.replace("${conditions.key}", key).replace("${conditions.value}", str(value))
+            out.append(json.loads(text))
+    return out
+
+
 def alert_conditions(cfg: dict[str, Any], policy: str) -> list[dict[str, Any]]:
-    """The `condition_threshold` blocks of one alert policy, filters expanded."""
+    """The `condition_threshold` blocks of one alert policy (dynamic ones expanded), filters expanded."""
     body = res(cfg, "google_monitoring_alert_policy", policy)
     out = []
-    for condition in body.get("conditions", []):
+    for condition in [*body.get("conditions", []), *_dynamic_conditions(cfg, body)]:
         threshold = dict(block(condition, "condition_threshold"))
+        threshold["display_name"] = condition.get("display_name")
         for key in ("filter", "denominator_filter"):
             if key in threshold:
                 threshold[key] = expand(cfg, threshold[key])

@@ -141,8 +141,10 @@ resource "google_logging_metric" "dicomweb_rejected" {
 resource "google_logging_metric" "dicomweb_unavailable" {
   project     = var.project_id
   name        = "${local.prefix}-dicomweb-unavailable"
-  description = "The DICOMweb store was down, timed out or answered 5xx/401/408/429 (StoreUnavailable); the message is redelivered."
-  filter      = "${local.gpu_logs} AND jsonPayload.stack_trace:\"StoreUnavailable\""
+  description = "The DICOMweb store was down, timed out or answered 5xx/401/408/429 (StoreUnavailable): the delivery was handed off to the delivery subscription, or the message is redelivered."
+  # Handed off (DELIVERY_TOPIC set): one line with the reason, no stack trace. Retried (no delivery
+  # topic, or the delivery subscription's own push): the exception's stack trace.
+  filter = "${local.gpu_logs} AND ((jsonPayload.message=\"downstream unavailable; delivery handed off\" AND jsonPayload.reason=\"dicomweb_unavailable\") OR jsonPayload.stack_trace:\"StoreUnavailable\")"
 
   metric_descriptor {
     metric_kind = "DELTA"

@@ -185,6 +185,8 @@ def check_log_metrics_match_the_logs(cfg: dict[str, Any]) -> None:
         source = _source_text(component)
         for message in re.findall(r'jsonPayload\.message="([^"]+)"', text):
             assert f'"{message}"' in source, f"{name}: no log line says {message!r}"
+        for field, value in re.findall(r'jsonPayload\.(error_code|reason|outcome)="([^"]+)"', text):
+            assert f'"{value}"' in source, f"{name}: the code never writes {field} {value!r}"
         for logger in re.findall(r'jsonPayload\.logger="([^"]+)"', text):
             module = REPO / "gpu_service" / _module_path(logger)
             assert f'getLogger("{logger}")' in source or module.is_file(), f"{name}: no logger {logger!r}"
@@ -477,6 +479,14 @@ MUTATIONS = {
     "log-alert-on-service-only": (
         check_log_alerts_cover_service_and_job,
         _set(["locals", "gpu_log_resources"], {"service": "cloud_run_revision"}),
+    ),
+    "log-value-drift": (
+        check_log_metrics_match_the_logs,
+        _replace(
+            [*_METRIC, "dicomweb_unavailable", "filter"],
+            'reason=\\"dicomweb_unavailable',
+            'reason=\\"store_down',
+        ),
     ),
     "log-message-reworded": (
         check_log_metrics_match_the_logs,

@@ -19,6 +19,7 @@ class InferenceRequest:
     correlation_id: str
     size: int | None = None
     dicom: dict[str, Any] = field(default_factory=dict)  # patient data: never log it
+    event_time: str | None = None  # when the upload was finalized (the storage event's time)
 
     @property
     def uri(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from gpu_service.outcome import ProcessResult, RequestOutcome
@@ -103,5 +105,37 @@ class ResultDelivery:
             result_status=record.get("status"), error_code=error,
             sop_instance_uid_hash=naming.hash_uid(record.get("sop_instance_uid")),
             webhook_status=delivery.status, webhook_attempts=delivery.attempts,
-            timings_ms=timer.ms)  # fmt: skip
+            timings_ms=timer.ms, **delivered_fields(record, request.event_time))  # fmt: skip
         return ProcessResult(outcome, record=record, error_code=error, timings_ms=timer.ms)
+
+
+def delivered_fields(
+    record: dict[str, Any], event_time: str | None, now: datetime | None = None
+) -> dict[str, float]:
+    """The numbers of the final delivery line that log-based metrics read (infra/terraform/monitoring.tf):
+    ``upload_to_webhook_ms`` from the upload's storage event time to now, and the explanation's
+    ``explanation_samples`` and ``explanation_stability``. A value that is unknown (no event time,
+    as in the backfill job; a failed record, with no explanation) or not a number is left out."""
+    fields: dict[str, float] = {}
+    uploaded = _parse_time(event_time)
+    if uploaded is not None:
+        elapsed_ms = ((now or datetime.now(UTC)) - uploaded).total_seconds() * 1000
+        if elapsed_ms >= 0:  # a clock ahead of ours gives no latency, not a negative one
+            fields["upload_to_webhook_ms"] = round(elapsed_ms, 1)
+    explanation = record.get("explanation") or {}
+    for field, key in (("explanation_samples", "samples_used"), ("explanation_stability", "stability")):
+        value = explanation.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            fields[field] = value
+    return fields
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time (naive ones taken as UTC), or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -84,6 +84,7 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
     except (TypeError, ValueError):
         size = None
     dicom = body.get("dicom") if isinstance(body.get("dicom"), dict) else {}
+    event_time = body.get("event_time")
     return InferenceRequest(
         bucket=bucket,
         name=name,
@@ -92,6 +93,7 @@ def parse_request(message: PubSubMessage) -> InferenceRequest:
         correlation_id=naming.correlation_id(bucket, name, generation),
         size=size,
         dicom={k: dicom.get(k) for k in dicom},
+        event_time=event_time if isinstance(event_time, str) and event_time else None,
     )
 
 

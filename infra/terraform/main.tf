@@ -81,6 +81,7 @@ locals {
       "eventarc.googleapis.com",
       "iam.googleapis.com",
       "logging.googleapis.com",
+      "monitoring.googleapis.com",
       "pubsub.googleapis.com",
       "run.googleapis.com",
       "secretmanager.googleapis.com",

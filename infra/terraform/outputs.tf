@@ -79,3 +79,13 @@ output "dicomweb_url" {
   description = "DICOMweb base URL the service and the job store results to (null: none)."
   value       = local.dicomweb_url
 }
+
+output "monitoring_dashboard" {
+  description = "The pipeline's dashboard (Monitoring -> Dashboards); what its alerts mean: docs/operations.md."
+  value       = google_monitoring_dashboard.pipeline.id
+}
+
+output "alert_notification_channel" {
+  description = "Email channel the alerts notify, or null when notification_channel_email is unset."
+  value       = one(google_monitoring_notification_channel.email[*].id)
+}

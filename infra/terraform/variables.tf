@@ -404,3 +404,86 @@ variable "dicomweb_url" {
   type        = string
   default     = null
 }
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring (monitoring.tf, docs/operations.md): alerts, log-based metrics, one dashboard
+# ---------------------------------------------------------------------------------------------
+variable "notification_channel_email" {
+  description = "Email address the alerts notify (a Cloud Monitoring email channel is created). Null: the alerts still exist and open incidents in the console, but notify no one."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.notification_channel_email == null || can(regex("^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$", var.notification_channel_email))
+    error_message = "notification_channel_email must be one email address, or null for no channel."
+  }
+}
+
+variable "alert_dead_letter_messages" {
+  description = "Alert when the dead-letter subscription holds more than this many messages (0: any message)."
+  type        = number
+  default     = 0
+}
+
+variable "alert_push_oldest_unacked_age_seconds" {
+  description = "Alert when the push subscription's oldest unacknowledged message is older than this, for 5 minutes. A cold GPU instance takes minutes and a failing message is retried for up to max_delivery_attempts x push_max_backoff."
+  type        = number
+  default     = 1800
+}
+
+variable "alert_service_5xx_ratio" {
+  description = "Alert when more than this share (0-1) of the inference service's answers are 5xx over 5 minutes, for 5 minutes. 503 is how the service asks Pub/Sub to retry, so a little is normal."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.alert_service_5xx_ratio > 0 && var.alert_service_5xx_ratio <= 1
+    error_message = "alert_service_5xx_ratio is a share: above 0, at most 1."
+  }
+}
+
+variable "alert_function_5xx_ratio" {
+  description = "Alert when more than this share (0-1) of the ingest function's answers are 5xx over 5 minutes, for 5 minutes."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.alert_function_5xx_ratio > 0 && var.alert_function_5xx_ratio <= 1
+    error_message = "alert_function_5xx_ratio is a share: above 0, at most 1."
+  }
+}
+
+variable "alert_webhook_failures" {
+  description = "Alert when more than this many webhook deliveries fail after all of the service's attempts within 5 minutes."
+  type        = number
+  default     = 0
+}
+
+variable "alert_retries_exhausted" {
+  description = "Alert when more than this many retries_exhausted records are delivered within 5 minutes."
+  type        = number
+  default     = 0
+}
+
+variable "alert_failed_results" {
+  description = "Alert when more than this many failed records (other than retries_exhausted: undecodable, too large, refused by the DICOMweb store, ...) are delivered within 5 minutes."
+  type        = number
+  default     = 0
+}
+
+variable "alert_dicomweb_errors" {
+  description = "Alert when the DICOMweb store refuses objects, or cannot be reached, more than this many times within 5 minutes."
+  type        = number
+  default     = 0
+}
+
+variable "alert_gpu_memory_utilization" {
+  description = "Alert when an instance's GPU memory utilisation (0-1, p99) stays above this for 5 minutes."
+  type        = number
+  default     = 0.9
+
+  validation {
+    condition     = var.alert_gpu_memory_utilization > 0 && var.alert_gpu_memory_utilization <= 1
+    error_message = "alert_gpu_memory_utilization is a share: above 0, at most 1."
+  }
+}

@@ -165,3 +165,76 @@ def iam_members(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def grants_of(cfg: dict[str, Any], member_ref: str) -> list[tuple[str, str, dict[str, Any]]]:
     return [g for g in iam_members(cfg) if ref(g[2].get("member")) == member_ref]
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring (monitoring.tf): filters with their locals expanded, and the rendered dashboard.
+# ---------------------------------------------------------------------------------------------
+def expand(cfg: dict[str, Any], text: Any) -> str:
+    """A string with every `${local.x}` replaced by that local (recursively) and HCL's `\\"` unescaped,
+    as Cloud Logging or Cloud Monitoring receives it (resource references stay `${...}`)."""
+    out = str(text)
+    for _ in range(10):
+        new = re.sub(r"\$\{local\.([a-z0-9_]+)\}", lambda m: str(cfg["locals"][m.group(1)]), out)
+        if new == out:
+            break
+        out = new
+    return out.replace('\\"', '"')
+
+
+def _dynamic_conditions(cfg: dict[str, Any], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """`dynamic "conditions" { for_each = local.m ... }` over a literal map, one condition per entry
+    with `conditions.key` / `conditions.value` substituted, as Terraform plans them."""
+    out = []
+    for entry in body.get("dynamic", []):
+        spec = entry.get("conditions")
+        if spec is None:
+            continue
+        match = re.fullmatch(r"\$\{local\.([a-z0-9_]+)\}", str(spec["for_each"]))
+        items = cfg["locals"].get(match.group(1)) if match else None
+        assert isinstance(items, dict), "dynamic conditions over no literal map"
+        for key, value in items.items():
+            text = json.dumps(spec["content"][0])
+            text = text.replace("${conditions.key}", key).replace("${conditions.value}", str(value))
+            out.append(json.loads(text))
+    return out
+
+
+def alert_conditions(cfg: dict[str, Any], policy: str) -> list[dict[str, Any]]:
+    """The `condition_threshold` blocks of one alert policy (dynamic ones expanded), filters expanded."""
+    body = res(cfg, "google_monitoring_alert_policy", policy)
+    out = []
+    for condition in [*body.get("conditions", []), *_dynamic_conditions(cfg, body)]:
+        threshold = dict(block(condition, "condition_threshold"))
+        threshold["display_name"] = condition.get("display_name")
+        for key in ("filter", "denominator_filter"):
+            if key in threshold:
+                threshold[key] = expand(cfg, threshold[key])
+        out.append(threshold)
+    return out
+
+
+def dashboard(cfg: dict[str, Any], name: str = "pipeline") -> dict[str, Any]:
+    """The dashboard's JSON as Terraform renders it: `templatefile(path, {k = v, ...})`, with each
+    value written as the expression it is (`${google_x.y.name}`, locals expanded)."""
+    text = str(res(cfg, "google_monitoring_dashboard", name)["dashboard_json"])
+    call = re.fullmatch(r'\$\{templatefile\("\$\{path\.module\}/([^"]+)", \{(.*)\}\)\}', text, re.S)
+    assert call, f"dashboard_json is not templatefile(path.module/..., {{...}}): {text[:120]}"
+    values = {}
+    for key, value in re.findall(r'(\w+) = ("[^"]*"|[A-Za-z0-9_.\[\]]+)', call.group(2)):
+        values[key] = expand(cfg, value[1:-1] if value.startswith('"') else f"${{{value}}}")
+    template = (TF_DIR / call.group(1)).read_text()
+    missing = set(re.findall(r"(?<!\$)\$\{(\w+)\}", template)) - set(values)
+    assert not missing, f"dashboard template variables without a value: {missing}"
+    rendered = re.sub(r"(?<!\$)\$\{(\w+)\}", lambda m: values[m.group(1)], template)
+    return json.loads(rendered)
+
+
+def dashboard_queries(board: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(tile title, timeSeriesFilter, dataSet) for every chart line of a mosaic dashboard."""
+    out = []
+    for tile in board["mosaicLayout"]["tiles"]:
+        widget = tile["widget"]
+        for data_set in widget.get("xyChart", {}).get("dataSets", []):
+            out.append((widget["title"], data_set["timeSeriesQuery"]["timeSeriesFilter"], data_set))
+    return out

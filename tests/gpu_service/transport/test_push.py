@@ -30,6 +30,10 @@ def test_parse_push_envelope_and_request() -> None:
     assert req.correlation_id == naming.correlation_id("b", "a/img.DCM", "17")
     assert req.object_key == "b/a/img.DCM#17"
     assert req.dicom["patient_id"] == "P1"
+    assert req.event_time is None  # absent from BODY
+    timed = parse_request(parse_envelope(envelope({**BODY, "event_time": "2026-01-31T12:00:00Z"})))
+    assert timed.event_time == "2026-01-31T12:00:00Z"
+    assert parse_request(parse_envelope(envelope({**BODY, "event_time": 5}))).event_time is None
     # The emulator sends no deliveryAttempt.
     assert parse_envelope(envelope(BODY)).delivery_attempt is None
 

@@ -279,6 +279,38 @@ resource "google_monitoring_alert_policy" "push_backlog_age" {
   }
 }
 
+# A result computed but waiting for its downstream (the DICOMweb store or Django is down): nothing
+# is lost while it waits (docs/contracts.md, "Delivery after a downstream outage"), but the
+# radiologist does not see it. Fires long before the delivery message expires.
+resource "google_monitoring_alert_policy" "delivery_backlog_age" {
+  project               = var.project_id
+  display_name          = "${local.prefix}: results waiting for the DICOMweb store or Django"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = local.alert_channels
+  user_labels           = local.labels
+  depends_on            = [google_project_service.enabled]
+
+  conditions {
+    display_name = "Oldest undelivered result older than ${var.alert_delivery_oldest_unacked_age_seconds}s"
+    condition_threshold {
+      filter          = "resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${google_pubsub_subscription.delivery_push.name}\" AND metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alert_delivery_oldest_unacked_age_seconds
+      duration        = "300s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Computed results are waiting for a downstream: the DICOMweb store or Django is down or refusing connections. They are delivered by themselves once it is back, for up to delivery_retention; past that, run the backfill job over the upload prefix. ${local.runbook}"
+  }
+}
+
 resource "google_monitoring_alert_policy" "service_5xx" {
   project               = var.project_id
   display_name          = "${local.prefix}: inference service 5xx rate"

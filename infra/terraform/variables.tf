@@ -425,6 +425,12 @@ variable "alert_dead_letter_messages" {
   default     = 0
 }
 
+variable "alert_delivery_oldest_unacked_age_seconds" {
+  description = "Alert when a computed result has waited this long for the DICOMweb store or Django (the delivery subscription's oldest message)."
+  type        = number
+  default     = 1800
+}
+
 variable "alert_push_oldest_unacked_age_seconds" {
   description = "Alert when the push subscription's oldest unacknowledged message is older than this, for 5 minutes. A cold GPU instance takes minutes and a failing message is retried for up to max_delivery_attempts x push_max_backoff."
   type        = number

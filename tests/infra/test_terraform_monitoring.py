@@ -40,6 +40,7 @@ USER_METRIC = "logging.googleapis.com/user/"
 POLICIES = {
     "dead_letter",
     "push_backlog_age",
+    "delivery_backlog_age",
     "service_5xx",
     "function_5xx",
     "webhook_failed",
@@ -138,6 +139,20 @@ def check_dead_letter_alert(cfg: dict[str, Any]) -> None:
     assert 'metric.type="pubsub.googleapis.com/subscription/num_undelivered_messages"' in condition["filter"]
     assert condition["comparison"] == "COMPARISON_GT"
     assert default(cfg, "alert_dead_letter_messages") == 0, "any dead-lettered message must alert"
+
+
+def check_delivery_backlog_alert(cfg: dict[str, Any]) -> None:
+    """Results waiting for a downstream that is down: alerted long before their messages expire."""
+    condition = _single(cfg, "delivery_backlog_age")
+    assert (
+        'resource.labels.subscription_id="${google_pubsub_subscription.delivery_push.name}"'
+        in condition["filter"]
+    ), "the alert does not watch the delivery subscription"
+    assert (
+        'metric.type="pubsub.googleapis.com/subscription/oldest_unacked_message_age"' in condition["filter"]
+    )
+    retention_s = int(str(default(cfg, "delivery_retention")).rstrip("s"))
+    assert default(cfg, "alert_delivery_oldest_unacked_age_seconds") < retention_s / 10
 
 
 def check_push_backlog_alert(cfg: dict[str, Any]) -> None:
@@ -360,6 +375,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_log_alerts_cover_service_and_job,
     check_dead_letter_alert,
     check_push_backlog_alert,
+    check_delivery_backlog_alert,
     check_5xx_alerts,
     check_log_metrics_match_the_logs,
     check_distributions,
@@ -453,6 +469,14 @@ MUTATIONS = {
     "dead-letter-tolerated": (
         check_dead_letter_alert,
         _set(["variable", "alert_dead_letter_messages", "default"], 10),
+    ),
+    "delivery-backlog-watches-inference": (
+        check_delivery_backlog_alert,
+        _replace(
+            [*_condition("delivery_backlog_age"), "filter"],
+            "google_pubsub_subscription.delivery_push.name",
+            "google_pubsub_subscription.inference_push.name",
+        ),
     ),
     "backlog-on-wrong-metric": (
         check_push_backlog_alert,

@@ -24,6 +24,7 @@ import pytest
 
 from tests.support import REPO
 from tests.support.terraform import (
+    DELETE,
     TF_DIR,
     block,
     bucket,
@@ -35,6 +36,7 @@ from tests.support.terraform import (
     ref,
     res,
     resolve,
+    set_at,
 )
 
 ROOT = REPO
@@ -344,103 +346,89 @@ def test_wiring(config: dict[str, Any], check: Callable[[dict[str, Any]], None])
 
 
 # Each mutation breaks one thing the checks exist for; the matching check must notice.
-def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
-    def mutate(cfg: dict[str, Any]) -> None:
-        node = cfg
-        for key in path[:-1]:
-            node = node[key]
-        if value is _DELETE:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
-
-    return mutate
-
-
-_DELETE = object()
 _SUB = ["resource", "google_pubsub_subscription", "inference_push"]
 _SVC = ["resource", "google_cloud_run_v2_service", "inference", "template", 0]
 _FN = ["resource", "google_cloudfunctions2_function", "ingest"]
 _JOB = ["resource", "google_cloud_run_v2_job", "backfill", "template", 0, "template", 0]
 
 MUTATIONS = {
-    "push-without-oidc": (check_push_subscription, _set([*_SUB, "push_config", 0, "oidc_token"], _DELETE)),
+    "push-without-oidc": (check_push_subscription, set_at([*_SUB, "push_config", 0, "oidc_token"], DELETE)),
     "push-elsewhere": (
         check_push_subscription,
-        _set([*_SUB, "push_config", 0, "push_endpoint"], "https://example.org"),
+        set_at([*_SUB, "push_config", 0, "push_endpoint"], "https://example.org"),
     ),
-    "no-dead-letter-policy": (check_dead_letters, _set([*_SUB, "dead_letter_policy"], _DELETE)),
+    "no-dead-letter-policy": (check_dead_letters, set_at([*_SUB, "dead_letter_policy"], DELETE)),
     "delivery-dead-lettered": (
         check_delivery_handoff,
-        _set(
+        set_at(
             ["resource", "google_pubsub_subscription", "delivery_push", "dead_letter_policy"],
             [{"dead_letter_topic": "${google_pubsub_topic.dead_letter.id}", "max_delivery_attempts": 5}],
         ),
     ),
     "delivery-pushed-to-inference": (
         check_delivery_handoff,
-        _set(
+        set_at(
             ["resource", "google_pubsub_subscription", "delivery_push", "push_config"],
             [{"push_endpoint": "${google_cloud_run_v2_service.inference.uri}"}],
         ),
     ),
     "dead-letters-unrecorded": (
         check_dead_letters,
-        _set(["resource", "google_pubsub_subscription", "dead_letter_record"], _DELETE),
+        set_at(["resource", "google_pubsub_subscription", "dead_letter_record"], DELETE),
     ),
     "dead-letters-dropped": (
         check_dead_letters,
-        _set(
+        set_at(
             ["resource", "google_pubsub_subscription", "dead_letter", "topic"],
             "${google_pubsub_topic.inference.id}",
         ),
     ),
     "trigger-other-bucket": (
         check_function_trigger,
-        _set([*_FN, "event_trigger", 0, "event_filters", 0, "value"], f"${{{bucket('models')}.name}}"),
+        set_at([*_FN, "event_trigger", 0, "event_filters", 0, "value"], f"${{{bucket('models')}.name}}"),
     ),
     "trigger-no-retry": (
         check_function_trigger,
-        _set([*_FN, "event_trigger", 0, "retry_policy"], "RETRY_POLICY_DO_NOT_RETRY"),
+        set_at([*_FN, "event_trigger", 0, "retry_policy"], "RETRY_POLICY_DO_NOT_RETRY"),
     ),
     "service-without-gpu": (
         check_service_gpu,
-        _set([*_SVC, "containers", 0, "resources", 0, "limits", "nvidia.com/gpu"], _DELETE),
+        set_at([*_SVC, "containers", 0, "resources", 0, "limits", "nvidia.com/gpu"], DELETE),
     ),
     "service-no-readyz": (
         check_service_gpu,
-        _set([*_SVC, "containers", 0, "startup_probe", 0, "http_get", 0, "path"], "/"),
+        set_at([*_SVC, "containers", 0, "startup_probe", 0, "http_get", 0, "path"], "/"),
     ),
-    "job-without-gpu": (check_job_gpu, _set([*_JOB, "node_selector"], _DELETE)),
+    "job-without-gpu": (check_job_gpu, set_at([*_JOB, "node_selector"], DELETE)),
     "project-editor": (
         check_least_privilege,
-        _set(
+        set_at(
             ["resource", "google_project_iam_member", "eventarc_event_receiver", "role"],
             "roles/editor",
         ),
     ),
-    "key-file": (check_least_privilege, _set(["resource", "google_service_account_key"], {"k": {}})),
+    "key-file": (check_least_privilege, set_at(["resource", "google_service_account_key"], {"k": {}})),
     "unconditional-writer": (
         check_least_privilege,
-        _set(
+        set_at(
             ["resource", "google_storage_bucket_iam_member", 'gpu_output_writer["inference"]', "condition"],
-            _DELETE,
+            DELETE,
         ),
     ),
     "shared-identity": (
         check_least_privilege,
-        _set([*_JOB, "service_account"], "${google_service_account.inference.email}"),
+        set_at([*_JOB, "service_account"], "${google_service_account.inference.email}"),
     ),
     "public-bucket": (
         check_buckets_private,
-        _set(
+        set_at(
             ["resource", "google_storage_bucket", 'private["uploads"]', "public_access_prevention"],
             "inherited",
         ),
     ),
     "unpinned-provider": (
         check_providers_pinned,
-        _set(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5"),
+        set_at(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5"),
     ),
 }
 

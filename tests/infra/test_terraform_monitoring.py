@@ -21,6 +21,7 @@ from gpu_service.outcome import RequestOutcome
 from gpu_service.results.delivery import delivered_fields
 from tests.support import REPO
 from tests.support.terraform import (
+    DELETE,
     alert_conditions,
     block,
     dashboard,
@@ -30,6 +31,7 @@ from tests.support.terraform import (
     load_config,
     ref,
     res,
+    set_at,
 )
 
 SERVICE = "${google_cloud_run_v2_service.inference.name}"
@@ -406,19 +408,6 @@ def _dynamic_condition(policy: str, index: int = 0) -> list[Any]:
     return [*_POLICY, policy, "dynamic", index, "conditions", "content", 0, "condition_threshold", 0]
 
 
-def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
-    def mutate(cfg: dict[str, Any]) -> None:
-        node = cfg
-        for key in path[:-1]:
-            node = node[key]
-        if value is _DELETE:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
-
-    return mutate
-
-
 def _replace(path: list[Any], old: str, new: str) -> Callable[[dict[str, Any]], None]:
     def mutate(cfg: dict[str, Any]) -> None:
         node = cfg
@@ -438,29 +427,27 @@ def _keep_first_condition(policy: str) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
-_DELETE = object()
-
 MUTATIONS = {
     "channel-required": (
         check_notification_channel_optional,
-        _set(["variable", "notification_channel_email", "default"], "ops@example.org"),
+        set_at(["variable", "notification_channel_email", "default"], "ops@example.org"),
     ),
     "channel-always-created": (
         check_notification_channel_optional,
-        _set(["resource", "google_monitoring_notification_channel", "email", "count"], 1),
+        set_at(["resource", "google_monitoring_notification_channel", "email", "count"], 1),
     ),
     "policy-without-channel": (
         check_notification_channel_optional,
-        _set([*_POLICY, "gpu_memory", "notification_channels"], _DELETE),
+        set_at([*_POLICY, "gpu_memory", "notification_channels"], DELETE),
     ),
-    "alert-missing": (check_notification_channel_optional, _set([*_POLICY, "dead_letter"], _DELETE)),
+    "alert-missing": (check_notification_channel_optional, set_at([*_POLICY, "dead_letter"], DELETE)),
     "hardcoded-threshold": (
         check_thresholds_are_variables,
-        _set([*_condition("service_5xx"), "threshold_value"], 0.5),
+        set_at([*_condition("service_5xx"), "threshold_value"], 0.5),
     ),
     "unused-threshold-variable": (
         check_thresholds_are_variables,
-        _set(["variable", "alert_unused"], {"type": "number", "default": 1}),
+        set_at(["variable", "alert_unused"], {"type": "number", "default": 1}),
     ),
     "dead-letter-alert-on-push": (
         check_dead_letter_alert,
@@ -468,7 +455,7 @@ MUTATIONS = {
     ),
     "dead-letter-tolerated": (
         check_dead_letter_alert,
-        _set(["variable", "alert_dead_letter_messages", "default"], 10),
+        set_at(["variable", "alert_dead_letter_messages", "default"], 10),
     ),
     "delivery-backlog-watches-inference": (
         check_delivery_backlog_alert,
@@ -494,7 +481,7 @@ MUTATIONS = {
     ),
     "5xx-count-not-rate": (
         check_5xx_alerts,
-        _set([*_condition("service_5xx"), "denominator_filter"], _DELETE),
+        set_at([*_condition("service_5xx"), "denominator_filter"], DELETE),
     ),
     "alert-without-resource-type": (
         check_conditions_name_one_resource_type,
@@ -502,7 +489,7 @@ MUTATIONS = {
     ),
     "log-alert-on-service-only": (
         check_log_alerts_cover_service_and_job,
-        _set(["locals", "gpu_log_resources"], {"service": "cloud_run_revision"}),
+        set_at(["locals", "gpu_log_resources"], {"service": "cloud_run_revision"}),
     ),
     "log-value-drift": (
         check_log_metrics_match_the_logs,
@@ -526,15 +513,15 @@ MUTATIONS = {
     ),
     "unknown-field": (
         check_log_metrics_match_the_logs,
-        _set([*_METRIC, "results", "label_extractors", "error_code"], "EXTRACT(jsonPayload.error_kind)"),
+        set_at([*_METRIC, "results", "label_extractors", "error_code"], "EXTRACT(jsonPayload.error_kind)"),
     ),
     "latency-as-counter": (
         check_distributions,
-        _set([*_METRIC, "upload_to_webhook_latency", "metric_descriptor", 0, "value_type"], "INT64"),
+        set_at([*_METRIC, "upload_to_webhook_latency", "metric_descriptor", 0, "value_type"], "INT64"),
     ),
     "latency-field-renamed": (
         check_distributions,
-        _set([*_METRIC, "upload_to_webhook_latency", "value_extractor"], "EXTRACT(jsonPayload.latency_ms)"),
+        set_at([*_METRIC, "upload_to_webhook_latency", "value_extractor"], "EXTRACT(jsonPayload.latency_ms)"),
     ),
     "retries-exhausted-on-any-failure": (
         check_result_alerts,

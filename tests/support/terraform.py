@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,21 @@ def dashboard_queries(board: dict[str, Any]) -> list[tuple[str, dict[str, Any], 
         for data_set in widget.get("xyChart", {}).get("dataSets", []):
             out.append((widget["title"], data_set["timeSeriesQuery"]["timeSeriesFilter"], data_set))
     return out
+
+
+DELETE = object()  # set_at(path, DELETE) removes the key
+
+
+def set_at(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation of a parsed configuration, for showing that a wiring check can fail."""
+
+    def mutate(cfg: dict[str, Any]) -> None:
+        node = cfg
+        for key in path[:-1]:
+            node = node[key]
+        if value is DELETE:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+
+    return mutate

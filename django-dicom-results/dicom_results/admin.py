@@ -1,8 +1,9 @@
-"""Admin registration: read-only (results come from the pipeline only), filterable."""
+"""Admin registration: read-only (results come from the pipeline only, audit events are
+append-only), filterable."""
 
 from django.contrib import admin
 
-from dicom_results.models import InferenceResult
+from dicom_results.models import AuditEvent, InferenceResult
 
 
 @admin.register(InferenceResult)
@@ -16,4 +17,29 @@ class InferenceResultAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only for everyone, superusers included: the trail is append-only (models.py)."""
+
+    list_display = ("at", "username", "action", "result_id", "detail", "client_address")
+    list_filter = (
+        "action",
+        ("user", admin.RelatedOnlyFieldListFilter),
+        ("result", admin.RelatedOnlyFieldListFilter),
+        ("at", admin.DateFieldListFilter),
+    )
+    date_hierarchy = "at"
+    search_fields = ("username",)
+    list_select_related = False  # result_id is shown as is: the result may be gone
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -1,7 +1,9 @@
-"""One row per delivered result, unique on the Standard Webhooks ``webhook-id``."""
+"""One row per delivered result, unique on the Standard Webhooks ``webhook-id``; and the
+append-only audit trail of who opened which result."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -73,3 +75,74 @@ class InferenceResult(models.Model):
             "seg": self.seg_uri,
             "sr": self.sr_uri,
         }.get(role, "")
+
+
+class AppendOnlyError(Exception):
+    """Raised when code tries to change or delete an audit event: the trail is append-only."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Refuses the bulk paths around ``save``/``delete``: ``update``, ``bulk_update``, ``delete``."""
+
+    def update(self, **kwargs):
+        raise AppendOnlyError("audit events cannot be updated")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AppendOnlyError("audit events cannot be updated")
+
+    def delete(self):
+        raise AppendOnlyError("audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    """Who opened which result's page or image (later: who decided what), when, from where.
+
+    A hospital must be able to say who looked at a patient's result, so rows are only ever
+    added. The trail must also outlive what it names: user and result are kept as plain ids
+    (no database constraint, no cascade), so deleting a user or a result neither deletes nor
+    rewrites an event, and ``username`` keeps the name as it was. No patient data is copied here.
+    """
+
+    class Action(models.TextChoices):
+        VIEWED_RESULT = "viewed_result", "viewed result page"
+        VIEWED_ARTIFACT = "viewed_artifact", "viewed image or object"
+        DECIDED = "decided", "decided"  # the radiologist's review (issue 18, part 1)
+
+    at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        editable=False,
+    )
+    username = models.CharField(max_length=150, editable=False)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True, editable=False)
+    result = models.ForeignKey(
+        InferenceResult,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="audit_events",
+        editable=False,
+    )
+    # What was opened within the result: the artifact role ("overlay", "seg"), or empty.
+    detail = models.CharField(max_length=32, blank=True, default="", editable=False)
+    client_address = models.GenericIPAddressField(null=True, blank=True, editable=False)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        default_permissions = ("view",)  # nobody may add, change or delete one by hand
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} result {self.result_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("audit events cannot be updated")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("audit events cannot be deleted")

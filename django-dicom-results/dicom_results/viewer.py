@@ -1,7 +1,8 @@
 """The staff-only results viewer: a list, a detail page and the images behind them.
 
 Images are patient data: every view needs a logged-in staff user, and the artifacts are
-streamed through Django (``private`` caching only), never linked from the bucket.
+streamed through Django (``private`` caching only), never linked from the bucket. Opening a
+result's page, or being served one of its images or objects, adds an audit event (audit.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from dicom_results import storage
+from dicom_results import audit, storage
 from dicom_results.conf import app_settings
-from dicom_results.models import InferenceResult
+from dicom_results.models import AuditEvent, InferenceResult
 
 staff_required = user_passes_test(lambda user: user.is_active and user.is_staff)
 IMAGE_ROLES = ("image", "overlay", "mask", "heatmap")
@@ -78,6 +79,7 @@ def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "dicom_links": links,
         "explanation": explanation_summary(row.body),
     }
+    audit.record(request, AuditEvent.Action.VIEWED_RESULT, row)
     return render(request, "dicom_results/detail.html", context)
 
 
@@ -93,6 +95,7 @@ def artifact(request: HttpRequest, pk: int, role: str) -> HttpResponse:
         found = storage.fetch(uri, project=conf.gcs_project, allowed_buckets=conf.allowed_buckets)
     except storage.ArtifactUnavailable as exc:
         raise Http404(str(exc)) from None
+    audit.record(request, AuditEvent.Action.VIEWED_ARTIFACT, row, detail=role)
     content_type = "application/dicom" if role in DICOM_ROLES else found.content_type
     response = HttpResponse(found.data, content_type=content_type)
     response["Cache-Control"] = "private, max-age=300"

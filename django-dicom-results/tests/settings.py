@@ -3,6 +3,7 @@
 import base64
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -21,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "axes",
     "dicom_results",
 ]
 MIDDLEWARE = [
@@ -30,7 +32,19 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
+# Login throttling as a host should configure it (README.md, "Access"): AxesStandaloneBackend
+# first, so a locked-out login is refused before the password is even checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Sessions that end: one idle hour, and the browser's closing.
+SESSION_COOKIE_AGE = 3600
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 ROOT_URLCONF = "tests.urls"
 TEMPLATES = [
     {
@@ -69,5 +83,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"null": {"class": "logging.NullHandler"}},
-    "loggers": {"dicom_results": {"handlers": ["null"], "propagate": False}},
+    "loggers": {name: {"handlers": ["null"], "propagate": False} for name in ("dicom_results", "axes")},
 }

@@ -1,7 +1,8 @@
 """The staff-only viewer: login, list, detail, and images streamed from Cloud Storage.
 
 The image tests read real objects from a Cloud Storage emulator (``STORAGE_EMULATOR_HOST``,
-fake-gcs-server in ``make test``) and are skipped without one.
+fake-gcs-server in ``make test``) and are skipped without one. Users log in with ``force_login``:
+django-axes needs the request for a password login, which test_access.py covers through the form.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ViewerAccessTests(TestCase):
                 self.assertTrue(response["Location"].startswith(login), response["Location"])
 
     def test_non_staff_users_are_refused(self) -> None:
-        self.client.login(username="visitor", password="pw-visitor")
+        self.client.force_login(self.plain)
         response = self.client.get(reverse("dicom_results:artifact", args=[self.row.pk, "overlay"]))
         self.assertEqual(response.status_code, 302)
 
@@ -58,7 +59,7 @@ class ViewerAccessTests(TestCase):
         failed = _row(failed_record() | {"source": {**record()["source"], "generation": "18"}})
         normal = _row(record(prediction={"label": "normal", "score": 0.8, "scores": {"normal": 0.8}},
                              source={**record()["source"], "generation": "19"}))  # fmt: skip
-        self.client.login(username="doctor", password="pw-doctor")
+        self.client.force_login(self.staff)
         url = reverse("dicom_results:list")
         page = self.client.get(url)
         self.assertEqual([r.pk for r in page.context["page"]], [normal.pk, failed.pk, self.row.pk])
@@ -70,7 +71,7 @@ class ViewerAccessTests(TestCase):
         self.assertEqual([r.pk for r in by_label.context["page"]], [self.row.pk])
 
     def test_detail_shows_prediction_model_timings_toggles_and_dicom_links(self) -> None:
-        self.client.login(username="doctor", password="pw-doctor")
+        self.client.force_login(self.staff)
         page = self.client.get(reverse("dicom_results:detail", args=[self.row.pk]))
         self.assertContains(page, "nodule (0.930)")
         self.assertContains(page, "demo-cnn 1")
@@ -84,8 +85,7 @@ class ViewerAccessTests(TestCase):
         self.assertNotContains(page, "gs://uploads/ward3/scan.png")
 
     def test_admin_lists_results_with_filters(self) -> None:
-        get_user_model().objects.create_superuser("admin", password="pw-admin")
-        self.client.login(username="admin", password="pw-admin")
+        self.client.force_login(get_user_model().objects.create_superuser("admin", password="pw-admin"))
         url = reverse("admin:dicom_results_inferenceresult_changelist")
         page = self.client.get(url, {"status__exact": "completed", "label": "nodule", "modality": "DX"})
         self.assertEqual(page.status_code, 200)
@@ -95,7 +95,7 @@ class ViewerAccessTests(TestCase):
         self.assertEqual(self.client.get(reverse("admin:dicom_results_inferenceresult_add")).status_code, 403)
 
     def test_unknown_role_is_404(self) -> None:
-        self.client.login(username="doctor", password="pw-doctor")
+        self.client.force_login(self.staff)
         response = self.client.get(reverse("dicom_results:artifact", args=[self.row.pk, "source"]))
         self.assertEqual(response.status_code, 404)
 
@@ -120,8 +120,7 @@ class ViewerImageTests(TestCase):
         rec["explanation"]["mask_uri"] = gs + "scan.missing.png"
         rec["dicom"]["seg_uri"] = gs + "scan.seg.dcm"
         self.row = _row(rec)
-        get_user_model().objects.create_user("doctor", password="pw-doctor", is_staff=True)
-        self.client.login(username="doctor", password="pw-doctor")
+        self.client.force_login(get_user_model().objects.create_user("doctor", is_staff=True))
 
     def get(self, role: str):
         return self.client.get(reverse("dicom_results:artifact", args=[self.row.pk, role]))

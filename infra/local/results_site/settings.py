@@ -1,8 +1,10 @@
 """Settings of the local Django project, all from the environment the stack gives it
 (infra/local/viewer.py): the webhook secret, the SQLite file under ``.local/``, the
-webhook logs, and fake-gcs-server through ``STORAGE_EMULATOR_HOST``."""
+webhook logs, and fake-gcs-server through ``STORAGE_EMULATOR_HOST``. Access as production
+should have it (django-dicom-results/README.md, "Access"): throttled logins, sessions that end."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -20,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "axes",
     "dicom_results",
 ]
 MIDDLEWARE = [
@@ -32,7 +35,20 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
+# Five wrong passwords for one user from one address lock that pair out for 15 minutes. Not by
+# address alone: a ward's workstations often share one, and one typo-prone user would lock all.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# A session ends after an idle hour, or when the browser closes. (Plain http here: the secure
+# cookie flags are in django-dicom-results/example_project/settings.py.)
+SESSION_COOKIE_AGE = 3600
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 ROOT_URLCONF = "infra.local.results_site.urls"
 WSGI_APPLICATION = "infra.local.results_site.wsgi.application"
 TEMPLATES = [

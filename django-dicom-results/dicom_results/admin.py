@@ -25,6 +25,8 @@ class AuditEventAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the trail is append-only (models.py)."""
 
     list_display = ("at", "username", "action", "result_id", "detail", "client_address")
+    # The fields are not editable (models.py), so the admin shows them only when named here.
+    fields = readonly_fields = ("at", "username", "user", "action", "result", "detail", "client_address")
     list_filter = (
         "action",
         ("user", admin.RelatedOnlyFieldListFilter),

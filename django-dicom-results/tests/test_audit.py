@@ -158,6 +158,21 @@ class AuditAdminTests(TestCase):
         page = self.client.get(self.url)
         self.assertNotContains(page, "delete_selected")
 
+    def test_one_event_is_shown_whole_even_when_its_result_is_gone(self) -> None:
+        event = AuditEvent.objects.create(
+            user=self.alice,
+            username="alice",
+            action=Action.VIEWED_RESULT,
+            result=self.second,
+            client_address="10.9.8.7",
+        )
+        self.second.delete()
+        page = self.client.get(reverse("admin:dicom_results_auditevent_change", args=[event.pk]))
+        self.assertEqual(page.status_code, 200)
+        for shown in ("alice", "10.9.8.7", "viewed result page"):
+            self.assertContains(page, shown)
+        self.assertNotContains(page, 'type="submit" value="Save"')
+
 
 @unittest.skipUnless(os.environ.get("STORAGE_EMULATOR_HOST"), "needs a Cloud Storage emulator")
 class AuditImageTests(TestCase):

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
-from infra.local.demo import _parse_time, gcloud_cp, read_webhooks, wait_for_outcomes
+from infra.local.demo import _parse_time, gcloud_cp, read_webhooks, storage_client
 from infra.local.stack import Ports, Stack, StackConfig
 
 
@@ -108,6 +108,21 @@ def write_uploads(directory: Path, n: int, size: int, seed: int) -> list[Path]:
     return paths
 
 
+def wait_for_webhooks(log: str, wanted: set[str], timeout_s: float) -> None:
+    """Until every object has a webhook (the receiver's log only: nothing polled on the stack)."""
+    started = time.monotonic()
+    last_report = 0.0
+    while True:
+        seen = {h["body"]["source"]["name"] for h in read_webhooks(log) if h.get("body")} & wanted
+        elapsed = time.monotonic() - started
+        if len(seen) == len(wanted) or elapsed > timeout_s:
+            return
+        if elapsed - last_report >= 10:
+            last_report = elapsed
+            print(f"  ... {len(seen)}/{len(wanted)} webhooks after {elapsed:.0f}s", flush=True)
+        time.sleep(1.0)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -172,18 +187,31 @@ def main(argv: list[str] | None = None) -> int:
             cp_s = time.monotonic() - t0
             print(f"gcloud storage cp of {args.n} files ({total_mb:.1f} MB) to {destination}: {cp_s:.1f}s")
             names = {p.name: prefix + p.name for p in files}
-            outcomes = wait_for_outcomes(env, env["UPLOAD_BUCKET"], names, args.timeout, progress=True)
+            wanted = set(names.values())
+            wait_for_webhooks(env["WEBHOOK_LOG"], wanted, args.timeout)
             time.sleep(args.settle)
             sampler.stop()
 
             hooks = [h for h in read_webhooks(env["WEBHOOK_LOG"]) if h.get("body")]
+            hooks = [h for h in hooks if h["body"]["source"]["name"] in wanted]
             per_object = collections.Counter(h["body"]["source"]["name"] for h in hooks)
-            wanted = set(names.values())
             lost = sorted(n for n in wanted if per_object[n] == 0)
-            duplicated = {n: c for n, c in per_object.items() if n in wanted and c > 1}
-            statuses = collections.Counter(o.status for o in outcomes.values())
-            latencies = [o.seconds for o in outcomes.values() if o.seconds is not None]
-            received = [_parse_time(h["received_at"]) for h in hooks]
+            duplicated = {n: c for n, c in per_object.items() if c > 1}
+            statuses = collections.Counter(h["body"]["status"] for h in hooks)
+            # One listing for the uploads' timeCreated (polling each object would load the stack).
+            created = {
+                b.name: b.time_created.timestamp()
+                for b in storage_client(env).list_blobs(env["UPLOAD_BUCKET"], prefix=prefix)
+                if b.name in wanted and b.time_created
+            }
+            first_hook: dict[str, float] = {}
+            for h in hooks:
+                t = _parse_time(h["received_at"])
+                name = h["body"]["source"]["name"]
+                if t is not None and (name not in first_hook or t < first_hook[name]):
+                    first_hook[name] = t
+            latencies = [first_hook[n] - created[n] for n in first_hook if n in created]
+            received = list(first_hook.values())
             last = max((r for r in received if r), default=None)
             elapsed = (last - cp_started_wall) if last else float("nan")
             delivered = len(wanted) - len(lost)

@@ -108,8 +108,9 @@ def write_uploads(directory: Path, n: int, size: int, seed: int) -> list[Path]:
     return paths
 
 
-def wait_for_webhooks(log: str, wanted: set[str], timeout_s: float) -> None:
-    """Until every object has a webhook (the receiver's log only: nothing polled on the stack)."""
+def wait_for_webhooks(log: str, wanted: set[str], timeout_s: float, sampler: RssSampler) -> None:
+    """Until every object has a webhook (the receiver's log only: nothing polled on the stack).
+    Every 10 s a progress line with the inference service's RSS, to see it settle or grow."""
     started = time.monotonic()
     last_report = 0.0
     while True:
@@ -119,7 +120,11 @@ def wait_for_webhooks(log: str, wanted: set[str], timeout_s: float) -> None:
             return
         if elapsed - last_report >= 10:
             last_report = elapsed
-            print(f"  ... {len(seen)}/{len(wanted)} webhooks after {elapsed:.0f}s", flush=True)
+            rss = sampler.last_kib.get("inference-service", 0) / 1024
+            print(
+                f"  ... {len(seen)}/{len(wanted)} webhooks after {elapsed:.0f}s; service RSS {rss:.0f} MiB",
+                flush=True,
+            )
         time.sleep(1.0)
 
 
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gcloud storage cp of {args.n} files ({total_mb:.1f} MB) to {destination}: {cp_s:.1f}s")
             names = {p.name: prefix + p.name for p in files}
             wanted = set(names.values())
-            wait_for_webhooks(env["WEBHOOK_LOG"], wanted, args.timeout)
+            wait_for_webhooks(env["WEBHOOK_LOG"], wanted, args.timeout, sampler)
             time.sleep(args.settle)
             sampler.stop()
 

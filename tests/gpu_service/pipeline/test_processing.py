@@ -33,6 +33,7 @@ from gpu_service.results.webhook_signature import idempotency_key
 from gpu_service.settings import Settings
 from infra.local import emulators
 from pipeline_common import jsonlog, naming
+from pipeline_common.contract import DEFAULT_MAX_PIXELS
 from pipeline_common.naming import DELIVERED_KEY
 from tests.conftest import unique
 from tests.support.service import (
@@ -590,6 +591,51 @@ def test_too_many_pixels_is_a_recorded_failure_before_decoding(
     record = json.loads(read_object(bucket_name, "big/x.result.json")[0])
     assert record["status"] == "failed" and str(160 * 160) in record["error"]["message"]
     assert len(webhook.accepted()) == 1 and _stats(app).inferences == 0
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "frames"),
+    [(10_000, 10_000, None), (512, 512, 500)],
+    ids=["10000x10000", "500-frames-of-512x512"],
+)
+def test_header_above_the_default_budget_is_image_too_large_without_decoding(
+    make_app: Any,
+    webhook: WebhookServer,
+    bucket_name: str,
+    monkeypatch: Any,
+    rows: int,
+    columns: int,
+    frames: Any,
+) -> None:
+    """Issue 17's bad input at the production budget (DEFAULT_MAX_PIXELS, 64 Mi pixels): a
+    10,000 x 10,000 image (100 M pixels) or 500 frames of 512 x 512 (131 M) is refused from
+    its header alone. The file is small: the header claims the size, the pixel data is a few
+    bytes, so only a check made before decoding can give ``image_too_large`` (decoding would
+    fail with another code, or allocate 200-260 MB)."""
+
+    def must_not_decode(ds: Any) -> Any:
+        raise AssertionError("pixels decoded despite the budget")
+
+    monkeypatch.setattr(processing, "decode", must_not_decode)
+    ds = synthetic.to_dicom_dataset(np.zeros((8, 8)), modality="DX")
+    ds.Rows, ds.Columns = rows, columns
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    pixels = rows * columns * (frames or 1)
+    assert len(data) < 4096  # a header that lies, not 200 MB of pixels
+    blob = upload(bucket_name, "huge/claims.dcm", data)
+    app = make_app(max_pixels=DEFAULT_MAX_PIXELS)
+    assert DEFAULT_MAX_PIXELS == 64 * 1024 * 1024 < pixels
+    response = app.test_client().post("/", json=envelope(request_body(blob)))
+    assert response.status_code == 200 and response.get_json()["error_code"] == "image_too_large"
+    record = json.loads(read_object(bucket_name, "huge/claims.result.json")[0])
+    assert record["status"] == "failed" and record["error"]["code"] == "image_too_large"
+    assert str(pixels) in record["error"]["message"] and str(64 * 1024 * 1024) in record["error"]["message"]
+    assert len(webhook.accepted()) == 1 and _stats(app).inferences == 0
+    assert read_object(bucket_name, "huge/claims.png") is None
 
 
 def test_real_pydicom_file(make_app: Any, webhook: WebhookServer, bucket_name: str) -> None:

@@ -514,6 +514,7 @@ def run_checkov(directory: Path) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow  # runs checkov, a separate program, over the whole configuration
 def test_checkov_passes_with_justified_skips() -> None:
     report = run_checkov(TF_DIR)
     summary, results = report["summary"], report["results"]
@@ -532,6 +533,7 @@ def test_checkov_passes_with_justified_skips() -> None:
         )
 
 
+@pytest.mark.slow  # runs checkov
 def test_checkov_catches_a_public_bucket(tmp_path: Path) -> None:
     """The checkov gate can fail: the same configuration without public access prevention.
 

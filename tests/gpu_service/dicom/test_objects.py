@@ -272,6 +272,7 @@ def _completed_test_files() -> list[str]:
         return sorted(get_testdata_files("*"))
 
 
+@pytest.mark.slow  # every pydicom test file through decode and the builders (~15 s)
 def test_every_pydicom_test_file_the_pipeline_completes_gets_objects_or_reasons() -> None:
     """RGB, palette, multi-frame, big endian, odd sizes, no study: valid objects or a reason,
     never a crash."""

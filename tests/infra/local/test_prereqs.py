@@ -15,6 +15,9 @@ import pytest
 
 from tests.support import REPO
 
+# Each test runs make or the prerequisite script in a subshell (about 35 s in all): not a unit test.
+pytestmark = pytest.mark.slow
+
 SCRIPT = REPO / "infra/local/check_prereqs.sh"
 DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 APT_GET = """#!/bin/bash

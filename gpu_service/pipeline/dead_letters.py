@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-from gpu_service.outcome import ProcessResult, RequestOutcome
 from gpu_service.request import InferenceRequest
 from gpu_service.results.dead_letter import dead_letter_record
 from gpu_service.results.outputs import RequestOutputs
@@ -23,7 +22,7 @@ def replay_command(hold_subscription: str | None) -> str:
 
 def record_dead_letter(
     outputs: RequestOutputs, request: InferenceRequest, message_id: str | None, hold_subscription: str | None
-) -> ProcessResult:
+) -> None:
     """Create-only: a second dead letter of the same upload keeps the first record (and logs again)."""
     replay = replay_command(hold_subscription)
     outputs.write(
@@ -36,4 +35,3 @@ def record_dead_letter(
     log(logger, logging.ERROR, "inference message dead-lettered; its upload has no result until replayed",
         message_id=message_id, replay=replay,
         record_uri=outputs.location(request, naming.DEAD_LETTER_SUFFIX).uri)  # fmt: skip
-    return ProcessResult(RequestOutcome.COMPLETED)

@@ -1,7 +1,10 @@
-"""One row per delivered result, unique on the Standard Webhooks ``webhook-id``; and the
-append-only audit trail of who opened which result."""
+"""One row per delivered result, unique on the Standard Webhooks ``webhook-id``; the
+append-only audit trail of who opened which result; the radiologists' review decisions
+(append-only too) and the receipts of their assessment objects."""
 
 from __future__ import annotations
+
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -146,3 +149,117 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("audit events cannot be deleted")
+
+
+class ReviewDecision(models.Model):
+    """One radiologist's verdict on one AI result: accept, reject (with a reason) or correct.
+
+    Decisions are history: a later one supersedes an earlier one (``supersedes``) and none is
+    ever edited or deleted, so the same append-only guards as the audit trail apply. The
+    ``review_id`` is the decision's identity everywhere else: in the ``dicom-review/1``
+    message, in the deterministic UIDs of the assessment SR/SEG and in ``ReviewReceipt``.
+    """
+
+    class Decision(models.TextChoices):
+        ACCEPT = "accept", "accept"
+        REJECT = "reject", "reject"
+        CORRECT = "correct", "correct"
+
+    class Reason(models.TextChoices):
+        FALSE_POSITIVE = "false_positive", "false positive"
+        FALSE_NEGATIVE = "false_negative", "false negative"
+        WRONG_REGION = "wrong_region", "wrong region"
+        IMAGE_NOT_SUITABLE = "image_not_suitable", "image not suitable"
+        OTHER = "other", "other"
+
+    review_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    result = models.ForeignKey(
+        InferenceResult, on_delete=models.PROTECT, related_name="reviews", editable=False
+    )
+    supersedes = models.OneToOneField(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="superseded_by",
+        editable=False,
+    )
+    decision = models.CharField(max_length=16, choices=Decision.choices, db_index=True, editable=False)
+    reason_code = models.CharField(
+        max_length=32, choices=Reason.choices, blank=True, default="", editable=False
+    )
+    reason_text = models.TextField(blank=True, default="", max_length=2000, editable=False)
+    # The right label (one of the model's labels) when the decision is "correct".
+    corrected_label = models.CharField(max_length=128, blank=True, default="", editable=False)
+    # The right region in source pixel coordinates (columns x, rows y), or null:
+    # {"type": "polygon", "points": [[x, y], ...]} or {"type": "point", "x": x, "y": y, "radius": r}.
+    region = models.JSONField(null=True, blank=True, editable=False)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    # As the SR's verifying observer will name them: kept as they were at decision time.
+    reviewer_name = models.CharField(max_length=150, editable=False)
+    reviewer_organisation = models.CharField(max_length=150, blank=True, default="", editable=False)
+    opened_at = models.DateTimeField(null=True, blank=True, editable=False)
+    decided_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # Milliseconds from opening the detail page to deciding (null when the page time is unknown).
+    decision_ms = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    client_address = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    # Set by the dicom-review/1 publisher once the message is accepted by Pub/Sub.
+    published_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+        default_permissions = ("view",)
+        permissions = [("review_result", "Can accept, reject or correct an AI result")]
+
+    def __str__(self) -> str:
+        return f"review {self.review_id} of result {self.result_id}: {self.decision}"
+
+    def save(self, *args, **kwargs) -> None:
+        # ``published_at`` is the one field set after the fact (by the publisher, through
+        # ``mark_published``), because Pub/Sub answers after the row is committed.
+        if not self._state.adding:
+            raise AppendOnlyError("review decisions cannot be updated")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("review decisions cannot be deleted")
+
+    def mark_published(self, when) -> None:
+        """Record that Pub/Sub accepted the decision's message (the only permitted update)."""
+        models.QuerySet(model=ReviewDecision).filter(pk=self.pk, published_at__isnull=True).update(
+            published_at=when
+        )
+        self.published_at = when
+
+
+class ReviewReceipt(models.Model):
+    """What the review component reported back: the assessment objects stored, or why not.
+
+    One per decision (the component's webhook is idempotent on ``review_id``). The detail page
+    reads it to say "stored in PACS".
+    """
+
+    class Status(models.TextChoices):
+        STORED = "stored", "stored"
+        FAILED = "failed", "failed"
+
+    review = models.OneToOneField(ReviewDecision, on_delete=models.PROTECT, related_name="receipt")
+    webhook_id = models.CharField(max_length=128, unique=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    sr_sop_instance_uid = models.CharField(**UID)
+    sr_uri = models.CharField(**URI)
+    seg_sop_instance_uid = models.CharField(**UID)
+    seg_uri = models.CharField(**URI)
+    review_json_uri = models.CharField(**URI)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    body = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"receipt for review {self.review.review_id}: {self.status}"

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
 from django.contrib.staticfiles.testing import StaticLiveServerTestCase
 from django.urls import reverse
 
@@ -25,8 +24,10 @@ from dicom_results.models import ReviewDecision
 from tests.review_support import IMAGE, result_row, reviewer
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "reviewing.png"
 SOURCE = 768  # the source's rows and columns
 DISPLAY = 512  # STEM.png shrunk to RENDER_MAX_SIDE = 512 (docs/contracts.md); the mask stays 768
@@ -133,8 +134,8 @@ class ReviewInChromiumTests(StaticLiveServerTestCase):
                 stage = page.locator("#stage").bounding_box()
                 view = page.locator("#viewport").bounding_box()
                 (row, col), reach = self.nodule, 1.8 * self.radius
-                corners = [((col + dx) / SOURCE, (row + dy) / SOURCE)
-                           for dx, dy in ((-reach, -reach), (reach, -reach), (reach, reach), (-reach, reach))]  # fmt: skip
+                square = ((-reach, -reach), (reach, -reach), (reach, reach), (-reach, reach))
+                corners = [((col + dx) / SOURCE, (row + dy) / SOURCE) for dx, dy in square]
                 for fx, fy in corners:
                     x, y = stage["x"] + fx * stage["width"], stage["y"] + fy * stage["height"]
                     self.assertTrue(

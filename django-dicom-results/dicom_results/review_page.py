@@ -29,7 +29,7 @@ def review_context(request: HttpRequest, row: InferenceResult) -> dict[str, Any]
         "can_review": may_review and row.status == InferenceResult.Status.COMPLETED,
         "form": {
             "review_id": uuid.uuid4(),
-            "opened_at": timezone.now().isoformat(),
+            "opened_at": reviews.sign_opened_at(timezone.now()),
             "expected_latest": latest.review_id if latest else "",
         },
         "labels": reviews.model_labels(row),

@@ -37,15 +37,6 @@ def _uuid(value: str, field: str) -> uuid.UUID | None:
         raise reviews.ReviewError("bad_form", f"'{field}' is not a UUID") from None
 
 
-def _opened_at(value: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise reviews.ReviewError("bad_opened_at", "'opened_at' is not an ISO 8601 time") from None
-
-
 def _region(value: str) -> Any:
     if not value.strip():
         return None
@@ -76,7 +67,7 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
             reason_text=form.get("reason_text", ""),
             corrected_label=form.get("corrected_label", ""),
             region=_region(form.get("region", "")),
-            opened_at=_opened_at(form.get("opened_at", "")),
+            opened_at=reviews.read_opened_at(form.get("opened_at", "")),
             expected_latest=_uuid(form.get("expected_latest", ""), "expected_latest"),
             review_id=_uuid(form.get("review_id", ""), "review_id"),
             client_address=audit.client_address(request),

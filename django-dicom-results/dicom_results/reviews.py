@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -46,6 +47,7 @@ MAX_POLYGON_POINTS = 1000
 MAX_REASON_TEXT = 2000
 CLOCK_SKEW = timedelta(seconds=5)
 PERMISSION = "dicom_results.review_result"
+OPENED_AT_SALT = "dicom_results.review.opened_at"
 
 
 @dataclass
@@ -58,6 +60,22 @@ class ReviewError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def sign_opened_at(when: datetime) -> str:
+    """The page's opening time as the form carries it: ISO 8601, signed with the project's key,
+    so that a decision time (a quality figure) cannot be made up by editing the form."""
+    return signing.Signer(salt=OPENED_AT_SALT).sign(when.isoformat())
+
+
+def read_opened_at(value: str) -> datetime | None:
+    """The time :func:`sign_opened_at` wrote, or ReviewError when it was altered."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(signing.Signer(salt=OPENED_AT_SALT).unsign(value))
+    except (signing.BadSignature, ValueError):
+        raise ReviewError("bad_opened_at", "the page's opening time was altered: reload the page") from None
 
 
 def image_size(result: InferenceResult) -> tuple[int, int] | None:

@@ -62,6 +62,14 @@ class ReviewServiceTests(TestCase):
                          (self.user.pk, self.row.pk, "accept", "10.0.0.7"))  # fmt: skip
         self.assertEqual(self.sent, [decision])
 
+    def test_the_log_line_names_ids_only(self) -> None:
+        with self.assertLogs("dicom_results.reviews", "INFO") as logs:
+            decision = self.decide(decision="correct", corrected_label="normal", reason_text="PAT-1 ward3")
+        logged = " ".join(str(vars(r)) for r in logs.records)
+        for patient_data in ("PAT-1", "ward3", "scan", "nodule", "normal", "1.2.3.4", "House"):
+            self.assertNotIn(patient_data, logged)
+        self.assertEqual(logs.records[0].fields["review_id"], str(decision.review_id))
+
     def test_the_name_falls_back_to_the_username(self) -> None:
         plain = reviewer("dr-plain")
         self.assertEqual(self.decide(user=plain).reviewer_name, "dr-plain")

@@ -4,7 +4,7 @@ answers to bad input, the history on the detail page, the worklist and the admin
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.test import Client, TestCase
@@ -102,7 +102,7 @@ class ReviewViewTests(TestCase):
             (self.url, {**correct, "region": "{not json"}, 400, "not JSON"),
             (self.url, {**correct, "region": far}, 400, "outside the image"),
             (self.url, {"review_id": "not-a-uuid"}, 400, "is not a UUID"),
-            (self.url, {"opened_at": "yesterday"}, 400, "not an ISO 8601 time"),
+            (self.url, {"opened_at": "2026-11-30T08:00:00+00:00"}, 400, "opening time was altered"),
             (reverse("dicom_results:review", args=[failed.pk]), {}, 409, "a failed result has no finding"),
             (reverse("dicom_results:review", args=[self.row.pk + 999]), {}, 404, "no such result"),
         ]  # fmt: skip
@@ -113,6 +113,18 @@ class ReviewViewTests(TestCase):
                 self.assertContains(answer, 'id="review-error"', status_code=status)
         self.assertFalse(ReviewDecision.objects.exists())
         self.assertFalse(AuditEvent.objects.filter(action=AuditEvent.Action.DECIDED).exists())
+
+    def test_the_opening_time_is_signed_and_gives_the_decision_time(self) -> None:
+        self.client.force_login(self.user)
+        fields = self.form()
+        when, signature = fields["opened_at"].rsplit(":", 1)
+        earlier = (datetime.fromisoformat(when) - timedelta(hours=1)).isoformat()
+        answer = self.client.post(self.url, {**fields, "opened_at": f"{earlier}:{signature}"})
+        self.assertContains(answer, "opening time was altered", status_code=400)
+        self.assertEqual(self.client.post(self.url, fields).status_code, 303)
+        decision = ReviewDecision.objects.get()
+        self.assertEqual(decision.opened_at, datetime.fromisoformat(when))
+        self.assertLess(decision.decision_ms, 60_000)
 
     def test_double_submit_and_a_stale_page(self) -> None:
         self.client.force_login(self.user)

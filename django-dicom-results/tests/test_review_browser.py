@@ -5,7 +5,8 @@ size and the view is zoomed, and the decision shows in the history.
 
 The images are real PNGs read from a Cloud Storage emulator through the app's artifact view
 (``STORAGE_EMULATOR_HOST``: fake-gcs-server, started by tests/django_app/test_django_results.py).
-The screenshot for the README is written to docs/images/reviewing.png.
+The screenshot is written to the repository's .local/out/reviewing.png (docs/images/reviewing.png,
+in the README, is a copy), so a test run leaves the tracked files as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "reviewing.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / ".local" / "out" / "reviewing.png"
 SOURCE = 768  # the source's rows and columns
 DISPLAY = 512  # STEM.png shrunk to RENDER_MAX_SIDE = 512 (docs/contracts.md); the mask stays 768
 

@@ -6,6 +6,7 @@ ingest_dicom``); it needs only ``pipeline_common`` and ``dicom_ingest`` beside i
 
 from __future__ import annotations
 
+import os
 import threading
 
 import functions_framework
@@ -14,10 +15,14 @@ from google.cloud import pubsub_v1, storage
 
 from dicom_ingest import handler, publisher
 from dicom_ingest.settings import Settings
-from pipeline_common import jsonlog
+from pipeline_common import jsonlog, tracing
 
 jsonlog.setup()  # also keeps pydicom's logs and warnings (element values: patient data) out
+tracing.setup(
+    tracing.TraceSettings.from_env(os.environ), "ingest-function", os.environ.get("GOOGLE_CLOUD_PROJECT")
+)
 
+FLUSH_TIMEOUT_MS = 2000
 _lock = threading.Lock()
 _storage: storage.Client | None = None
 _publisher: pubsub_v1.PublisherClient | None = None
@@ -38,4 +43,9 @@ def _clients(settings: Settings) -> tuple[storage.Client, pubsub_v1.PublisherCli
 def ingest_dicom(event: CloudEvent) -> None:
     settings = Settings.from_env()
     storage_client, publisher_client = _clients(settings)
-    handler.handle(event, settings, storage_client, publisher_client)
+    try:
+        handler.handle(event, settings, storage_client, publisher_client)
+    finally:
+        # A function's CPU may be throttled once it returns: export this event's spans now
+        # (bounded; an exporter that is down costs at most this, and one log line).
+        tracing.flush(FLUSH_TIMEOUT_MS)

@@ -120,7 +120,12 @@ def cloud_trace_exporter(project: str | None) -> SpanExporter:
     built (no credentials, no project): the caller falls back to exporting nothing."""
     from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
 
+    quiet_cloud_trace_failures()
+    return CloudTraceSpanExporter(project_id=project or None)
+
+
+def quiet_cloud_trace_failures() -> None:
+    """Drop the Cloud Trace exporter's per-batch failure line (the guard reports outages); idempotent."""
     cloud_logger = logging.getLogger(CLOUD_TRACE_LOGGER)
     if not any(isinstance(f, _DropCloudTraceFailures) for f in cloud_logger.filters):
         cloud_logger.addFilter(_DropCloudTraceFailures())
-    return CloudTraceSpanExporter(project_id=project or None)

@@ -106,7 +106,11 @@ def setup(
     name = "custom" if exporter is not None else settings.exporter
     if exporter is None:
         exporter = _exporter(settings, project)
-    guarded = trace_export.GuardedExporter(exporter, name) if exporter is not None else None
+    guarded = (
+        exporter
+        if exporter is None or isinstance(exporter, trace_export.GuardedExporter)
+        else trace_export.GuardedExporter(exporter, name)
+    )
     if guarded is not None:
         provider.add_span_processor(BatchSpanProcessor(guarded, schedule_delay_millis=1000))
     with _State.lock:

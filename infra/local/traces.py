@@ -79,6 +79,26 @@ def slowest_stage(spans: Iterable[dict[str, Any]]) -> tuple[str, float] | None:
     return name, stages[name]
 
 
+def stage_summary(keys: Iterable[str], spans: Sequence[dict[str, Any]]) -> list[str]:
+    """p50 and p95 of each stage over the uploads ``keys`` name, read from their spans (lines for a
+    benchmark's report), with the function's ``ingest_dicom`` span beside the service's stages."""
+    per_stage: dict[str, list[float]] = {}
+    for key in keys:
+        found = spans_of(key, spans)
+        for stage, ms in stage_ms(found).items():
+            per_stage.setdefault(stage, []).append(ms)
+        for span in found:
+            if span["name"] == "ingest_dicom":
+                per_stage.setdefault("(function)", []).append(float(span["duration_ms"]))
+    lines = []
+    for stage, values in per_stage.items():
+        values.sort()
+        p50 = values[len(values) // 2]
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+        lines.append(f"  {stage:<14} p50 {p50:9.1f} ms   p95 {p95:9.1f} ms   ({len(values)} uploads)")
+    return lines
+
+
 def _depths(spans: Sequence[dict[str, Any]]) -> dict[str, int]:
     parents = {s["span_id"]: s.get("parent_span_id") for s in spans}
     depths: dict[str, int] = {}

@@ -77,4 +77,5 @@ def test_one_upload_is_one_trace_from_the_function_to_django(local_stack, tmp_pa
         [sys.executable, "-m", "infra.local.traces", correlation_id, "--file", str(trace_file)],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
+    print(shown)  # pytest -s: the waterfall of one upload
     assert "ingest_dicom" in shown and "dicom_results.webhook" in shown and "slowest stage:" in shown

@@ -9,9 +9,9 @@ Storage emulator (fake-gcs-server on loopback), wrapped in the root span the pus
 - off: the OpenTelemetry API's no-op tracer (what the code costs with no SDK at all);
 - on: the SDK as deployed, every span exported by the batch processor, here to a JSON-lines file
   (the local stack's exporter; Cloud Trace's runs in the same background thread).
-It prints the median request time of each and the difference, then the cost of one span measured
-alone (10,000 spans) times the spans of one request, which is not drowned in the noise of a busy
-machine. Per-stage times of the "on" requests are read back from their spans in the file
+It prints the median request time of each and the difference, then the cost of one span
+measured alone (2,000 spans, exported, best of 5) times the spans of one request, which is not
+drowned in the noise of a busy machine. Per-stage times of the "on" requests are read back from their spans in the file
 (``infra.local.traces.stage_ms``) and printed beside the record's ``timings_ms``.
 """
 
@@ -52,14 +52,20 @@ def traced_run(bench: Bench, data: bytes) -> tuple[dict[str, float], str]:
     return out, request.correlation_id
 
 
-def span_cost_us(n: int = 10_000) -> float:
-    """Microseconds per span with the SDK as configured (start, attributes, end, export queue)."""
-    start = time.perf_counter()
-    with tracing.root_span("bench", None):
-        for _ in range(n):
-            with tracing.span("stage", **{"pipeline.stage": "stage"}):
-                pass
-    return (time.perf_counter() - start) / n * 1e6
+def span_cost_us(n: int = 2_000, rounds: int = 5) -> float:
+    """Microseconds per span with the SDK as configured: start, attributes, end, and the export
+    itself (flushed inside the timing; ``n`` stays under the batch queue's 2,048, so none is
+    dropped). The best of ``rounds``: the cost, not the neighbours' load."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        with tracing.root_span("bench", None):
+            for _ in range(n):
+                with tracing.span("stage", **{"pipeline.stage": "stage"}):
+                    pass
+        tracing.flush(10_000)
+        best = min(best, (time.perf_counter() - start) / (n + 1) * 1e6)
+    return best
 
 
 def main() -> int:
@@ -133,7 +139,7 @@ def main() -> int:
         use("off")
         noop = span_cost_us()
         tracing.flush(10_000)
-        print(f"\none span: {cost:.1f} us with the SDK and batch export, {noop:.1f} us with the no-op API")
+        print(f"\none span: {cost:.1f} us with the SDK and its export, {noop:.1f} us with the no-op API")
         print(f"  x {per_request} spans per request = {cost * per_request / 1000:.2f} ms per request")
         wired.close()
         return 0

@@ -11,8 +11,9 @@ Storage emulator (fake-gcs-server on loopback), wrapped in the root span the pus
   (the local stack's exporter; Cloud Trace's runs in the same background thread).
 It prints the median request time of each and the difference, then the cost of one span
 measured alone (2,000 spans, exported, best of 5) times the spans of one request, which is not
-drowned in the noise of a busy machine. Per-stage times of the "on" requests are read back from their spans in the file
-(``infra.local.traces.stage_ms``) and printed beside the record's ``timings_ms``.
+drowned in the noise of a busy machine. Per-stage times of the "on" requests are read back from
+their spans in the file (``infra.local.traces.stage_ms``) and printed beside the record's
+``timings_ms``.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             keys = {h["body"]["correlation_id"] for h in hooks if h["body"].get("correlation_id")}
             time.sleep(2)  # the span exporters' last batch (every ~1 s)
-            print("per-stage times from the uploads' traces (.local/traces.jsonl of this stack):")
+            print("per-stage times from the uploads' traces (traces.jsonl of this run's stack):")
             print("\n".join(traces.stage_summary(keys, traces.load_spans(stack.config.trace_file))))
             print(
                 f"lost: {len(lost)}  duplicated: {len(duplicated)}"

@@ -14,6 +14,7 @@ from gpu_service.inference.render import DEFAULT_MAX_SIDE
 from gpu_service.results.webhook_signature import check_secret
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
 from pipeline_common.env import read_bool, read_float, read_int, read_str
+from pipeline_common.tracing import TraceSettings
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
@@ -88,6 +89,8 @@ class Settings:
     dicomweb_url: str | None = None
     dicomweb_auth: str = "none"  # none | google (Application Default Credentials)
     dicomweb_timeout_s: float = 30.0
+    # OpenTelemetry: TRACE_EXPORTER (none | file | gcp), TRACE_FILE, TRACE_SAMPLE_RATIO.
+    tracing: TraceSettings = field(default_factory=TraceSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -132,6 +135,7 @@ class Settings:
             dicomweb_url=read_str(env, "DICOMWEB_URL"),
             dicomweb_auth=read_str(env, "DICOMWEB_AUTH", "none") or "none",
             dicomweb_timeout_s=read_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
+            tracing=TraceSettings.from_env(env),
         )
         settings.validate()
         return settings

@@ -717,8 +717,8 @@ def test_logs_are_structured_traced_and_free_of_patient_data(
     logging.getLogger().addHandler(capture)
     try:
         response = app.test_client().post(
-            "/", json=envelope(request_body(blob, {**header, "study_date": "20240131"})),
-            headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            "/", json=envelope(request_body(blob, {**header, "study_date": "20240131"}), attributes={
+                "googclient_traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
         )  # fmt: skip
     finally:
         logging.getLogger().removeHandler(capture)

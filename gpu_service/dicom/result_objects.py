@@ -18,12 +18,17 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gpu_service.dicom import objects as dicom_objects
-from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
+from gpu_service.dicom.objects import GRADCAM_HEATMAP, HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
 from gpu_service.inference.model import label_names
 from pipeline_common import naming
 from pipeline_common.write_outcome import WriteOutcome, WriteResult
 
-SUFFIXES = {SEG: naming.SEG_SUFFIX, SR: naming.SR_SUFFIX, HEATMAP: naming.HEATMAP_SEG_SUFFIX}
+SUFFIXES = {
+    SEG: naming.SEG_SUFFIX,
+    SR: naming.SR_SUFFIX,
+    HEATMAP: naming.HEATMAP_SEG_SUFFIX,
+    GRADCAM_HEATMAP: naming.GRADCAM_HEATMAP_SEG_SUFFIX,
+}
 CONTENT_TYPE = "application/dicom"
 
 # write(suffix, role, data, content type) -> WriteResult; uri(suffix) -> gs:// URI of that output
@@ -50,6 +55,8 @@ def dicom_section(
     }
     if HEATMAP in uris:
         section["heatmap_uri"] = uris[HEATMAP]
+    if GRADCAM_HEATMAP in uris:
+        section["gradcam_heatmap_uri"] = uris[GRADCAM_HEATMAP]
     if dicomweb_url:
         section["dicomweb"] = {
             "url": dicomweb_url,
@@ -86,10 +93,18 @@ def write_objects(
     write: WriteFn,
     uri: UriFn,
     dicomweb_url: str | None,
+    gradcam_weights: np.ndarray | None = None,
 ) -> WrittenObjects:
     """Build and write; raises :class:`Superseded` when a newer upload's output holds a name."""
     objects = dicom_objects.build_objects(
-        source, mask, finding, algorithm, dedup_key, frame_index, pixel_weights=pixel_weights
+        source,
+        mask,
+        finding,
+        algorithm,
+        dedup_key,
+        frame_index,
+        pixel_weights=pixel_weights,
+        gradcam_weights=gradcam_weights,
     )
     uris: dict[str, str] = {}
     for role, ds in objects.objects.items():
@@ -113,10 +128,15 @@ def write_result_objects(
     uri: UriFn,
     dicomweb_url: str | None,
     correlation_id: str = "",
+    gradcam: Any = None,
 ) -> WrittenObjects:
-    """:func:`write_objects` for one inference: the explained label is the finding."""
+    """:func:`write_objects` for one inference: the explained label is the finding.
+
+    ``explanation``: the first method's (its mask is the SEG; LIME's weights, when it is LIME,
+    the heat-map SEG); ``gradcam``: Grad-CAM's result when it ran (its map, the Grad-CAM SEG)."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     labels = label_names(model.labels, probs.size)
+    lime = explanation is not gradcam  # Grad-CAM alone: its result is the first method's too
     return write_objects(
         source=source,
         mask=explanation.mask,
@@ -125,16 +145,19 @@ def write_result_objects(
             name=model.name,
             version=model.version,
             sha256=model.sha256,
-            lime_parameters=_lime_parameters(explanation.params),
+            lime_parameters=_lime_parameters(explanation.params) if lime else {},
             label_codes=getattr(model, "label_codes", None) or {},
             correlation_id=correlation_id,
+            methods=(("lime",) if lime else ()) + (("gradcam",) if gradcam is not None else ()),
+            gradcam_layer=gradcam.layer if gradcam is not None else None,
         ),
         dedup_key=dedup_key,
         frame_index=frame_index,
-        pixel_weights=getattr(explanation, "pixel_weights", None),
+        pixel_weights=getattr(explanation, "pixel_weights", None) if lime else None,
         write=write,
         uri=uri,
         dicomweb_url=dicomweb_url,
+        gradcam_weights=gradcam.pixel_weights if gradcam is not None else None,
     )
 
 

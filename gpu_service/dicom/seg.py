@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from gpu_service.dicom.common import (
+    GRADCAM_HEATMAP,
     HEATMAP,
     MANUFACTURER,
     SEG,
@@ -46,7 +47,8 @@ NOMINAL_SLICE_THICKNESS_MM = 1.0
 NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
 # overlay draws it; the heat map orange (viewers warn when a segment has no colour).
-DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
+DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0), GRADCAM_HEATMAP: (255, 160, 0)}
+CONTENT_LABELS = {SEG: "LIME", HEATMAP: "LIMEWEIGHTS", GRADCAM_HEATMAP: "GRADCAM"}
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -132,7 +134,7 @@ def _segmentation(
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.version[:64],
         device_serial_number=algorithm.sha256[:16],
-        content_label="LIME" if role == SEG else "LIMEWEIGHTS",
+        content_label=CONTENT_LABELS[role],
         content_description=f"{label} for {finding.label}"[:64],
         omit_empty_frames=False,
         pixel_measures=pixel_measures(source),
@@ -188,12 +190,41 @@ def build_heatmap(
     segment (no frame of reference or plane positions needed) and SEG-aware viewers draw it
     as an overlay of the source; a SEG holds one segmentation type, hence its own instance.
     """
+    return _fractional(
+        source, weights, HEATMAP, "LIME weights (positive)", finding, algorithm, dedup_key, frame_index
+    )
+
+
+def build_gradcam_heatmap(
+    source: Dataset,
+    weights: np.ndarray,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int = 0,
+) -> Dataset:
+    """The Grad-CAM map (in [0, 1]: the map / its maximum) as a FRACTIONAL segment, like the LIME one."""
+    return _fractional(
+        source, weights, GRADCAM_HEATMAP, "Grad-CAM map", finding, algorithm, dedup_key, frame_index
+    )
+
+
+def _fractional(
+    source: Dataset,
+    weights: np.ndarray,
+    role: str,
+    label: str,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int,
+) -> Dataset:
     positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
     return _segmentation(
         source,
         positive,
-        HEATMAP,
-        "LIME weights (positive)",
+        role,
+        label,
         finding,
         algorithm,
         dedup_key,

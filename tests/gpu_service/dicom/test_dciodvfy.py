@@ -1,7 +1,7 @@
 """The result's DICOM objects pass dciodvfy (dicom3tools, the Debian validator) with no error:
-the SEG, the heat-map SEGs (LIME's and Grad-CAM's) and the SR of the synthetic radiograph and of pydicom test files of
-every kind the pipeline completes (DX, CT, MR, RGB and palette secondary captures, JPEG 2000, a
-source whose identity was removed)."""
+the SEG, the heat-map SEGs (LIME's and Grad-CAM's) and the SR of the synthetic radiograph and of
+pydicom test files of every kind the pipeline completes (DX, CT, MR, RGB and palette secondary
+captures, JPEG 2000, a source whose identity was removed)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from pipeline_common import naming
 HEATMAP_SUFFIXES = {"lime": naming.HEATMAP_SUFFIX, "gradcam": naming.GRADCAM_HEATMAP_SUFFIX}
 # The record's dicom block key of each method's heat-map SEG (result_objects.dicom_section).
 HEATMAP_SEG_KEYS = {"lime": "heatmap_uri", "gradcam": "gradcam_heatmap_uri"}
-LIME_STABILITY_REASON = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def entries(inference: Inference, heatmap_uri: Callable[[str], str], dicom: Mapp
                     "heatmap_uri": heatmap_uri(HEATMAP_SUFFIXES["lime"]),
                     "heatmap_seg_uri": seg,
                     "stability": round(stability, 4) if np.isfinite(stability) else 0.0,
-                    "stability_reason": LIME_STABILITY_REASON,
+                    "stability_reason": None,  # LIME always has one
                     "model_passes": int(lime.samples_used),
                     "ms": ms,
                     "reason": {"code": reason.code, "message": reason.message} if reason else None,

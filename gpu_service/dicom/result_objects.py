@@ -10,7 +10,7 @@ that were not written or stored. What the record says about them is :func:`dicom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,14 +129,20 @@ def write_result_objects(
     dicomweb_url: str | None,
     correlation_id: str = "",
     gradcam: Any = None,
+    lime: Any = None,
+    methods: Sequence[str] = (),
 ) -> WrittenObjects:
     """:func:`write_objects` for one inference: the explained label is the finding.
 
-    ``explanation``: the first method's (its mask is the SEG; LIME's weights, when it is LIME,
-    the heat-map SEG); ``gradcam``: Grad-CAM's result when it ran (its map, the Grad-CAM SEG)."""
+    ``explanation``: the first method's result (its mask is the SEG). ``lime`` / ``gradcam``: each
+    method's result when it ran (LIME's weights: the heat-map SEG; Grad-CAM's map: its own SEG);
+    without ``gradcam``, ``explanation`` is LIME's, as before Grad-CAM. ``methods``: their order
+    (``EXPLANATION_METHODS``), named in the SEGs' and the SR's algorithm parameters."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     labels = label_names(model.labels, probs.size)
-    lime = explanation is not gradcam  # Grad-CAM alone: its result is the first method's too
+    if gradcam is None:
+        lime = explanation
+    methods = tuple(methods) or tuple(m for m, r in (("lime", lime), ("gradcam", gradcam)) if r is not None)
     return write_objects(
         source=source,
         mask=explanation.mask,
@@ -145,15 +151,15 @@ def write_result_objects(
             name=model.name,
             version=model.version,
             sha256=model.sha256,
-            lime_parameters=_lime_parameters(explanation.params) if lime else {},
+            lime_parameters=_lime_parameters(lime.params) if lime is not None else {},
             label_codes=getattr(model, "label_codes", None) or {},
             correlation_id=correlation_id,
-            methods=(("lime",) if lime else ()) + (("gradcam",) if gradcam is not None else ()),
+            methods=methods,
             gradcam_layer=gradcam.layer if gradcam is not None else None,
         ),
         dedup_key=dedup_key,
         frame_index=frame_index,
-        pixel_weights=getattr(explanation, "pixel_weights", None) if lime else None,
+        pixel_weights=getattr(lime, "pixel_weights", None) if lime is not None else None,
         write=write,
         uri=uri,
         dicomweb_url=dicomweb_url,

@@ -160,18 +160,23 @@ def build_segmentation(
     dedup_key: str,
     frame_index: int = 0,
 ) -> Dataset:
-    """Segment 1 = the LIME mask (BINARY), at the source's resolution, referencing the source."""
-    return _segmentation(
+    """Segment 1 = the first explanation method's mask (BINARY: LIME's, or with Grad-CAM first,
+    its map at or above half its maximum), at the source's resolution, referencing the source."""
+    gradcam_first = tuple(algorithm.methods[:1]) == ("gradcam",)
+    seg = _segmentation(
         source,
         np.asarray(mask, dtype=bool),
         SEG,
-        "LIME evidence",
+        "Grad-CAM evidence" if gradcam_first else "LIME evidence",
         finding,
         algorithm,
         dedup_key,
         frame_index,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
     )
+    if gradcam_first:
+        seg.ContentLabel = CONTENT_LABELS[GRADCAM_HEATMAP]
+    return seg
 
 
 def build_heatmap(

@@ -37,7 +37,7 @@ class Inference:
     @property
     def methods(self) -> list[str]:
         """The methods that ran, in ``EXPLANATION_METHODS`` order (the first is ``explanation``'s)."""
-        first = "lime" if self.explanation is self.lime else "gradcam"
+        first = "lime" if self.lime is not None and self.explanation is self.lime else "gradcam"
         rest = [
             m for m, r in (("lime", self.lime), ("gradcam", self.gradcam)) if r is not None and m != first
         ]
@@ -135,8 +135,8 @@ def entries(inference: Inference, heatmap_uri: Callable[[str], str], dicom: Mapp
     return out
 
 
-def gradcam_only_explanation(cam: GradcamResult, uri: Callable[[str], str]) -> dict[str, Any]:
-    """The ``explanation`` object when Grad-CAM is the only method: today's shape, Grad-CAM's values."""
+def gradcam_first_explanation(cam: GradcamResult, uri: Callable[[str], str]) -> dict[str, Any]:
+    """The ``explanation`` object when Grad-CAM is the first method: today's shape, Grad-CAM's values."""
     return {
         "method": "gradcam",
         "mask_uri": uri(naming.MASK_SUFFIX),

@@ -322,8 +322,8 @@ class Processor:
             timer,
             prediction=result.prediction_fields(inference.probs, self.model.info.labels),
             image_uri=self.outputs.location(request, naming.PREVIEW_SUFFIX).uri,
-            explanation=explanations.gradcam_only_explanation(expl, uri)
-            if inference.lime is None
+            explanation=explanations.gradcam_first_explanation(expl, uri)
+            if inference.methods[0] == "gradcam"
             else {
                 "method": "lime",
                 "mask_uri": self.outputs.location(request, naming.MASK_SUFFIX).uri,
@@ -362,6 +362,8 @@ class Processor:
             dicomweb_url=self.dicomweb.url if self.dicomweb else None,
             correlation_id=request.correlation_id,
             gradcam=inference.gradcam,
+            lime=inference.lime,
+            methods=inference.methods,
         )
 
     def _record(

@@ -5,6 +5,7 @@ captures, JPEG 2000, a source whose identity was removed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -99,3 +100,20 @@ def test_seg_heatmap_segs_and_sr_pass_dciodvfy(name: str, tmp_path: Path) -> Non
     for role in {SEG, HEATMAP, GRADCAM_HEATMAP} & expected:
         seg = pydicom.dcmread(io.BytesIO(objects.encoded(role)))
         assert "PixelMeasuresSequence" in seg.SharedFunctionalGroupsSequence[0], (name, role)
+
+
+def test_grad_cam_first_seg_passes_dciodvfy(tmp_path: Path) -> None:
+    """EXPLANATION_METHODS=gradcam: the binary SEG is Grad-CAM's mask (Content Label GRADCAM)."""
+    source = read_dicom(SOURCES["synthetic DX"]())
+    shape = to_uint8(decode(source)).shape[:2]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    cam = np.exp(-(((yy - 40) / 12.0) ** 2 + ((xx - 70) / 12.0) ** 2)).astype(np.float32)
+    algorithm = dataclasses.replace(ALGORITHM, methods=("gradcam",), lime_parameters={})
+    objects = dicom_objects.build_objects(
+        source, cam >= 0.5, Finding(["normal", "nodule"], [0.2, 0.8], 1), algorithm, "b/gc#1",
+        gradcam_weights=cam,
+    )  # fmt: skip
+    assert set(objects.objects) == {SEG, GRADCAM_HEATMAP, SR}, objects.absent
+    assert objects.objects[SEG].ContentLabel == "GRADCAM"
+    for role in objects.objects:
+        assert _errors(objects.encoded(role), tmp_path / f"{role}.dcm") == [], role

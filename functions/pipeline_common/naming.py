@@ -28,9 +28,15 @@ REJECTION_SUFFIX = ".rejected.json"
 SEG_SUFFIX = ".seg.dcm"
 SR_SUFFIX = ".sr.dcm"
 HEATMAP_SEG_SUFFIX = ".heatmap.seg.dcm"
+# Grad-CAM's heat map and its SEG (EXPLANATION_METHODS with gradcam): they end in ``.png`` /
+# ``.heatmap.png`` and ``.seg.dcm``, so the suffixes below (and Terraform's write condition) cover them.
+GRADCAM_HEATMAP_SUFFIX = ".gradcam.heatmap.png"
+GRADCAM_HEATMAP_SEG_SUFFIX = ".gradcam.heatmap.seg.dcm"
 OUTPUT_SUFFIXES: tuple[str, ...] = (
     SEG_SUFFIX,
     SR_SUFFIX,
+    GRADCAM_HEATMAP_SEG_SUFFIX,
+    GRADCAM_HEATMAP_SUFFIX,
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
     HEATMAP_SUFFIX,

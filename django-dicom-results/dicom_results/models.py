@@ -68,8 +68,23 @@ class InferenceResult(models.Model):
         outcome = self.label or self.error_code or self.status
         return f"{self.source_uri}#{self.source_generation}: {outcome}"
 
+    def explanation_heatmaps(self) -> dict[str, str]:
+        """Each explanation method's heat-map PNG URI, in the record's order (docs/contracts.md,
+        "Explanation methods"); a LIME-only record of an earlier service has no ``explanations``."""
+        entries = self.body.get("explanations") if isinstance(self.body, dict) else None
+        found: dict[str, str] = {}
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("method"), str):
+                uri = entry.get("heatmap_uri")
+                if isinstance(uri, str) and uri and entry["method"] not in found:
+                    found[entry["method"]] = uri
+        return found
+
     def artifact_uri(self, role: str) -> str:
-        """The stored gs:// URI of one artifact the viewer may show (empty when absent)."""
+        """The stored gs:// URI of one artifact the viewer may show (empty when absent):
+        ``heatmap-<method>`` is that explanation method's heat map."""
+        if role.startswith("heatmap-"):
+            return self.explanation_heatmaps().get(role.removeprefix("heatmap-"), "")
         return {
             "image": self.image_uri,
             "overlay": self.overlay_uri,

@@ -61,6 +61,15 @@ def explanation_summary(body: dict) -> dict | None:
     }
 
 
+METHOD_NAMES = {"lime": "LIME", "gradcam": "Grad-CAM"}
+
+
+def explanation_methods(row: InferenceResult) -> list[tuple[str, str]]:
+    """(method, display name) of each heat map the record holds, when there is a choice."""
+    methods = list(row.explanation_heatmaps())
+    return [(m, METHOD_NAMES.get(m, m)) for m in methods] if len(methods) > 1 else []
+
+
 @require_GET
 @staff_required
 def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -85,6 +94,7 @@ def render_detail(
         "timings": sorted(row.timings_ms.items()),
         "dicom_links": links,
         "explanation": explanation_summary(row.body),
+        "methods": explanation_methods(row),
         "review_error": review_error,
         **review_page.review_context(request, row),
     }
@@ -96,7 +106,8 @@ def render_detail(
 @staff_required
 def artifact(request: HttpRequest, pk: int, role: str) -> HttpResponse:
     row = get_object_or_404(InferenceResult, pk=pk)
-    uri = row.artifact_uri(role) if role in IMAGE_ROLES + DICOM_ROLES else ""
+    known = role in IMAGE_ROLES + DICOM_ROLES or role.startswith("heatmap-")
+    uri = row.artifact_uri(role) if known else ""
     if not uri.startswith("gs://"):
         raise Http404("no such artifact")
     conf = app_settings()

@@ -84,6 +84,32 @@ class ViewerAccessTests(TestCase):
             self.assertContains(page, reverse("dicom_results:artifact", args=[self.row.pk, role]))
         self.assertNotContains(page, "gs://uploads/ward3/scan.png")
 
+    def test_one_method_offers_no_method_choice(self) -> None:
+        self.client.force_login(self.staff)
+        page = self.client.get(reverse("dicom_results:detail", args=[self.row.pk]))
+        self.assertNotContains(page, 'id="heatmap-method"')
+
+    def test_lime_and_gradcam_offer_a_method_toggle_with_each_heat_map(self) -> None:
+        rec = record()
+        rec["explanations"] = [
+            {"method": "lime", "heatmap_uri": "gs://uploads/ward3/scan.heatmap.png"},
+            {"method": "gradcam", "heatmap_uri": "gs://uploads/ward3/scan.gradcam.heatmap.png"},
+        ]
+        rec["source"]["generation"] = "99"
+        row = _row(rec)
+        self.assertEqual(row.artifact_uri("heatmap-gradcam"), "gs://uploads/ward3/scan.gradcam.heatmap.png")
+        self.assertEqual(row.artifact_uri("heatmap-lime"), "gs://uploads/ward3/scan.heatmap.png")
+        self.assertEqual(row.artifact_uri("heatmap-other"), "")
+        self.client.force_login(self.staff)
+        page = self.client.get(reverse("dicom_results:detail", args=[row.pk]))
+        self.assertContains(page, '<select id="heatmap-method"')
+        for method, name in (("lime", "LIME"), ("gradcam", "Grad-CAM")):
+            url = reverse("dicom_results:artifact", args=[row.pk, f"heatmap-{method}"])
+            self.assertContains(
+                page, f'<option value="{method}" data-src="{url}">{name}</option>', html=False
+            )
+        self.assertContains(page, '<span id="heatmap-method-name">LIME</span>')
+
     def test_admin_lists_results_with_filters(self) -> None:
         self.client.force_login(get_user_model().objects.create_superuser("admin", password="pw-admin"))
         url = reverse("admin:dicom_results_inferenceresult_changelist")
@@ -110,7 +136,7 @@ class ViewerImageTests(TestCase):
         self.bucket_name = f"viewer-{uuid.uuid4().hex[:12]}"
         client = storage.Client(project="test-project")
         bucket = client.create_bucket(self.bucket_name)
-        for name in ("scan.png", "scan.overlay.png"):
+        for name in ("scan.png", "scan.overlay.png", "scan.gradcam.heatmap.png"):
             bucket.blob(f"ward3/{name}").upload_from_file(io.BytesIO(PNG_1X1), content_type="image/png")
         bucket.blob("ward3/scan.seg.dcm").upload_from_string(b"DICM", content_type="application/dicom")
         rec = record()
@@ -119,6 +145,10 @@ class ViewerImageTests(TestCase):
         rec["explanation"]["overlay_uri"] = gs + "scan.overlay.png"
         rec["explanation"]["mask_uri"] = gs + "scan.missing.png"
         rec["dicom"]["seg_uri"] = gs + "scan.seg.dcm"
+        rec["explanations"] = [
+            {"method": "lime", "heatmap_uri": gs + "scan.missing.png"},
+            {"method": "gradcam", "heatmap_uri": gs + "scan.gradcam.heatmap.png"},
+        ]
         self.row = _row(rec)
         self.client.force_login(get_user_model().objects.create_user("doctor", is_staff=True))
 
@@ -126,7 +156,7 @@ class ViewerImageTests(TestCase):
         return self.client.get(reverse("dicom_results:artifact", args=[self.row.pk, role]))
 
     def test_images_are_streamed_privately(self) -> None:
-        for role in ("image", "overlay"):
+        for role in ("image", "overlay", "heatmap-gradcam"):
             with self.subTest(role=role):
                 response = self.get(role)
                 self.assertEqual(response.status_code, 200)
@@ -141,6 +171,8 @@ class ViewerImageTests(TestCase):
 
     def test_missing_object_is_404(self) -> None:
         self.assertEqual(self.get("mask").status_code, 404)
+        self.assertEqual(self.get("heatmap-lime").status_code, 404)
+        self.assertEqual(self.get("heatmap-unknown").status_code, 404)
 
     def test_buckets_outside_the_allow_list_are_not_read(self) -> None:
         with override_settings(DICOM_RESULTS_ALLOWED_BUCKETS=["some-other-bucket"]):

@@ -82,6 +82,21 @@
     });
   });
 
+  // Explanation methods (LIME, Grad-CAM): the heat-map layer shows the chosen one's map.
+  var method = document.getElementById("heatmap-method");
+  if (method) {
+    method.addEventListener("change", function () {
+      var option = method.options[method.selectedIndex];
+      var layer = document.getElementById("heatmap");
+      var box = document.getElementById("toggle-heatmap");
+      layer.src = option.dataset.src;
+      layer.alt = option.text + " heat map";
+      document.getElementById("heatmap-method-name").textContent = option.text;
+      box.checked = true;
+      layer.hidden = false;
+    });
+  }
+
   // The review form: show the fields of the chosen decision; hidden ones are disabled, so
   // they are not sent (the server refuses a reason on an acceptance).
   var form = document.getElementById("review-form");

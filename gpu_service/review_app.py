@@ -78,8 +78,9 @@ def create_app(
             return jsonify(outcome=RequestOutcome.INVALID.value, error=str(exc)), ack_status(
                 RequestOutcome.INVALID
             )
-        with jsonlog.bind(review_id=review.assessment.review_id, correlation_id=review.result.correlation_id,
-                          message_id=message.message_id, delivery_attempt=message.delivery_attempt):  # fmt: skip
+        fields = {"review_id": review.assessment.review_id, "correlation_id": review.result.correlation_id,
+                  "message_id": message.message_id, "delivery_attempt": message.delivery_attempt}  # fmt: skip
+        with jsonlog.bind(**fields):
             try:
                 result = processor.process(review)
             except OSError as exc:  # the store, Cloud Storage or the network: another delivery can succeed

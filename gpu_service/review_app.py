@@ -16,13 +16,13 @@ from flask import Flask, Response, jsonify, request
 from gpu_service.dicom.dicomweb_store import DicomWebStore
 from gpu_service.outcome import RequestOutcome, ack_status
 from gpu_service.pipeline.review import ReviewProcessor
+from gpu_service.pipeline.review_message import parse_review
 from gpu_service.results.cloud_storage import GcsStore
 from gpu_service.results.review_outputs import ReviewOutputs
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
 from gpu_service.transport.oidc import AuthError, PushAuthenticator
 from gpu_service.transport.push import MessageError, parse_envelope
-from gpu_service.transport.review_message import parse_review
 from gpu_service.wiring import make_cloud_storage, make_dicomweb_store, make_webhook
 from pipeline_common import jsonlog
 from pipeline_common.jsonlog import log

@@ -26,10 +26,10 @@ from gpu_service.dicom.review_codes import REVIEW_SEG, REVIEW_SR
 from gpu_service.inference.pixels import read_dicom
 from gpu_service.outcome import RequestOutcome, ack_status
 from gpu_service.pipeline.review_check import ReviewRefused, check_review
+from gpu_service.pipeline.review_message import ReviewMessage
 from gpu_service.results.cloud_storage import SourceUnavailable
 from gpu_service.results.review_outputs import ReviewOutputs, ReviewTarget
 from gpu_service.results.webhook import RETRYABLE_STATUS, WebhookClient
-from gpu_service.transport.review_message import ReviewMessage
 from pipeline_common import contract, naming
 from pipeline_common.jsonlog import log
 from pipeline_common.timefmt import rfc3339

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpu_service.dicom.review_seg import RegionError, check_region
-from gpu_service.transport.review_message import ReviewMessage
+from gpu_service.pipeline.review_message import ReviewMessage
 
 
 class ReviewRefused(Exception):

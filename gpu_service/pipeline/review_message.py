@@ -1,7 +1,8 @@
 """``dicom-review/1`` (docs/contracts.md, "Review of a result"): a Pub/Sub message parsed into one
 :class:`ReviewMessage`, or :class:`MessageError` for a body that can never be processed (400, kept
 for people by the dead-letter topic). Whether it matches a stored result is checked elsewhere
-(:mod:`gpu_service.pipeline.review_check`). Pure: no I/O.
+(:mod:`gpu_service.pipeline.review_check`); here rather than in transport because its form
+rules (decision, reason, region) are the DICOM core's. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -10,3 +10,4 @@ class DicomResultsConfig(AppConfig):
 
     def ready(self) -> None:
         from dicom_results import checks  # noqa: F401 - registers the settings check
+        from dicom_results import review_publish  # noqa: F401 - publishes each decision (dicom-review/1)

@@ -8,7 +8,7 @@ The webhook is ``<prefix>webhook/``; the viewer is the rest. ``accounts/login/``
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dicom_results import viewer, webhook
+from dicom_results import review_webhook, viewer, webhook
 
 app_name = "dicom_results"
 
@@ -23,4 +23,5 @@ urlpatterns = [
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="dicom_results:login"), name="logout"),
+    path("webhook/review/", review_webhook.receive_review_receipt, name="review_webhook"),
 ]

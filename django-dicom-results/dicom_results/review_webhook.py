@@ -112,6 +112,6 @@ def receive_review_receipt(request: HttpRequest) -> JsonResponse:
         if existing is None:
             raise
         return JsonResponse({"id": existing, "duplicate": True}, status=200)
-    logger.info("review receipt stored", extra={"fields": {**trace, "id": row.pk, "review_id": str(review.review_id),
-                                                           "status": row.status}})  # fmt: skip
+    stored = {**trace, "id": row.pk, "review_id": str(review.review_id), "status": row.status}
+    logger.info("review receipt stored", extra={"fields": stored})
     return JsonResponse({"id": row.pk, "duplicate": False}, status=201)

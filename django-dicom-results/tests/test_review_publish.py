@@ -67,7 +67,8 @@ class PublishTests(TestCase):
     def test_a_decision_is_published_once_with_the_contracts_fields(self) -> None:
         result = make_result()
         with override_settings(DICOM_RESULTS_REVIEW_TOPIC=self.pubsub.topic):
-            decision = make_decision(result, decision="correct", corrected_label="normal", reason_code="wrong_region",
+            decision = make_decision(result, decision="correct", corrected_label="normal",
+                                     reason_code="wrong_region",
                                      region={"type": "point", "x": 3, "y": 4, "radius": 2})  # fmt: skip
             review_decided.send(sender=ReviewDecision, decision=decision)
         (message,) = self.pubsub.pull()
@@ -159,7 +160,7 @@ class ReceiptTests(TestCase):
     def test_a_failed_receipt_says_why(self) -> None:
         decision = make_decision(make_result())
         body = receipt(decision, status="failed", sr=None, review_json_uri=None, dicomweb=None,
-                       error={"code": "result_mismatch", "message": "the message does not match"})  # fmt: skip
+                       error={"code": "result_mismatch", "message": "does not match"})  # fmt: skip
         assert self.post(body).status_code == 201
         row = ReviewReceipt.objects.get()
         assert (row.status, row.error_code, row.sr_sop_instance_uid) == ("failed", "result_mismatch", "")

@@ -58,6 +58,14 @@ def _ai_objects(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return uids.get("sr") or None, uids.get("seg") or None
 
 
+def message_region(region: Any) -> Any:
+    """A polygon's ``[x, y]`` pairs as ``{"x", "y"}`` objects: the topic's Protocol Buffer schema
+    has no list of lists."""
+    if isinstance(region, dict) and region.get("type") == "polygon":
+        return {"type": "polygon", "points": [{"x": x, "y": y} for x, y in region.get("points") or []]}
+    return region
+
+
 def review_message(decision: ReviewDecision) -> dict[str, Any]:
     """The ``dicom-review/1`` body of one decision."""
     result = decision.result
@@ -71,7 +79,7 @@ def review_message(decision: ReviewDecision) -> dict[str, Any]:
         "reason_code": decision.reason_code or None,
         "reason_text": decision.reason_text or "",
         "corrected_label": decision.corrected_label or None,
-        "region": decision.region,
+        "region": message_region(decision.region),
         "reviewer": {"name": decision.reviewer_name, "organisation": decision.reviewer_organisation or ""},
         "result": {
             "correlation_id": result.correlation_id,

@@ -77,6 +77,9 @@ class PublishTests(TestCase):
         assert message.attributes["review_id"] == str(decision.review_id)
         assert body["decision"] == "correct" and body["corrected_label"] == "normal"
         assert body["region"] == {"type": "point", "x": 3, "y": 4, "radius": 2}
+        assert review_publish.message_region({"type": "polygon", "points": [[1, 2], [3, 4], [5, 0]]})[
+            "points"
+        ][1] == {"x": 3, "y": 4}
         assert body["reviewer"] == {"name": "Doe^Jane", "organisation": "St Elsewhere"}
         assert body["result"]["source"] == {"bucket": "uploads", "name": "ward3/scan.dcm", "generation": "17"}
         assert body["result"]["sr_sop_instance_uid"] == "1.2.3.4.8.1"

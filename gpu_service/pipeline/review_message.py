@@ -100,6 +100,16 @@ def _result(raw: Any) -> ReviewedResult:
     )
 
 
+def _region(raw: Any) -> Any:
+    """The message's polygon points ``{"x", "y"}`` as the ``[x, y]`` pairs the DICOM core takes."""
+    if isinstance(raw, dict) and raw.get("type") == "polygon" and isinstance(raw.get("points"), list):
+        points = raw["points"]
+        if not all(isinstance(p, dict) and set(p) == {"x", "y"} for p in points):
+            raise MessageError('\'region.points\' must be objects {"x", "y"}')
+        return {"type": "polygon", "points": [[p["x"], p["y"]] for p in points]}
+    return raw
+
+
 def parse_review(message: PubSubMessage) -> ReviewMessage:
     """The message, checked for form: decision, reason and region as the contract allows."""
     try:
@@ -123,7 +133,7 @@ def parse_review(message: PubSubMessage) -> ReviewMessage:
         raise MessageError("'corrected_label' is required for a correction and only there")
     if corrected is not None and (not isinstance(corrected, str) or len(corrected) > 128):
         raise MessageError("'corrected_label' must be a string of at most 128 characters")
-    region = body.get("region")
+    region = _region(body.get("region"))
     if region is not None:
         if decision != "correct":
             raise MessageError("only a correction carries a 'region'")

@@ -137,8 +137,8 @@ resource "google_cloud_run_v2_service" "review" {
     }
 
     containers {
-      name    = "review"
-      image   = local.image
+      name  = "review"
+      image = local.image
       # The inference image, another entrypoint: no model is loaded, nothing touches a GPU.
       command = ["gunicorn"]
       args    = ["-c", "gpu_service/gunicorn.conf.py", "gpu_service.review_app:create_app()"]

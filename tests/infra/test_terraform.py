@@ -351,8 +351,9 @@ def check_review_component(cfg: dict[str, Any]) -> None:
     dlp = block(sub, "dead_letter_policy")
     assert ref(dlp["dead_letter_topic"]) == "google_pubsub_topic.review_dead_letter.id"
     assert default(cfg, "review_max_delivery_attempts") == 100
-    keepers = [b for b in cfg["resource"]["google_pubsub_subscription"].values()
-               if ref(b["topic"]) == "google_pubsub_topic.review_dead_letter.id" and "push_config" not in b]  # fmt: skip
+    subscriptions = cfg["resource"]["google_pubsub_subscription"].values()
+    dead = "google_pubsub_topic.review_dead_letter.id"
+    keepers = [b for b in subscriptions if ref(b["topic"]) == dead and "push_config" not in b]
     assert keepers, "review dead letters are not kept"
     service = res(cfg, "google_cloud_run_v2_service", "review")
     template = block(service, "template")

@@ -1,7 +1,8 @@
 """The result's DICOM objects pass dciodvfy (dicom3tools, the Debian validator) with no error:
 the SEG, the heat-map SEG and the SR of the synthetic radiograph and of pydicom test files of
 every kind the pipeline completes (DX, CT, MR, RGB and palette secondary captures, JPEG 2000, a
-source whose identity was removed)."""
+source whose identity was removed), and the assessment SR and region SEG of every kind of
+radiologist decision (accept, reject, correct with a polygon or a point) over the same sources."""
 
 from __future__ import annotations
 
@@ -129,7 +130,11 @@ def _scaled(fields: dict, rows: int, columns: int) -> dict:
 
 
 @pytest.mark.parametrize("review", list(REVIEWS))
-@pytest.mark.parametrize("name", list(SOURCES))
+@pytest.mark.parametrize(
+    # The synthetic radiograph in make test-fast; every other source (about 25 s) in make test.
+    "name",
+    [n if n == "synthetic DX" else pytest.param(n, marks=pytest.mark.slow) for n in SOURCES],
+)
 def test_review_sr_and_seg_pass_dciodvfy(name: str, review: str, tmp_path: Path) -> None:
     """The assessment objects of every decision kind over every source the AI objects cover."""
     from datetime import UTC, datetime

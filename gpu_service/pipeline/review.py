@@ -27,7 +27,7 @@ from gpu_service.inference.pixels import read_dicom
 from gpu_service.outcome import RequestOutcome, ack_status
 from gpu_service.pipeline.review_check import ReviewRefused, check_review
 from gpu_service.pipeline.review_message import ReviewMessage
-from gpu_service.results.cloud_storage import SourceUnavailable
+from gpu_service.results.cloud_storage import OutputConflict, SourceUnavailable
 from gpu_service.results.review_outputs import ReviewOutputs, ReviewTarget
 from gpu_service.results.webhook import RETRYABLE_STATUS, WebhookClient
 from pipeline_common import contract, naming
@@ -96,10 +96,13 @@ class ReviewProcessor:
         objects, absent = build_review_objects(
             source, ai_sr, message.assessment, result.label, model_name, ai_seg, frame_index
         )
-        uris = {
-            role: self.outputs.write_object(target, SUFFIXES[role], role, encode(ds)).uri
-            for role, ds in sorted(objects.items(), key=lambda item: item[0] != REVIEW_SEG)
-        }
+        try:
+            uris = {
+                role: self.outputs.write_object(target, SUFFIXES[role], role, encode(ds)).uri
+                for role, ds in sorted(objects.items(), key=lambda item: item[0] != REVIEW_SEG)
+            }
+        except OutputConflict as exc:  # a name held by an object the review component did not write
+            return self._send(message, self._failed(message, OutputConflict.code, str(exc)))
         already_present = False
         if self.store is not None:
             try:
@@ -107,7 +110,10 @@ class ReviewProcessor:
             except StoreRejected as exc:  # permanent: the objects stay in the bucket, no review.json
                 return self._send(message, self._failed(message, exc.code, str(exc)))
         stored = self._stored(message, objects, uris, absent, already_present)
-        location, outcome = self.outputs.write_latest(target, self._latest(message, stored))
+        try:
+            location, outcome = self.outputs.write_latest(target, self._latest(message, stored))
+        except OutputConflict as exc:
+            return self._send(message, self._failed(message, OutputConflict.code, str(exc)))
         stored["review_json_uri"] = location.uri
         log(logger, logging.INFO, "review stored", review_id=target.review_id,
             correlation_id=target.correlation_id, roles=sorted(objects), already_present=already_present,

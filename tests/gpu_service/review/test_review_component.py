@@ -197,3 +197,16 @@ def test_webhook_down_is_redelivered_and_latest_decision_wins(
     assert latest["review_id"] == later["review_id"]  # the later decision stays the current one
     for body in (later, earlier):  # each decision has its own SR
         assert read_object(bucket_name, f"ward/chest.{body['review_id']}{naming.REVIEW_SR_SUFFIX}")
+
+
+def test_a_foreign_object_under_the_review_record_name_is_a_clear_refusal(
+    completed: dict[str, Any], webhook: WebhookServer, bucket_name: str, orthanc_url: str
+) -> None:
+    upload(
+        bucket_name, "ward/chest" + naming.REVIEW_SUFFIX, b'{"not": "ours"}', content_type="application/json"
+    )
+    response = review_app(webhook, orthanc_url + orthanc.DICOMWEB_ROOT).post(
+        "/review", json=review_envelope(review_body(completed))
+    )
+    assert response.status_code == 200 and response.get_json()["error_code"] == "output_conflict"
+    assert read_object(bucket_name, "ward/chest" + naming.REVIEW_SUFFIX)[0] == b'{"not": "ours"}'

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local import eventarc_bridge, ohif, orthanc, viewer
+from infra.local import review_component as review
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -76,17 +77,6 @@ DELIVERY_BACKOFF_S = (1, 5)
 # the hold subscription for the replay; `make status` counts what is held.
 DEAD_LETTER_RECORDER = "dicom-inference-dead-letter-record"
 WEBHOOK_PATH = viewer.WEBHOOK_PATH
-# Radiologist decisions (docs/contracts.md, "Review of a result"): Django publishes dicom-review/1
-# here; the relay pushes each to the review component (the service's image, gpu_service.review_app,
-# its own process as in production), every 1 s to 5 s, dead-lettered after 100 attempts (about 8
-# minutes of a DICOMweb store outage) to a topic whose hold subscription keeps it.
-REVIEW_TOPIC = "dicom-reviews"
-REVIEW_SUBSCRIPTION = "dicom-review-push"
-REVIEW_DEAD_LETTER_TOPIC = "dicom-review-dead-letter"
-REVIEW_DEAD_LETTER_SUBSCRIPTION = "dicom-review-dead-letter-hold"
-REVIEW_BACKOFF_S = (1, 5)
-REVIEW_MAX_DELIVERY_ATTEMPTS = 100
-REVIEW_WEBHOOK_PATH = viewer.REVIEW_WEBHOOK_PATH
 
 
 class Stack:
@@ -148,7 +138,7 @@ class Stack:
             "WEBHOOK_CONTROL_URL": c.url("webhook") + viewer.CONTROL_PATH,
             **viewer.stack_env(c.url("webhook"), c.viewer_password),
             "WEBHOOK_SECRET": c.webhook_secret,
-            "REVIEW_TOPIC_PATH": f"projects/{c.project}/topics/{REVIEW_TOPIC}",
+            "REVIEW_TOPIC_PATH": review.topic_path(c.project),
             "REVIEW_URL": c.url("review"),
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
@@ -245,8 +235,8 @@ class Stack:
             INFERENCE_TOPIC,
             DEAD_LETTER_TOPIC,
             DELIVERY_TOPIC,
-            REVIEW_TOPIC,
-            REVIEW_DEAD_LETTER_TOPIC,
+            review.TOPIC,
+            review.DEAD_LETTER_TOPIC,
         ):
             create_topic(pubsub.host, c.project, topic)
         # Dead letters are kept (a pull subscription nobody acknowledges) so that they can be inspected.
@@ -256,13 +246,7 @@ class Stack:
         create_subscription(
             pubsub.host, c.project, NOTIFY_DEAD_LETTER_TOPIC + "-hold", NOTIFY_DEAD_LETTER_TOPIC
         )
-        create_subscription(
-            pubsub.host,
-            c.project,
-            REVIEW_DEAD_LETTER_SUBSCRIPTION,
-            REVIEW_DEAD_LETTER_TOPIC,
-            ack_deadline_s=60,
-        )
+        create_subscription(pubsub.host, c.project, review.DEAD_LETTER_SUBSCRIPTION, review.DEAD_LETTER_TOPIC)
 
         gcs = FakeGcsServer(
             http_port=c.ports.gcs,
@@ -295,7 +279,7 @@ class Stack:
         py = sys.executable
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
                 "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
-                "push-relay": c.url("relay"), "review-component": c.url("review"),
+                "push-relay": c.url("relay"), review.NAME: c.url("review"),
                 "orthanc": c.url("orthanc"), "ohif-viewer": c.url("ohif")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
@@ -335,7 +319,11 @@ class Stack:
             "--bind", f"{LOOPBACK}:{c.ports.service}", "gpu_service.app:create_app()",
         ]  # fmt: skip
         spawn("inference-service", cmd, service_env, "/readyz")
-        spawn("review-component", self._review_command(), self._review_env(), "/readyz")
+        cmd, extra = (
+            review.command(BIN, LOOPBACK, c.ports.review),
+            review.env(c.ports.review, c.url("webhook")),
+        )
+        spawn(review.NAME, cmd, self._child_env(extra), review.HEALTH_PATH)
 
         function_env = self._child_env(
             {"INFERENCE_TOPIC": INFERENCE_TOPIC, "LOG_LEVEL": "INFO", **c.function_env}
@@ -373,7 +361,7 @@ class Stack:
             (INFERENCE_SUBSCRIPTION, INFERENCE_TOPIC),
             (DELIVERY_SUBSCRIPTION, DELIVERY_TOPIC),
             (DEAD_LETTER_RECORDER, DEAD_LETTER_TOPIC),
-            (REVIEW_SUBSCRIPTION, REVIEW_TOPIC),
+            (review.SUBSCRIPTION, review.TOPIC),
         ):
             create_subscription(pubsub.host, c.project, name, topic, ack_deadline_s=600)
         spawn("push-relay", [py, "-m", "infra.local.push_relay"], self._relay_env(), "/healthz")
@@ -409,33 +397,9 @@ class Stack:
                 "max_backoff_s": DELIVERY_BACKOFF_S[1],
             },
             {"subscription": sub + DEAD_LETTER_RECORDER, "endpoint": c.url("service") + "/dead-letter"},
-            {
-                "subscription": sub + REVIEW_SUBSCRIPTION,
-                "endpoint": c.url("review") + "/review",
-                "min_backoff_s": REVIEW_BACKOFF_S[0],
-                "max_backoff_s": REVIEW_BACKOFF_S[1],
-                "max_attempts": REVIEW_MAX_DELIVERY_ATTEMPTS,
-                "dead_letter_topic": topic + REVIEW_DEAD_LETTER_TOPIC,
-                "timeout_s": 120,
-            },
+            review.relay_route(c.project, c.url("review")),
         ]
         return self._child_env({"RELAY_PORT": str(c.ports.relay), "RELAY_ROUTES": json.dumps(routes)})
-
-    def _review_command(self) -> list[str]:
-        c = self.config
-        return [
-            str(BIN / "gunicorn"), "-c", "gpu_service/gunicorn.conf.py", "--no-control-socket",
-            "--bind", f"{LOOPBACK}:{c.ports.review}", "gpu_service.review_app:create_app()",
-        ]  # fmt: skip
-
-    def _review_env(self) -> dict[str, str]:
-        """As the Terraform review service: the store, Django's review webhook, the secret."""
-        c = self.config
-        return self._child_env({
-            "PORT": str(c.ports.review), "LOG_LEVEL": "INFO", "CONCURRENCY": "4",
-            "WEBHOOK_URL": c.url("webhook") + REVIEW_WEBHOOK_PATH,
-            "WEBHOOK_MAX_ATTEMPTS": "2", "WEBHOOK_BACKOFF_BASE_S": "0.2",
-        })  # fmt: skip
 
     def _orthanc_command(self) -> list[str]:
         c = self.config

@@ -388,6 +388,9 @@ def check_review_component(cfg: dict[str, Any]) -> None:
     assert [(g[1], ref(g[2].get("name"))) for g in push_grants] == [
         ("roles/run.invoker", "google_cloud_run_v2_service.review.name")
     ]
+    watched = " ".join(str(p) for p in cfg["resource"].get("google_monitoring_alert_policy", {}).values())
+    for subscription in ("review_dead_letter", "review_push"):
+        assert f"google_pubsub_subscription.{subscription}.name" in watched, f"no alert on {subscription}"
     django = [g for g in iam_members(cfg) if "var.django_service_account_email" in str(g[2].get("member"))]
     assert [(g[1], ref(g[2].get("topic"))) for g in django] == [
         ("roles/pubsub.publisher", "google_pubsub_topic.review.name")

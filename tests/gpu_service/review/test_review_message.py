@@ -102,3 +102,22 @@ def test_labels_and_regions_are_checked_against_the_record() -> None:
     with pytest.raises(ReviewRefused) as refused:
         check_review(parsed(decision="correct", corrected_label="normal", region=outside), RECORD)
     assert refused.value.code == "region_outside_image"
+
+
+def test_the_review_component_loads_no_model_framework() -> None:
+    """A CPU service: starting it imports neither TensorFlow nor Keras (no model, no GPU)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gpu_service.review_app import create_app\n"
+        "from gpu_service.settings import Settings\n"
+        "from gpu_service.results.cloud_storage import GcsStore\n"
+        "app = create_app(Settings(project='p'), cloud_storage=GcsStore('p'))\n"
+        "assert app.test_client().get('/readyz').status_code == 200\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -28,14 +28,20 @@ def client_address(request: HttpRequest) -> str | None:
 
 
 def record(request: HttpRequest, action: str, result: InferenceResult, detail: str = "") -> AuditEvent:
-    user = request.user
+    return record_for(request.user, action, result, detail, client_address(request))
+
+
+def record_for(
+    user, action: str, result: InferenceResult, detail: str = "", address: str | None = None
+) -> AuditEvent:
+    """The same event without a request: the review service writes it inside its own transaction."""
     event = AuditEvent.objects.create(
         user_id=user.pk,
         username=user.get_username(),
         action=action,
         result_id=result.pk,
         detail=detail,
-        client_address=client_address(request),
+        client_address=address,
     )
     fields = {"audit_id": event.pk, "action": action, "result_id": result.pk, "user_id": user.pk}
     if detail:

@@ -3,7 +3,8 @@
 ``DICOM_RESULTS_WEBHOOK_SECRET`` (``whsec_...``, required), ``DICOM_RESULTS_TOLERANCE_S``
 (replay window, at most the specification's 300 s), ``DICOM_RESULTS_MAX_BODY_BYTES``,
 ``DICOM_RESULTS_ALLOWED_BUCKETS`` (buckets the viewer may read; empty: those named by a
-stored result) and ``DICOM_RESULTS_GCS_PROJECT``.
+stored result), ``DICOM_RESULTS_GCS_PROJECT`` and ``DICOM_RESULTS_REVIEWER_ORGANISATION``
+(the organisation the assessment SR names beside the reviewer as verifying observer).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class AppSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allowed_buckets: frozenset[str] = frozenset()
     gcs_project: str | None = None
+    reviewer_organisation: str = ""
 
 
 def app_settings() -> AppSettings:
@@ -45,4 +47,5 @@ def app_settings() -> AppSettings:
         max_body_bytes=max_body,
         allowed_buckets=frozenset(getattr(settings, "DICOM_RESULTS_ALLOWED_BUCKETS", ()) or ()),
         gcs_project=getattr(settings, "DICOM_RESULTS_GCS_PROJECT", None),
+        reviewer_organisation=str(getattr(settings, "DICOM_RESULTS_REVIEWER_ORGANISATION", "") or ""),
     )

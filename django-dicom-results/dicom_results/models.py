@@ -214,6 +214,15 @@ class ReviewDecision(models.Model):
         ordering = ["-decided_at", "-id"]
         default_permissions = ("view",)
         permissions = [("review_result", "Can accept, reject or correct an AI result")]
+        constraints = [
+            # One first decision per result: every later one supersedes (``supersedes`` is unique),
+            # so a result's decisions form one chain even when two reviewers submit at once.
+            models.UniqueConstraint(
+                fields=["result"],
+                condition=models.Q(supersedes__isnull=True),
+                name="dicom_results_one_first_review",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"review {self.review_id} of result {self.result_id}: {self.decision}"

@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from dicom_results import audit, storage
+from dicom_results import audit, review_page, storage
 from dicom_results.conf import app_settings
 from dicom_results.models import AuditEvent, InferenceResult
 
@@ -64,7 +64,14 @@ def explanation_summary(body: dict) -> dict | None:
 @require_GET
 @staff_required
 def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    row = get_object_or_404(InferenceResult, pk=pk)
+    return render_detail(request, get_object_or_404(InferenceResult, pk=pk))
+
+
+def render_detail(
+    request: HttpRequest, row: InferenceResult, review_error=None, status: int = 200
+) -> HttpResponse:
+    """The reading view: the image with its layers, the identifiers, the decisions and (for a
+    reviewer) the review form; also the answer to a refused decision, with its reason."""
     links = []
     for role in DICOM_ROLES:
         uri = row.artifact_uri(role)
@@ -78,9 +85,11 @@ def result_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "timings": sorted(row.timings_ms.items()),
         "dicom_links": links,
         "explanation": explanation_summary(row.body),
+        "review_error": review_error,
+        **review_page.review_context(request, row),
     }
     audit.record(request, AuditEvent.Action.VIEWED_RESULT, row)
-    return render(request, "dicom_results/detail.html", context)
+    return render(request, "dicom_results/detail.html", context, status=status)
 
 
 @require_GET

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # collectstatic gathers the reading view's script and style
     "axes",
     "dicom_results",
 ]
@@ -55,6 +56,7 @@ TEMPLATES = [
 ]
 DATABASES = {"default": tuned_for_webhooks(dj_database_url.config(conn_max_age=60, conn_health_checks=True))}
 STATIC_URL = "static/"
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or "/var/www/dicom-results/static"  # your web server's
 LOGIN_URL = "dicom_results:login"
 LOGIN_REDIRECT_URL = "dicom_results:list"
 
@@ -89,3 +91,4 @@ AXES_RESET_ON_SUCCESS = True
 DICOM_RESULTS_WEBHOOK_SECRET = os.environ["WEBHOOK_SECRET"]
 DICOM_RESULTS_ALLOWED_BUCKETS = [os.environ["UPLOAD_BUCKET"]]
 DICOM_RESULTS_GCS_PROJECT = os.environ["GOOGLE_CLOUD_PROJECT"]
+DICOM_RESULTS_REVIEWER_ORGANISATION = os.environ.get("REVIEWER_ORGANISATION", "")

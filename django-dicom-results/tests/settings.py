@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the reading view's script and style (the browser test serves them)
     "axes",
     "dicom_results",
 ]
@@ -79,6 +80,7 @@ DICOM_RESULTS_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"tests-only-signing-
 DICOM_RESULTS_TOLERANCE_S = 300
 DICOM_RESULTS_MAX_BODY_BYTES = 64 * 1024
 DICOM_RESULTS_GCS_PROJECT = "test-project"
+DICOM_RESULTS_REVIEWER_ORGANISATION = "Test Hospital Radiology"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

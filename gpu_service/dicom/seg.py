@@ -1,5 +1,5 @@
-"""The result's Segmentations (highdicom): the LIME mask as a BINARY segment, and the continuous
-weight map, when there is one, as a FRACTIONAL segment. Pure: no I/O.
+"""The result's Segmentations (highdicom): the LIME mask as a BINARY segment, and the weight
+map, when there is one, as BINARY segments of its positive part in bands. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ FALLBACK_SPACING_MM = 1.0
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
-# overlay draws it; the heat map orange (viewers warn when a segment has no colour).
+# overlay draws it; the heat map's bands from pale yellow (weakest) to deep orange (strongest)
+# (viewers warn when a segment has no colour).
 DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
+HEATMAP_BANDS = 4
+BAND_RGB = ((255, 235, 120), (255, 200, 40), (255, 150, 0), (255, 90, 0))
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -108,22 +111,28 @@ def _segmentation(
     algorithm: Algorithm,
     dedup_key: str,
     frame_index: int,
+    segments: tuple[tuple[str, tuple[int, int, int]], ...] | None = None,
     **kind: Any,
 ) -> Dataset:
-    """One segment of ``role``'s SEG instance over the source, with the algorithm identification."""
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=f"{label} for {finding.label}"[:64],
-        segmented_property_category=codes.SCT.Finding,
-        segmented_property_type=finding_code(finding.label, algorithm.label_codes, algorithm.name),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_segment_algorithm(algorithm),
-        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB[role]),
-    )
+    """``role``'s SEG instance over the source, with the algorithm identification: one segment
+    (``label``, the role's colour), or ``segments`` (label, RGB) numbered from 1, in which case
+    ``pixels`` holds each pixel's segment number (0: none)."""
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"{text} for {finding.label}"[:64],
+            segmented_property_category=codes.SCT.Finding,
+            segmented_property_type=finding_code(finding.label, algorithm.label_codes, algorithm.name),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=_segment_algorithm(algorithm),
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        )
+        for number, (text, rgb) in enumerate(segments or ((label, DISPLAY_RGB[role]),), start=1)
+    ]
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=_frames(pixels, n_frames_of(source), frame_index),
-        segment_descriptions=[description],
+        segment_descriptions=descriptions,
         series_instance_uid=object_uid(dedup_key, algorithm.sha256, f"{role}-series"),
         series_number=SERIES_NUMBERS[role],
         sop_instance_uid=object_uid(dedup_key, algorithm.sha256, role),
@@ -172,6 +181,12 @@ def build_segmentation(
     )
 
 
+def heatmap_bands(weights: np.ndarray) -> np.ndarray:
+    """Each pixel's band of positive weight: 0 (none: weight <= 0), else ceil(4 w), 1..4."""
+    positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
+    return np.ceil(positive * HEATMAP_BANDS).astype(np.uint8)
+
+
 def build_heatmap(
     source: Dataset,
     weights: np.ndarray,
@@ -180,25 +195,29 @@ def build_heatmap(
     dedup_key: str,
     frame_index: int = 0,
 ) -> Dataset:
-    """The continuous LIME weight map as a FRACTIONAL (probability) segment.
+    """The weight map's positive part as four BINARY segments, one per band of weight
+    ((0, 0.25], (0.25, 0.5], (0.5, 0.75], (0.75, 1]), pale yellow to deep orange.
 
-    Its positive part only: a fraction is in [0, 1], and the positive weights are the evidence
-    *for* the finding, the same side the binary mask shows. A FRACTIONAL SEG rather than a
-    Parametric Map because highdicom builds it for any single-frame projection image it can
-    segment (no frame of reference or plane positions needed) and SEG-aware viewers draw it
-    as an overlay of the source; a SEG holds one segmentation type, hence its own instance.
+    Its positive part only: the positive weights are the evidence *for* the finding, the same
+    side the binary mask shows. Bands of a BINARY SEG rather than one FRACTIONAL segment: OHIF
+    3.13 (Cornerstone's SEG loader) refuses a FRACTIONAL SEG whose values are not all 0 or the
+    maximum, and its Label Map SEG (DICOM 2024) is unknown to the dciodvfy we validate with; a
+    viewer draws these bands as a four-step colour map. The exact weights are in the record
+    (``weights``) and ``STEM.heatmap.png``. Half the bytes of the 8-bit fractional map, too.
     """
-    positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
+    step = 1.0 / HEATMAP_BANDS
+    segments = tuple(
+        (f"LIME weight {k * step:.2f}-{(k + 1) * step:.2f}", BAND_RGB[k]) for k in range(HEATMAP_BANDS)
+    )
     return _segmentation(
         source,
-        positive,
+        heatmap_bands(weights),
         HEATMAP,
         "LIME weights (positive)",
         finding,
         algorithm,
         dedup_key,
         frame_index,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
+        segments=segments,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
     )

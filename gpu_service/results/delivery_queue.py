@@ -19,6 +19,8 @@ def delivery_message(request: InferenceRequest, reason: str) -> tuple[bytes, dic
         "reason": reason,
         "source": {"bucket": request.bucket, "name": request.name, "generation": request.generation},
     }
+    if request.event_time:  # the upload's time, so the delivery's latency is measured from it
+        body["event_time"] = request.event_time
     attributes = {"schema": contract.DELIVERY, "correlation_id": request.correlation_id, "reason": reason}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), attributes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpu_service.request import InferenceRequest, request_for_object
@@ -108,4 +108,8 @@ def parse_delivery(message: PubSubMessage) -> InferenceRequest:
     bucket, name, generation = source.get("bucket"), source.get("name"), str(source.get("generation") or "")
     if not (isinstance(bucket, str) and bucket and isinstance(name, str) and name and generation.isdigit()):
         raise MessageError("delivery source has no bucket, name or numeric generation")
-    return request_for_object(bucket, name, generation, None)
+    event_time = body.get("event_time")
+    return replace(
+        request_for_object(bucket, name, generation, None),
+        event_time=event_time if isinstance(event_time, str) and event_time else None,
+    )

@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         if env.get("VIEWER_URL") and stack.running():
             url, user, password = env["VIEWER_URL"], env["VIEWER_USER"], env["VIEWER_PASSWORD"]
             print(f"results viewer: {url}  user {user}  password {password}")
+            if env.get("REVIEWER_URL"):
+                print(f"review as a radiologist: {env['REVIEWER_URL']}  user {env['REVIEWER_USER']}  "
+                      f"password {password}")  # fmt: skip
     return exit_code
 
 

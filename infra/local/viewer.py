@@ -4,6 +4,9 @@
 ``python -m infra.local.viewer setup`` (run by the stack before it starts gunicorn) applies
 the migrations to a fresh database and creates the staff user ``VIEWER_USER`` with the
 stack's random ``VIEWER_PASSWORD``; both go to ``.local/stack.env`` with ``VIEWER_URL``.
+It also creates ``REVIEWER_USER`` (same password), a staff user in the "radiologists" group,
+which holds ``dicom_results.review_result``: the one who may accept, reject or correct results
+(``REVIEWER_URL``, the worklist).
 One gunicorn worker with threads: the test hooks' failure budget lives in that process.
 """
 
@@ -23,6 +26,9 @@ REVIEW_WEBHOOK_PATH = "/results/webhook/review/"  # the review component's recei
 CONTROL_PATH = "/_control"
 HEALTH_PATH = "/healthz"
 VIEWER_USER = "viewer"
+REVIEWER_USER = "radiologist"
+REVIEWERS_GROUP = "radiologists"
+WORKLIST_PATH = VIEWER_PATH + "worklist/"
 THREADS = 8
 
 
@@ -32,7 +38,13 @@ def database_path(root: Path) -> Path:
 
 def stack_env(base_url: str, password: str) -> dict[str, str]:
     """What ``stack.env`` tells a person (and the browser test) about the viewer."""
-    return {"VIEWER_URL": base_url + VIEWER_PATH, "VIEWER_USER": VIEWER_USER, "VIEWER_PASSWORD": password}
+    return {
+        "VIEWER_URL": base_url + VIEWER_PATH,
+        "VIEWER_USER": VIEWER_USER,
+        "VIEWER_PASSWORD": password,
+        "REVIEWER_URL": base_url + WORKLIST_PATH,
+        "REVIEWER_USER": REVIEWER_USER,
+    }
 
 
 def site_env(root: Path, password: str, fail_first: int = 0) -> dict[str, str]:
@@ -43,6 +55,7 @@ def site_env(root: Path, password: str, fail_first: int = 0) -> dict[str, str]:
         "DJANGO_SECRET_KEY": hashlib.sha256(f"local-django|{password}".encode()).hexdigest(),
         "RESULTS_DB": str(database_path(root)),
         "VIEWER_USER": VIEWER_USER,
+        "REVIEWER_USER": REVIEWER_USER,
         "VIEWER_PASSWORD": password,
         "WEBHOOK_FAIL_FIRST": str(fail_first),
     }
@@ -77,14 +90,25 @@ def setup() -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
     django.setup()
+    from django.contrib.auth.models import Group, Permission  # only once the apps are loaded
+
     call_command("check")  # a bad setting (e.g. WEBHOOK_TOLERANCE_S over 300) stops `make up` here
     call_command("migrate", interactive=False, verbosity=0)
     users = get_user_model()
-    user, _ = users.objects.get_or_create(username=os.environ["VIEWER_USER"])
-    user.is_staff = True
-    user.is_active = True
-    user.set_password(os.environ["VIEWER_PASSWORD"])
-    user.save()
+    radiologists, _ = Group.objects.get_or_create(name=REVIEWERS_GROUP)
+    radiologists.permissions.add(
+        Permission.objects.get(codename="review_result", content_type__app_label="dicom_results")
+    )
+    for name in (os.environ["VIEWER_USER"], os.environ.get("REVIEWER_USER", REVIEWER_USER)):
+        user, _ = users.objects.get_or_create(username=name)
+        user.is_staff = True
+        user.is_active = True
+        user.set_password(os.environ["VIEWER_PASSWORD"])
+        user.save()
+    reviewer = users.objects.get(username=os.environ.get("REVIEWER_USER", REVIEWER_USER))
+    reviewer.first_name, reviewer.last_name = "Demo", "Radiologist"  # the SR's verifying observer
+    reviewer.save()
+    reviewer.groups.add(radiologists)
 
 
 if __name__ == "__main__":

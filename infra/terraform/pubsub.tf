@@ -107,6 +107,15 @@ resource "google_pubsub_subscription" "inference_push" {
 # bucket, publishes one dicom-delivery/1 message here and acknowledges the inference message;
 # this subscription retries the delivery for as long as the messages are retained, with no
 # dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
+resource "google_pubsub_schema" "delivery" {
+  count      = var.enable_message_schema ? 1 : 0
+  project    = var.project_id
+  name       = "${local.prefix}-delivery-v1"
+  type       = "PROTOCOL_BUFFER"
+  definition = file("${path.module}/schemas/dicom_delivery.proto")
+  depends_on = [google_project_service.enabled]
+}
+
 resource "google_pubsub_topic" "delivery" {
   project                    = var.project_id
   name                       = "${local.prefix}-delivery"
@@ -115,6 +124,14 @@ resource "google_pubsub_topic" "delivery" {
 
   message_storage_policy {
     allowed_persistence_regions = [var.region]
+  }
+
+  dynamic "schema_settings" {
+    for_each = var.enable_message_schema ? [1] : []
+    content {
+      schema   = google_pubsub_schema.delivery[0].id
+      encoding = "JSON"
+    }
   }
 
   depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]

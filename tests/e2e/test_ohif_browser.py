@@ -4,8 +4,8 @@ browser (Playwright driving Debian's Chromium with WebGL in software).
 After one upload (the nodule radiograph, the CT, the JPEG-LS MR), OHIF lists the study with its
 source (stored in Orthanc by the stack's PACS stand-in), the SEG, the heat-map SEG and the SR;
 opening the SEG draws the mask over the image (checked on the screenshot's pixels) with no page
-error. What OHIF 3.13 does with the heat-map SEG and the SR is documented in
-docs/local-stack.md ("OHIF"), and the heat-map's is checked here as such.
+error; opening the heat-map SEG draws its bands of positive weight (yellow to orange). What
+OHIF 3.13 does with the SR is documented in docs/local-stack.md ("OHIF").
 
 A screenshot of the SEG over the radiograph is saved to ``.local/out/ohif-seg.png``
 (docs/images/ohif-seg.png is a copy).
@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 SCREENSHOT_SAMPLE = "chest-pa-nodule.dcm"
 SCREENSHOT = REPO / ".local" / "out" / "ohif-seg.png"
+HEATMAP_SCREENSHOT = REPO / ".local" / "out" / "ohif-heatmap-seg.png"
 SERIES = {
     "SEG": "AI LIME explanation mask",
     "HEATMAP": "AI LIME weight map",
@@ -41,6 +42,14 @@ SERIES = {
 VIEWPORT = "[data-cy='viewport-pane']"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _heat_pixels(png: bytes) -> int:
+    """Pixels of the heat-map bands' colours (pale yellow to deep orange) in a screenshot: the
+    grey radiograph and the mask's red (its green equals its blue) have none."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((r - b > 60) & (g - b > 25)).sum())
 
 
 def _red_pixels(png: bytes) -> int:
@@ -104,13 +113,17 @@ def test_ohif_lists_the_study_and_draws_the_seg_over_the_source(local_stack, sam
                 console_errors
             )
 
-            # The heat-map SEG (FRACTIONAL): OHIF 3.13 lists it and says it cannot draw it.
+            # The heat-map SEG: its four bands of positive weight, drawn as a colour map.
             console_errors.clear()
+            heat_before = _heat_pixels(viewport.screenshot())
             page.get_by_text(SERIES["HEATMAP"]).first.dblclick()
-            page.wait_for_timeout(5_000)
-            assert any("Fractional segmentations are not yet supported" in e for e in console_errors), (
-                console_errors
-            )
+            page.get_by_text("Do you want to open this Segmentation?").wait_for(timeout=60_000)
+            page.wait_for_timeout(2_000)
+            heat = _heat_pixels(viewport.screenshot())
+            if sample == SCREENSHOT_SAMPLE:
+                page.screenshot(path=str(HEATMAP_SCREENSHOT))
+            assert heat > 200 and heat > 5 * (heat_before + 1), (heat_before, heat)
+            assert not [e for e in console_errors if "egmentation" in e], console_errors
             assert page_errors == [], page_errors
         finally:
             browser.close()

@@ -685,6 +685,25 @@ def test_pubsub_schema_lists_exactly_the_contract_fields() -> None:
     assert fields("Dicom") == set(example["dicom"])
 
 
+def test_delivery_schema_lists_exactly_what_the_service_publishes() -> None:
+    """dicom-delivery/1's optional topic schema refuses unknown fields: it must hold every field
+    the service's own publisher writes (event_time included), and no other."""
+    from gpu_service.request import request_for_object
+    from gpu_service.results.delivery_queue import delivery_message
+
+    request = request_for_object("b", "a/b.dcm", "17", None)
+    request = type(request)(**{**request.__dict__, "event_time": "2026-01-01T00:00:00Z"})
+    body = json.loads(delivery_message(request, "webhook_failed")[0])
+    proto = (TF_DIR / "schemas" / "dicom_delivery.proto").read_text()
+    top = set(re.findall(r"^  (?:string|Source) (\w+) = \d+;", proto, re.M))
+    source = re.search(r"message Source \{(.*?)\n  \}", proto, re.S).group(1)
+    assert top == set(body)
+    assert set(re.findall(r"string (\w+) = \d+;", source)) == set(body["source"])
+    tf = (TF_DIR / "pubsub.tf").read_text()
+    assert 'file("${path.module}/schemas/dicom_delivery.proto")' in tf
+    assert "schema   = google_pubsub_schema.delivery[0].id" in tf
+
+
 def test_review_schema_lists_exactly_the_contract_fields() -> None:
     """The review topic's schema refuses unknown fields: it must match docs/contracts.md's example."""
     contracts = (ROOT / "docs" / "contracts.md").read_text()

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "axes",
     "dicom_results",
 ]
@@ -79,6 +80,8 @@ LOGIN_REDIRECT_URL = "dicom_results:list"
 DICOM_RESULTS_WEBHOOK_SECRET = os.environ["WEBHOOK_SECRET"]
 DICOM_RESULTS_TOLERANCE_S = int(os.environ.get("WEBHOOK_TOLERANCE_S") or 300)
 DICOM_RESULTS_GCS_PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT")
+# Named in each assessment SR beside the reviewer (the verifying observer's organisation).
+DICOM_RESULTS_REVIEWER_ORGANISATION = os.environ.get("REVIEWER_ORGANISATION") or "Local demo hospital"
 # The viewer reads the stack's upload bucket only (empty: any bucket a stored result names).
 DICOM_RESULTS_ALLOWED_BUCKETS = [b for b in [os.environ.get("UPLOAD_BUCKET")] if b]
 

@@ -181,16 +181,21 @@ def test_a_second_run_on_the_same_upload_gives_the_same_uids_another_upload_othe
     assert first.objects[SEG].SOPInstanceUID == dicom_objects.object_uid(KEY, ALGORITHM.sha256, SEG)
 
 
-def test_weight_map_becomes_a_fractional_segment_of_its_positive_part() -> None:
+def test_weight_map_becomes_four_binary_bands_of_its_positive_part() -> None:
     source = radiograph(size=64)
     yy, xx = np.mgrid[0:64, 0:64]
     weights = ((xx - 32) / 32.0).astype(np.float32)  # signed, in [-1, 1]
     objects = build(source, some_mask((64, 64)), weights=weights)
     seg = hd.seg.segread(io.BytesIO(objects.encoded(HEATMAP)))
-    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
-    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
-    assert np.allclose(pixels, np.clip(weights, 0, 1), atol=1 / 255)
-    assert pixels[:, :32].max() == 0 and pixels[:, -1].min() > 0.9
+    assert seg.SegmentationType == "BINARY" and len(seg.SegmentSequence) == 4
+    # One segment per band, none overlapping: each pixel is in exactly the band of its weight.
+    bands = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1, 2, 3, 4])[0]
+    assert bands.sum(axis=-1).max() == 1
+    band_of_pixel = (bands * np.arange(1, 5)).sum(axis=-1)
+    assert np.array_equal(band_of_pixel, np.ceil(np.clip(weights, 0, 1) * 4).astype(int))
+    assert band_of_pixel[:, :33].max() == 0 and band_of_pixel[:, -1].min() == 4
+    labels = [item.SegmentLabel for item in seg.SegmentSequence]
+    assert labels[0].startswith("LIME weight 0.00-0.25") and labels[3].startswith("LIME weight 0.75-1.00")
     assert seg.SOPInstanceUID not in {objects.objects[SEG].SOPInstanceUID, objects.objects[SR].SOPInstanceUID}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gpu_service.transport.push import parse_delivery, parse_envelope
 from infra.local import emulators, orthanc
 from infra.local.emulators import free_port
 from pipeline_common import contract, naming
@@ -55,7 +56,8 @@ def test_store_down_is_handed_off_then_delivered_once_without_recomputing(
     down = make_app(dicomweb_url=down_url, dicomweb_timeout_s=2, delivery_topic=topic)
     blob = upload(bucket_name, "outage/a.dcm", dicom_bytes(seed=61))
     # Even at the last useful attempt: handed off, never retries_exhausted for a durable result.
-    response = down.test_client().post("/", json=envelope(request_body(blob), attempt=4))
+    sent = request_body(blob)
+    response = down.test_client().post("/", json=envelope(sent, attempt=4))
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["outcome"] == "handed_off"
     assert response.get_json()["error_code"] == "dicomweb_unavailable"
@@ -68,8 +70,10 @@ def test_store_down_is_handed_off_then_delivered_once_without_recomputing(
         "correlation_id": naming.correlation_id(bucket_name, "outage/a.dcm", blob.generation),
         "reason": "dicomweb_unavailable",
         "source": {"bucket": bucket_name, "name": "outage/a.dcm", "generation": str(blob.generation)},
+        "event_time": sent["event_time"],  # the upload's: the delivery's latency counts from it
     }
     assert message["attributes"]["schema"] == contract.DELIVERY
+    assert parse_delivery(parse_envelope(_as_push(message, attempt=1))).event_time == sent["event_time"]
 
     # The store is still down: the delivery push waits (503), however many attempts it takes.
     still_down = down.test_client().post("/deliver", json=_as_push(message, attempt=99))

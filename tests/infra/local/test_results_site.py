@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ class Site:
     log: Path
     attempts: Path
     db: Path
+    password: str
 
     def rows(self) -> list[tuple[str, str, str]]:
         import sqlite3
@@ -57,7 +60,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
         "WEBHOOK_LOG": str(log),
         "WEBHOOK_ATTEMPTS_LOG": str(root / "attempts.jsonl"),
         "GOOGLE_CLOUD_PROJECT": "test-project",
-        **viewer.site_env(root, "pw-" + new_secret()[6:18]),
+        **viewer.site_env(root, password := "pw-" + new_secret()[6:18]),
     }
     viewer.prepare(env, REPO)
     out = (root / "django.log").open("ab")
@@ -65,7 +68,9 @@ def site(tmp_path_factory) -> Iterator[Site]:
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}{viewer.HEALTH_PATH}", 60, proc, root / "django.log")
-        yield Site(f"http://127.0.0.1:{port}", log, root / "attempts.jsonl", viewer.database_path(root))
+        yield Site(
+            f"http://127.0.0.1:{port}", log, root / "attempts.jsonl", viewer.database_path(root), password
+        )
     finally:
         stop_process_group(proc.pid)
         out.close()
@@ -177,3 +182,49 @@ def test_concurrent_duplicates_give_one_row_and_whole_log_lines(fresh):
 def test_viewer_needs_a_login(fresh):
     answer = requests.get(fresh.url + viewer.VIEWER_PATH, allow_redirects=False, timeout=10)
     assert answer.status_code == 302 and "/login/" in answer.headers["Location"]
+
+
+def _logged_in(site: Site, username: str, next_path: str) -> tuple[requests.Session, requests.Response]:
+    session = requests.Session()
+    login = site.url + viewer.VIEWER_PATH + "accounts/login/"
+    form = session.get(login, timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    fields = {
+        "username": username,
+        "password": site.password,
+        "next": next_path,
+        "csrfmiddlewaretoken": token,
+    }
+    return session, session.post(login, data=fields, timeout=10)
+
+
+def test_the_radiologist_reviews_from_the_worklist_and_the_viewer_user_may_not(fresh):
+    assert _post(fresh.url, _record("ward/to-review.dcm"), key="id-review").status_code == 201
+    with sqlite3.connect(fresh.db) as con:
+        (pk,) = con.execute(
+            "select id from dicom_results_inferenceresult where webhook_id = 'id-review'"
+        ).fetchone()
+    reviewer, worklist = _logged_in(fresh, viewer.REVIEWER_USER, viewer.WORKLIST_PATH)
+    assert worklist.status_code == 200 and worklist.url.endswith(viewer.WORKLIST_PATH), worklist.url
+    assert "ward/to-review.dcm" in worklist.text
+    script = reviewer.get(fresh.url + "/static/dicom_results/reading.js", timeout=10)
+    assert script.status_code == 200 and "source pixel" in script.text  # the static files are served
+    detail = f"{fresh.url}{viewer.VIEWER_PATH}{pk}/"
+    page = reviewer.get(detail, timeout=10)
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page.text))
+    answer = reviewer.post(detail + "review/", data={**fields, "decision": "accept"}, allow_redirects=False,
+                           timeout=10)  # fmt: skip
+    assert answer.status_code == 303, answer.text[-500:]
+    with sqlite3.connect(fresh.db) as con:
+        query = "select decision, reviewer_name, reviewer_organisation from dicom_results_reviewdecision"
+        stored = con.execute(query + " where result_id = ?", (pk,)).fetchall()
+    assert stored == [("accept", "Demo Radiologist", "Local demo hospital")]
+
+    staff, _ = _logged_in(fresh, viewer.VIEWER_USER, viewer.VIEWER_PATH)
+    page = staff.get(detail, timeout=10)
+    assert page.status_code == 200 and 'id="review-form"' not in page.text and "Demo Radiologist" in page.text
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page.text))
+    refused = staff.post(
+        detail + "review/", data={**fields, "decision": "accept"}, allow_redirects=False, timeout=10
+    )
+    assert refused.status_code == 403

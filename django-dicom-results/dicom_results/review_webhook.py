@@ -106,6 +106,9 @@ def receive_review_receipt(request: HttpRequest) -> JsonResponse:
         return _refuse(404, "unknown_review", "no decision with this review_id", **trace)
     try:
         with transaction.atomic():
+            earlier = ReviewReceipt.objects.select_for_update().filter(review=review).first()
+            if earlier is not None:
+                return _replace(earlier, webhook_id, receipt, fields, trace)
             row = ReviewReceipt.objects.create(review=review, webhook_id=webhook_id, body=receipt, **fields)
     except IntegrityError:  # a concurrent delivery, or another receipt for this decision
         existing = ReviewReceipt.objects.filter(review=review).values_list("pk", flat=True).first()
@@ -115,3 +118,20 @@ def receive_review_receipt(request: HttpRequest) -> JsonResponse:
     stored = {**trace, "id": row.pk, "review_id": str(review.review_id), "status": row.status}
     logger.info("review receipt stored", extra={"fields": stored})
     return JsonResponse({"id": row.pk, "duplicate": False}, status=201)
+
+
+def _replace(earlier: ReviewReceipt, webhook_id: str, receipt: dict[str, Any], fields: dict[str, Any],
+             trace: dict[str, object]) -> JsonResponse:  # fmt: skip
+    """One receipt per decision: ``stored`` replaces ``failed`` (the decision was republished once
+    the cause was fixed); nothing replaces ``stored``."""
+    if not (
+        earlier.status == ReviewReceipt.Status.FAILED and fields["status"] == ReviewReceipt.Status.STORED
+    ):
+        return JsonResponse({"id": earlier.pk, "duplicate": True}, status=200)
+    for key, value in {**fields, "webhook_id": webhook_id, "body": receipt}.items():
+        setattr(earlier, key, value)
+    earlier.save()
+    logger.info(
+        "review receipt replaced", extra={"fields": {**trace, "id": earlier.pk, "status": earlier.status}}
+    )
+    return JsonResponse({"id": earlier.pk, "duplicate": False, "replaced": True}, status=200)

@@ -177,3 +177,44 @@ class ReceiptTests(TestCase):
         assert self.post(receipt(decision, status="stored", sr=None)).status_code == 400
         assert self.post(receipt(decision, status="failed", sr=None)).status_code == 400  # no error code
         assert not ReviewReceipt.objects.exists()
+
+
+class ReceiptReplacementTests(TestCase):
+    url = reverse("dicom_results:review_webhook")
+
+    def post(self, body: dict, webhook_id: str):
+        data = encode(body)
+        return self.client.post(self.url, data=data, content_type="application/json",
+                                headers=sign(data, webhook_id=webhook_id))  # fmt: skip
+
+    def test_stored_replaces_failed_and_nothing_replaces_stored(self) -> None:
+        decision = make_decision(make_result())
+        failed = receipt(decision, status="failed", sr=None, review_json_uri=None, dicomweb=None,
+                         error={"code": "dicomweb_rejected", "message": "403"})  # fmt: skip
+        assert self.post(failed, "f" * 64).status_code == 201
+        replaced = self.post(receipt(decision), "s" * 64)
+        assert replaced.status_code == 200 and replaced.json()["replaced"] is True
+        row = ReviewReceipt.objects.get()
+        assert (row.status, row.webhook_id, row.error_code, row.sr_sop_instance_uid) == (
+            "stored",
+            "s" * 64,
+            "",
+            "2.25.1",
+        )
+        assert self.post(failed, "g" * 64).json()["duplicate"] is True  # a late failure changes nothing
+        assert ReviewReceipt.objects.get().status == "stored"
+
+    def test_publish_reviews_unreceipted_takes_failed_receipts_too(self) -> None:
+        if not EMULATOR:
+            self.skipTest("PUBSUB_EMULATOR_HOST unset (tests/django_app starts the emulator)")
+        pubsub = EmulatorTopic()
+        refused, stored, silent = (make_decision(make_result()) for _ in range(3))
+        self.post(
+            receipt(refused, status="failed", sr=None, error={"code": "dicomweb_rejected", "message": "x"}),
+            "1" * 64,
+        )
+        self.post(receipt(stored), "2" * 64)
+        with override_settings(DICOM_RESULTS_REVIEW_TOPIC=pubsub.topic):
+            call_command("publish_reviews", "--unreceipted", stdout=StringIO())
+        sent = sorted(json.loads(m.data)["review_id"] for m in pubsub.pull())
+        assert sent == sorted([str(refused.review_id), str(silent.review_id)])

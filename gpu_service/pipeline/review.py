@@ -38,9 +38,11 @@ logger = logging.getLogger(__name__)
 SUFFIXES = {REVIEW_SR: naming.REVIEW_SR_SUFFIX, REVIEW_SEG: naming.REVIEW_SEG_SUFFIX}
 
 
-def receipt_webhook_id(review_id: str) -> str:
-    """One ``webhook-id`` per decision: every redelivery's receipt is the same delivery to Django."""
-    return hashlib.sha256(f"{contract.REVIEW}|{review_id}".encode()).hexdigest()
+def receipt_webhook_id(review_id: str, status: str) -> str:
+    """One ``webhook-id`` per decision and outcome: every redelivery's receipt is the same delivery
+    to Django, and a decision stored after a failed attempt (republished once the store accepts it)
+    is a new one, which replaces the ``failed`` receipt."""
+    return hashlib.sha256(f"{contract.REVIEW}|{review_id}|{status}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class ReviewProcessor:
         body = json.dumps(receipt, ensure_ascii=False).encode()
         delivery = self.webhook.deliver(
             body,
-            idempotency_key=receipt_webhook_id(message.assessment.review_id),
+            idempotency_key=receipt_webhook_id(message.assessment.review_id, receipt["status"]),
             correlation_id=message.result.correlation_id,
         )
         outcome = RequestOutcome.COMPLETED if receipt["status"] == "stored" else RequestOutcome.FAILED

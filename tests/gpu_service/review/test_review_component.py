@@ -70,7 +70,7 @@ def test_a_correction_is_stored_in_the_study_beside_the_upload_and_acknowledged(
     assert response.status_code == 200, response.get_json()
     (call,) = webhook.accepted()
     receipt = json.loads(call.body)
-    assert call.headers["webhook-id"] == receipt_webhook_id(body["review_id"])
+    assert call.headers["webhook-id"] == receipt_webhook_id(body["review_id"], "stored")
     assert receipt["status"] == "stored" and receipt["seg"] and receipt["error"] is None
     sr_name = f"ward/chest.{body['review_id']}{naming.REVIEW_SR_SUFFIX}"
     assert receipt["sr"]["uri"] == f"gs://{bucket_name}/{sr_name}"

@@ -1,15 +1,17 @@
 """``python manage.py publish_reviews [--unreceipted]``: publish the decisions Pub/Sub did not take
 when they were made (``published_at`` null), oldest first; with ``--unreceipted`` also those
-published but never acknowledged by a receipt (a message dead-lettered while the store was down).
+published but never acknowledged by a receipt (a message dead-lettered while the store was down)
+or acknowledged by a ``failed`` one (the store refused them: republish once that is fixed).
 The review component is idempotent on the review id, so publishing twice stores one SR.
 """
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Q
 
 from dicom_results import review_publish
-from dicom_results.models import ReviewDecision
+from dicom_results.models import ReviewDecision, ReviewReceipt
 
 
 class Command(BaseCommand):
@@ -17,15 +19,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--unreceipted", action="store_true",
-                            help="also republish published decisions that have no receipt yet")  # fmt: skip
+                            help="also republish decisions with no receipt yet, or a failed one")  # fmt: skip
 
     def handle(self, *args, unreceipted: bool = False, **options) -> None:
         if review_publish.topic() is None:
             raise CommandError("DICOM_RESULTS_REVIEW_TOPIC is not set")
         pending = ReviewDecision.objects.select_related("result", "supersedes")
-        pending = (
-            pending.filter(receipt__isnull=True) if unreceipted else pending.filter(published_at__isnull=True)
-        )
+        if unreceipted:
+            pending = pending.filter(Q(receipt__isnull=True) | Q(receipt__status=ReviewReceipt.Status.FAILED))
+        else:
+            pending = pending.filter(published_at__isnull=True)
         sent = failed = 0
         for decision in pending.order_by("decided_at", "id").iterator():
             if review_publish.publish(decision, force=unreceipted):

@@ -51,7 +51,8 @@ locals {
   # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.dead-letter.json,
   # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm too); the ingest function never ingests names
   # with these suffixes.
-  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
+  # The review component's outputs (review.tf) also end in .sr.dcm / .seg.dcm: taken out.
+  inference_output_condition = "(${join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])}) && ${join(" && ", [for s in local.review_output_suffixes : "!resource.name.endsWith('${s}')"])}"
   rejection_condition        = "resource.name.endsWith('.rejected.json')"
 }
 
@@ -288,7 +289,8 @@ resource "google_service_account" "review_push_invoker" {
 
 locals {
   # STEM.<review_id>.review.sr.dcm, STEM.<review_id>.review.seg.dcm, STEM.review.json
-  review_output_condition = join(" || ", [for s in [".review.sr.dcm", ".review.seg.dcm", ".review.json"] : "resource.name.endsWith('${s}')"])
+  review_output_suffixes  = [".review.sr.dcm", ".review.seg.dcm", ".review.json"]
+  review_output_condition = join(" || ", [for s in local.review_output_suffixes : "resource.name.endsWith('${s}')"])
 }
 
 resource "google_storage_bucket_iam_member" "review_upload_reader" {

@@ -381,7 +381,12 @@ def check_review_component(cfg: dict[str, Any]) -> None:
     }, grants
     writer = res(cfg, "google_storage_bucket_iam_member", "review_output_writer")
     assert ref(block(writer, "condition")["expression"]) == "local.review_output_condition"
-    allowed = re.findall(r'"(\.[a-z.-]+)"', str(cfg["locals"]["review_output_condition"]))
+    assert "local.review_output_suffixes" in str(cfg["locals"]["review_output_condition"])
+    allowed = cfg["locals"]["review_output_suffixes"]
+    inference = str(cfg["locals"]["inference_output_condition"])
+    assert "!resource.name.endsWith" in inference and "local.review_output_suffixes" in inference, (
+        "the inference identity may write the review outputs"
+    )
     assert sorted(allowed) == sorted([naming_suffix("REVIEW_SR_SUFFIX"), naming_suffix("REVIEW_SEG_SUFFIX"),
                                       naming_suffix("REVIEW_SUFFIX")]), allowed  # fmt: skip
     push_grants = grants_of(cfg, "google_service_account.review_push_invoker.member")

@@ -421,6 +421,13 @@ class Stack:
         c = self.config
         return pull(f"{LOOPBACK}:{c.ports.pubsub}", c.project, DEAD_LETTER_SUBSCRIPTION, 1000, ack=False)
 
+    def review_dead_letters(self) -> list[dict[str, Any]]:
+        """The review decisions held on the review dead-letter hold subscription, left there."""
+        c = self.config
+        return pull(
+            f"{LOOPBACK}:{c.ports.pubsub}", c.project, review.DEAD_LETTER_SUBSCRIPTION, 1000, ack=False
+        )
+
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"
         link.unlink(missing_ok=True)

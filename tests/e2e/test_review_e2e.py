@@ -119,3 +119,4 @@ def test_orthanc_down_when_the_decision_arrives_gives_one_sr_once_it_is_back(loc
     assert stored is not None and stored["status"] == "stored", stored
     assert review_srs(local_stack, study, ai_sr) == [stored["sr_sop_instance_uid"]]
     assert pydicom.uid.UID(stored["sr_sop_instance_uid"]).is_valid
+    assert local_stack.stack.review_dead_letters() == []  # redelivered, never dead-lettered

@@ -1,23 +1,25 @@
-"""A radiologist's decision through the local stack: upload, result, decision in Django (ORM and
-``review_decided``, as the review form does), then dicom-review/1 on the Pub/Sub emulator, the
-review component, Orthanc and the signed receipt back in Django (docs/contracts.md, "Review of a
-result"). Orthanc down when the decision arrives: redelivered, one SR once it is back."""
+"""A radiologist's decision through the local stack: upload, result, decision in Django, then
+dicom-review/1 on the Pub/Sub emulator, the review component, Orthanc and the signed receipt back
+in Django (docs/contracts.md, "Review of a result"). The decision is posted to the review form of
+the running Django, logged in as the stack's reviewer. Orthanc down when the decision arrives:
+redelivered, one SR once it is back."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+import requests
 
-from infra.local.stack import REPO
 from tests.e2e.test_dicom_e2e import (
     SR_CLASS,
     _stop_orthanc,
@@ -32,13 +34,38 @@ pytestmark = pytest.mark.e2e
 
 
 def decide(local_stack: Any, name: str, **fields: Any) -> str:
-    env = local_stack.stack._specs["webhook-receiver"][1]  # the stack's Django: settings, database
-    cmd = [sys.executable, "-m", "tests.e2e.review_decide", name, json.dumps(fields)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["published"], "the decision was not published to the review topic"
-    return answer["review_id"]
+    """The radiologist's decision through the running Django, as the browser sends it: log in as the
+    stack's reviewer, open the result's page (its hidden review tokens and CSRF token), POST the
+    review form to ``/results/<pk>/review/``."""
+    env = local_stack.env
+    base = env["VIEWER_URL"]  # http://host:port/results/
+    session = requests.Session()
+    login = base + "accounts/login/"
+    session.get(login, timeout=30).raise_for_status()
+    answer = session.post(login, timeout=30, allow_redirects=False, data={
+        "username": env["REVIEWER_USER"], "password": env["VIEWER_PASSWORD"],
+        "csrfmiddlewaretoken": session.cookies["csrftoken"],
+    })  # fmt: skip
+    assert answer.status_code == 302, "the reviewer could not log in"
+    pk = _db_value(local_stack, "SELECT id FROM dicom_results_inferenceresult WHERE source_name = ?", name)
+    page = session.get(f"{base}{pk}/", timeout=30)
+    page.raise_for_status()
+    form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page.text))
+    assert {"csrfmiddlewaretoken", "review_id", "opened_at"} <= set(form), sorted(form)
+    posted = session.post(f"{base}{pk}/review/", data={**form, **fields}, timeout=60, allow_redirects=False)
+    assert posted.status_code == 303, posted.text[-2000:]
+    review_id = str(uuid.UUID(form["review_id"]))
+    sql = "SELECT published_at FROM dicom_results_reviewdecision WHERE review_id = ?"
+    published = _db_value(local_stack, sql, review_id.replace("-", ""))
+    assert published, "the decision was not published to the review topic"
+    return review_id
+
+
+def _db_value(local_stack: Any, sql: str, *args: Any) -> Any:
+    db = local_stack.stack.config.root / "results.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute(sql, args).fetchone()
+    return row[0] if row else None
 
 
 def receipt(local_stack: Any, review_id: str, timeout_s: float) -> dict[str, Any] | None:
@@ -81,7 +108,15 @@ def test_a_decision_becomes_a_verified_sr_in_the_study(local_stack, tmp_path) ->
     uid = stored["sr_sop_instance_uid"]
     sr = dicomweb(local_stack).retrieve_instance(study, _series_of(local_stack, study, uid), uid)
     assert sr.VerificationFlag == "VERIFIED"
-    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Doe^Jane"
+    sql = "SELECT reviewer_name, reviewer_organisation FROM dicom_results_reviewdecision WHERE review_id = ?"
+    db = local_stack.stack.config.root / "results.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        name_, organisation = conn.execute(sql, (review_id.replace("-", ""),)).fetchone()
+    observer = sr.VerifyingObserverSequence[0]
+    assert name_ and (str(observer.VerifyingObserverName), observer.VerifyingOrganization) == (
+        name_,
+        organisation,
+    )
     evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for ser in s.ReferencedSeriesSequence for r in ser.ReferencedSOPSequence}  # fmt: skip
     assert ai_sr in evidence  # it references the AI SR

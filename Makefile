@@ -8,7 +8,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv prereqs prereqs-test prereqs-stack ports-free ohif test test-fast lint fmt clean up down status demo
+.PHONY: help venv prereqs prereqs-test prereqs-stack ports-free ohif test test-fast lint fmt clean up down status demo trace
 
 # Checked before the virtual environment. On Debian/Ubuntu as root the check installs the missing
 # system packages (infra/local/debian-packages); elsewhere, or with INSTALL_SYSTEM_PACKAGES=0, it
@@ -27,6 +27,7 @@ help:
 	@echo "make demo   run the whole pipeline end to end on the local stack"
 	@echo "make test   lint, static infra checks and every test (unit, emulators, end to end)"
 	@echo "make up | down | status   manage the local stack"
+	@echo "make trace ID=<id>   one upload's spans as a waterfall (.local/traces.jsonl)"
 
 prereqs:
 	@bash infra/local/check_prereqs.sh $(PREREQS)
@@ -84,6 +85,10 @@ status:
 # make demo KEEP=1 leaves the stack running afterwards (make down stops it).
 demo: prereqs-stack $(STAMP) ports-free ohif
 	$(PY) -m infra.local.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
+
+# make trace ID=<correlation id or trace id>: one upload's spans as a waterfall (default: the latest).
+trace:
+	$(PY) -m infra.local.traces $(ID)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache

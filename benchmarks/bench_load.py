@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
+from infra.local import traces
 from infra.local.demo import _parse_time, gcloud_cp, read_webhooks, storage_client
 from infra.local.stack import Ports, Stack, StackConfig
 
@@ -233,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"p95 {percentile(latencies, 95):.1f}s  max {max(latencies):.1f}s  "
                     f"(min {min(latencies):.1f}s)"
                 )
+            keys = {h["body"]["correlation_id"] for h in hooks if h["body"].get("correlation_id")}
+            time.sleep(2)  # the span exporters' last batch (every ~1 s)
+            print("per-stage times from the uploads' traces (traces.jsonl of this run's stack):")
+            print("\n".join(traces.stage_summary(keys, traces.load_spans(stack.config.trace_file))))
             print(
                 f"lost: {len(lost)}  duplicated: {len(duplicated)}"
                 + (f" {duplicated}" if duplicated else "")

@@ -6,6 +6,7 @@ ingest_dicom``); it needs only ``pipeline_common`` and ``dicom_ingest`` beside i
 
 from __future__ import annotations
 
+import os
 import threading
 
 import functions_framework
@@ -14,9 +15,12 @@ from google.cloud import pubsub_v1, storage
 
 from dicom_ingest import handler, publisher
 from dicom_ingest.settings import Settings
-from pipeline_common import jsonlog
+from pipeline_common import jsonlog, tracing
 
 jsonlog.setup()  # also keeps pydicom's logs and warnings (element values: patient data) out
+tracing.setup(
+    tracing.TraceSettings.from_env(os.environ), "ingest-function", os.environ.get("GOOGLE_CLOUD_PROJECT")
+)
 
 _lock = threading.Lock()
 _storage: storage.Client | None = None
@@ -38,4 +42,7 @@ def _clients(settings: Settings) -> tuple[storage.Client, pubsub_v1.PublisherCli
 def ingest_dicom(event: CloudEvent) -> None:
     settings = Settings.from_env()
     storage_client, publisher_client = _clients(settings)
+    # Spans are exported in the background, never flushed here: a flush would add Cloud Trace's
+    # round trip (or, with the exporter down, its timeout) to every event. With the CPU throttled
+    # between events, a batch goes out during the next event or at shutdown (SIGTERM).
     handler.handle(event, settings, storage_client, publisher_client)

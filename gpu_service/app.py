@@ -34,7 +34,7 @@ from gpu_service.transport.push import (
     parse_request,
 )
 from gpu_service.wiring import Wired, build_processor, load_warm_model, make_cloud_storage, make_webhook
-from pipeline_common import jsonlog
+from pipeline_common import jsonlog, tracing
 from pipeline_common.jsonlog import log
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def create_app(
     """WSGI app factory (``gunicorn 'gpu_service.app:create_app()'``); tests pass a loaded model."""
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
+    tracing.setup(settings.tracing, "inference-service", _project(settings))
     service = Service(settings, model, cloud_storage, webhook)
     if service.authenticator is None:
         log(logger, logging.WARNING, "push authentication is off (PUSH_AUDIENCE unset)")
@@ -192,8 +193,18 @@ def _handle_push(
             return jsonify(outcome=RequestOutcome.INVALID.value, error=str(exc)), ack_status(
                 RequestOutcome.INVALID
             )
-        with jsonlog.bind_upload(
-            req, message_id=message.message_id, delivery_attempt=message.delivery_attempt
+        attempt = message.delivery_attempt
+        incoming = tracing.incoming_context(
+            [(tracing.PUBSUB_ATTRIBUTE, tracing.pubsub_traceparent(message.attributes))]
+        )
+        with (
+            jsonlog.bind_upload(req, message_id=message.message_id, delivery_attempt=attempt),
+            tracing.root_span(
+                "delivery" if delivery else "inference",
+                incoming,
+                correlation_id=req.correlation_id,
+                **{"messaging.message.id": message.message_id, "delivery_attempt": attempt},
+            ) as span,
         ):
             if not service.ready.wait(settings.ready_wait_s if not service.error else 0):
                 log(logger, logging.WARNING, "model not ready; asking for redelivery", error=service.error)
@@ -202,6 +213,7 @@ def _handle_push(
             result = service.processor.process(
                 req, message.delivery_attempt, hand_off=not delivery, give_up=not delivery
             )
+            span.set_attribute("outcome", result.outcome.value)
             body: dict[str, Any] = {"outcome": result.outcome.value, "correlation_id": req.correlation_id}
             if result.error_code:
                 body["error_code"] = result.error_code

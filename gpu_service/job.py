@@ -30,7 +30,7 @@ from gpu_service.results.cloud_storage import GcsStore, ObjectInfo
 from gpu_service.settings import Settings
 from gpu_service.transport.push import MessageError, PubSubMessage, parse_request
 from gpu_service.wiring import build_processor, load_warm_model
-from pipeline_common import jsonlog, naming
+from pipeline_common import jsonlog, naming, tracing
 from pipeline_common.jsonlog import log
 
 logger = logging.getLogger("gpu_service.job")
@@ -150,7 +150,8 @@ def run_prefix(
     def handle(item: object) -> None:
         obj: ObjectInfo = item  # type: ignore[assignment]
         request = request_for_object(obj.bucket, obj.name, obj.generation, obj.size)
-        with _bound(request):
+        # A backfilled object has no incoming context: one new trace per object.
+        with _bound(request), tracing.root_span("job_object", None, correlation_id=request.correlation_id):
             try:
                 if not looks_like_dicom(store, obj):
                     summary.add("skipped_not_dicom")
@@ -230,7 +231,13 @@ def run_subscription(
             summary.add(RequestOutcome.INVALID.value)
             return received.ack_id, False  # type: ignore[attr-defined]
         attempt = received.delivery_attempt or None  # type: ignore[attr-defined]
-        with jsonlog.bind(message_id=msg.message_id, delivery_attempt=attempt):
+        incoming = tracing.incoming_context(
+            [(tracing.PUBSUB_ATTRIBUTE, tracing.pubsub_traceparent(message.attributes))]
+        )
+        with (
+            jsonlog.bind(message_id=msg.message_id, delivery_attempt=attempt),
+            tracing.root_span("job_object", incoming, correlation_id=request.correlation_id),
+        ):
             result = _process_logged(processor, request, attempt)
         summary.add(result.outcome.value)
         return received.ack_id, is_acked(result.outcome)  # type: ignore[attr-defined]
@@ -304,6 +311,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     args = parse_args(argv)
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
+    tracing.setup(settings.tracing, "inference-job", settings.project)
     concurrency = max(1, args.concurrency or settings.concurrency)
     wired = build_processor(settings, load_warm_model(settings), batching=concurrency > 1)
     processor = wired.processor
@@ -323,6 +331,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
             )
     finally:
         wired.close()
+        tracing.flush()
     log(logger, logging.INFO, "job finished", **summary.as_dict())
     return 1 if summary.to_retry else 0
 

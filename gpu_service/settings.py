@@ -14,8 +14,15 @@ from gpu_service.inference.render import DEFAULT_MAX_SIDE
 from gpu_service.results.webhook_signature import check_secret
 from pipeline_common.contract import DEFAULT_MAX_PIXELS
 from pipeline_common.env import read_bool, read_float, read_int, read_str
+from pipeline_common.tracing import TraceSettings
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+EXPLANATION_METHODS = ("lime", "gradcam")
+
+
+def _methods(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = read_str(env, "EXPLANATION_METHODS", "lime") or "lime"
+    return tuple(m.strip().lower() for m in raw.split(",") if m.strip())
 
 
 def _optional_float(env: Mapping[str, str], key: str) -> float | None:
@@ -40,6 +47,8 @@ class Settings:
     # Outputs go next to the upload unless an output bucket/prefix relocates them.
     output_bucket: str | None = None
     output_prefix: str = ""
+    # The explanation methods, in the record's order (docs/contracts.md, "Explanation methods").
+    explanation_methods: tuple[str, ...] = ("lime",)
     # LIME.
     lime_num_samples: int = 1000
     lime_num_features: int = 5
@@ -88,6 +97,8 @@ class Settings:
     dicomweb_url: str | None = None
     dicomweb_auth: str = "none"  # none | google (Application Default Credentials)
     dicomweb_timeout_s: float = 30.0
+    # OpenTelemetry: TRACE_EXPORTER (none | file | gcp), TRACE_FILE, TRACE_SAMPLE_RATIO.
+    tracing: TraceSettings = field(default_factory=TraceSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +117,7 @@ class Settings:
             push_certs_url=read_str(env, "PUSH_CERTS_URL", GOOGLE_CERTS_URL) or GOOGLE_CERTS_URL,
             output_bucket=read_str(env, "OUTPUT_BUCKET"),
             output_prefix=(read_str(env, "OUTPUT_PREFIX", "") or "").strip("/"),
+            explanation_methods=_methods(env),
             lime_num_samples=read_int(env, "LIME_NUM_SAMPLES", 1000),
             lime_num_features=read_int(env, "LIME_NUM_FEATURES", 5),
             lime_segmentation=read_str(env, "LIME_SEGMENTATION"),
@@ -132,6 +144,7 @@ class Settings:
             dicomweb_url=read_str(env, "DICOMWEB_URL"),
             dicomweb_auth=read_str(env, "DICOMWEB_AUTH", "none") or "none",
             dicomweb_timeout_s=read_float(env, "DICOMWEB_TIMEOUT_S", 30.0),
+            tracing=TraceSettings.from_env(env),
         )
         settings.validate()
         return settings
@@ -150,6 +163,12 @@ class Settings:
             raise ValueError("MAX_OBJECT_BYTES and MAX_PIXELS must be positive")
         if self.max_delivery_attempts < 1:
             raise ValueError("MAX_DELIVERY_ATTEMPTS must be at least 1")
+        methods = self.explanation_methods
+        if not methods or len(set(methods)) != len(methods) or set(methods) - set(EXPLANATION_METHODS):
+            raise ValueError(
+                f"EXPLANATION_METHODS must list each of {', '.join(EXPLANATION_METHODS)} at most once, "
+                f"at least one, got {','.join(methods)!r}"
+            )
         target = self.lime_target_stability
         if target is not None and not 0 <= target <= 1:
             raise ValueError(f"LIME_TARGET_STABILITY must be in [0, 1] (0: fixed sampling), got {target}")

@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from dicom_results import tracing
 from dicom_results.conf import MAX_TOLERANCE_S, app_settings
 from dicom_results.models import InferenceResult
 from dicom_results.schema import SchemaError, parse_result
@@ -54,11 +55,18 @@ def verify_delivery(secret: str, tolerance_s: int, body: bytes, headers: Mapping
 @csrf_exempt
 @require_POST
 def receive_result(request: HttpRequest) -> JsonResponse:
+    traceparent = request.headers.get(tracing.HEADER)
+    with tracing.continued(traceparent):
+        return _receive(request, tracing.log_fields(traceparent))
+
+
+def _receive(request: HttpRequest, trace_fields: dict[str, object]) -> JsonResponse:
     conf = app_settings()
     webhook_id = request.headers.get(ID_HEADER, "")
     trace = {
         "webhook_id": webhook_id[:MAX_ID_LENGTH],
         "correlation_id": request.headers.get("X-Correlation-Id"),
+        **trace_fields,
     }
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import sys
 import time
+from unittest import mock
 
 from django.test import TestCase, override_settings
 from django.urls import reverse
 
+from dicom_results import tracing
 from dicom_results.models import InferenceResult
 from dicom_results.signals import result_received
 from tests.support import encode, failed_record, record, sign, webhook_id_for
@@ -196,3 +199,55 @@ class WebhookTests(TestCase):
     def assert_nothing_stored(self) -> None:
         self.assertEqual(InferenceResult.objects.count(), 0)
         self.assertEqual(self.received.results, [])
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@override_settings(DICOM_RESULTS_TRACE_PROJECT="hospital-proj")
+class TraceparentTests(TestCase):
+    """The webhook logs the service's traceparent with Cloud Logging's trace fields; a bad one or
+    a missing opentelemetry package never refuses a delivery."""
+
+    url = reverse("dicom_results:webhook")
+
+    def _post(self, traceparent: str | None):
+        rec = record()
+        body = encode(rec)
+        headers = sign(body, webhook_id=webhook_id_for(rec))
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
+        with self.assertLogs("dicom_results.webhook", "INFO") as logs:
+            response = self.client.post(self.url, data=body, content_type="application/json", headers=headers)
+        self.assertEqual(response.status_code, 201, response.content)
+        (line,) = [r for r in logs.records if r.getMessage() == "webhook stored"]
+        return line.fields
+
+    def test_stored_line_carries_the_trace_fields(self) -> None:
+        fields = self._post(TRACEPARENT)
+        self.assertEqual(
+            fields["logging.googleapis.com/trace"],
+            "projects/hospital-proj/traces/4bf92f3577b34da6a3ce929d0e0e4736",
+        )
+        self.assertEqual(fields["logging.googleapis.com/spanId"], "00f067aa0ba902b7")
+        self.assertEqual(fields["traceparent"], TRACEPARENT)
+
+    def test_malformed_traceparent_is_logged_as_such_and_stored_anyway(self) -> None:
+        fields = self._post("00-not-a-trace-01")
+        self.assertTrue(fields["traceparent_malformed"])
+        self.assertNotIn("logging.googleapis.com/trace", fields)
+
+    def test_all_zero_trace_id_is_malformed(self) -> None:
+        self.assertIsNone(tracing.parse("00-" + "0" * 32 + "-00f067aa0ba902b7-01"))
+
+    def test_no_traceparent_no_trace_fields(self) -> None:
+        self.assertNotIn("traceparent", self._post(None))
+
+    def test_works_without_opentelemetry_installed(self) -> None:
+        blocked = {name: None for name in ("opentelemetry", "opentelemetry.trace")}
+        blocked["opentelemetry.trace.propagation.tracecontext"] = None
+        with mock.patch.dict(sys.modules, blocked):
+            with self.assertRaises(ImportError):
+                import opentelemetry.trace  # noqa: F401
+            fields = self._post(TRACEPARENT)
+        self.assertEqual(fields["logging.googleapis.com/spanId"], "00f067aa0ba902b7")

@@ -17,12 +17,13 @@ from typing import Any
 
 from cloudevents.abstract import AnyCloudEvent
 from google.cloud import pubsub_v1, storage
+from opentelemetry import trace
 
 from dicom_ingest import header as hdr
 from dicom_ingest import ingest_policy, message, publisher, records
 from dicom_ingest.reader import ObjectGone, RangedReader
 from dicom_ingest.settings import Settings
-from pipeline_common import jsonlog, naming
+from pipeline_common import jsonlog, naming, tracing
 
 logger = logging.getLogger("dicom_ingest")
 
@@ -89,6 +90,38 @@ def handle(
     storage_client: storage.Client,
     publisher_client: pubsub_v1.PublisherClient,
 ) -> EventOutcome:
+    """One event in one span: it continues the event's ``traceparent`` extension, else starts the
+    upload's trace, whose id is the correlation id (docs/contracts.md, "Tracing")."""
+    incoming = tracing.incoming_context([("cloudevent", _str_or_none(event.get("traceparent")))])
+    with tracing.root_span(
+        "ingest_dicom", incoming, trace.SpanKind.SERVER, correlation_id=_correlation_id(event)
+    ) as span:
+        outcome = _handle(event, settings, storage_client, publisher_client)
+        span.set_attribute("outcome", outcome.status)
+        if outcome.reason:
+            span.set_attribute("reason", outcome.reason)
+        return outcome
+
+
+def _correlation_id(event: AnyCloudEvent) -> str | None:
+    """The upload's correlation id when the event names one (a malformed event has none)."""
+    try:
+        upload = _upload(event, _event_data(event))
+    except (InvalidEvent, ValueError, KeyError, TypeError):
+        return None
+    return upload.correlation_id
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _handle(
+    event: AnyCloudEvent,
+    settings: Settings,
+    storage_client: storage.Client,
+    publisher_client: pubsub_v1.PublisherClient,
+) -> EventOutcome:
     started = time.perf_counter()
     if event["type"] != FINALIZED:
         jsonlog.log(logger, logging.INFO, "event ignored: not an object finalize", event_type=event["type"])
@@ -111,8 +144,7 @@ def handle(
         )
         return EventOutcome("invalid_event", reason="invalid_event")
 
-    trace = jsonlog.trace_field(event.get("traceparent"), settings.project)
-    with jsonlog.bind_upload(upload, event_id=upload.event_id, **trace):
+    with jsonlog.bind_upload(upload, event_id=upload.event_id):
         if naming.is_pipeline_output(
             upload.name, data.get("metadata") or {}, settings.output_suffixes, settings.marker_key
         ):
@@ -128,14 +160,15 @@ def handle(
             retry_deadline_s=settings.storage_retry_deadline_s,
         )
         try:
-            if upload.size < 0:
-                upload = dataclasses.replace(upload, size=reader.size())
-            read = hdr.read_header(
-                reader.fetch,
-                upload.size,
-                initial_bytes=settings.header_initial_bytes,
-                max_bytes=settings.header_max_bytes,
-            )
+            with tracing.span("read_header"):
+                if upload.size < 0:
+                    upload = dataclasses.replace(upload, size=reader.size())
+                read = hdr.read_header(
+                    reader.fetch,
+                    upload.size,
+                    initial_bytes=settings.header_initial_bytes,
+                    max_bytes=settings.header_max_bytes,
+                )
         except ObjectGone:
             # Deleted or overwritten before we looked: the newer generation has its own event.
             jsonlog.log(
@@ -158,9 +191,12 @@ def handle(
 
         assert isinstance(result, hdr.DicomHeader)
         body, attributes = message.inference_request(upload, result)
-        message_id = publisher.publish(
-            publisher_client, settings.topic_path, body, attributes, settings.publish_timeout_s
-        )
+        with tracing.span("publish", kind=trace.SpanKind.PRODUCER) as publish_span:
+            tracing.inject_attributes(attributes)  # the service's spans continue this one
+            message_id = publisher.publish(
+                publisher_client, settings.topic_path, body, attributes, settings.publish_timeout_s
+            )
+            publish_span.set_attribute("messaging.message.id", message_id)
         # The folder must not go on saying that this object was rejected.
         records.remove_stale_rejection(
             storage_client,

@@ -16,13 +16,15 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
 TRACE_KEY = "logging.googleapis.com/trace"
+# Fields computed per line (the current span's trace fields: pipeline_common.tracing registers it).
+_field_providers: list[Callable[[], dict[str, Any]]] = []
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
     logging.INFO: "INFO",
@@ -41,6 +43,8 @@ class CloudLoggingFormatter(logging.Formatter):
             "logger": record.name,
         }
         entry.update(_context.get() or {})
+        for provider in _field_providers:
+            entry.update(provider())
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -96,6 +100,12 @@ def silence_phi_sources() -> None:
     for name in PHI_LOGGERS:
         logging.getLogger(name).disabled = True
     warnings.filterwarnings("ignore", module=PHI_WARNING_MODULES)
+
+
+def add_field_provider(provider: Callable[[], dict[str, Any]]) -> None:
+    """Add ``provider()``'s fields to every line (after bound fields); idempotent."""
+    if provider not in _field_providers:
+        _field_providers.append(provider)
 
 
 def setup(level: str | None = None) -> None:

@@ -30,6 +30,10 @@ REJECTION_SUFFIX = ".rejected.json"
 SEG_SUFFIX = ".seg.dcm"
 SR_SUFFIX = ".sr.dcm"
 HEATMAP_SEG_SUFFIX = ".heatmap.seg.dcm"
+# Grad-CAM's heat map and its SEG (EXPLANATION_METHODS with gradcam): they end in ``.png`` /
+# ``.heatmap.png`` and ``.seg.dcm``, so the suffixes below (and Terraform's write condition) cover them.
+GRADCAM_HEATMAP_SUFFIX = ".gradcam.heatmap.png"
+GRADCAM_HEATMAP_SEG_SUFFIX = ".gradcam.heatmap.seg.dcm"
 # The review component's outputs (docs/contracts.md, "Review of a result"): per decision
 # STEM.<review_id>.review.sr.dcm / .review.seg.dcm, and the latest decision STEM.review.json.
 REVIEW_SR_SUFFIX = ".review.sr.dcm"
@@ -41,6 +45,8 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (
     REVIEW_SUFFIX,
     SEG_SUFFIX,
     SR_SUFFIX,
+    GRADCAM_HEATMAP_SEG_SUFFIX,
+    GRADCAM_HEATMAP_SUFFIX,
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
     HEATMAP_SUFFIX,

@@ -20,13 +20,17 @@ from pydicom.uid import UID, generate_uid
 SEG = "seg"
 SR = "sr"
 HEATMAP = "heatmap"
-ROLES = (SEG, SR, HEATMAP)
-SERIES_NUMBERS = {SEG: 9901, SR: 9902, HEATMAP: 9903}
+GRADCAM_HEATMAP = "gradcam_heatmap"
+ROLES = (SEG, SR, HEATMAP, GRADCAM_HEATMAP)
+SERIES_NUMBERS = {SEG: 9901, SR: 9902, HEATMAP: 9903, GRADCAM_HEATMAP: 9904}
 SERIES_DESCRIPTIONS = {
     SEG: "AI LIME explanation mask (unverified)",
     SR: "AI finding report (unverified)",
     HEATMAP: "AI LIME weight map (unverified)",
+    GRADCAM_HEATMAP: "AI Grad-CAM map (unverified)",
 }
+# How the SEG and SR name each explanation method among their algorithm parameters.
+METHOD_NAMES = {"lime": "LIME", "gradcam": "Grad-CAM"}
 MANUFACTURER = "dicom-pipeline"
 # Findings with a SNOMED CT concept; other labels use the model's own codes (sidecar "codes")
 # or, without them, a private scheme named for the model.
@@ -68,6 +72,10 @@ class Algorithm:
     # The upload's correlation id: the run that made this object, so one upload's journey can be
     # followed from the bucket through the logs and the webhook into the PACS.
     correlation_id: str = ""
+    # The explanation methods that ran (docs/contracts.md, "Explanation methods"), and the layer
+    # Grad-CAM weighed when it ran.
+    methods: Sequence[str] = ("lime",)
+    gradcam_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,10 @@ def copy_deidentification(obj: Dataset, source: Dataset) -> None:
 
 
 def algorithm_parameters(algorithm: Algorithm) -> dict[str, str]:
-    params = {"model_sha256": algorithm.sha256, "explanation": "LIME"}
+    methods = ",".join(METHOD_NAMES.get(m, m) for m in algorithm.methods) or "LIME"
+    params = {"model_sha256": algorithm.sha256, "explanation": methods}
+    if algorithm.gradcam_layer:
+        params["gradcam_layer"] = algorithm.gradcam_layer[:64]
     if algorithm.correlation_id:
         params["correlation_id"] = algorithm.correlation_id
     for key in sorted(algorithm.lime_parameters):

@@ -15,6 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gpu_service.dicom.common import (
+    GRADCAM_HEATMAP,
     HEATMAP,
     ROLES,
     SEG,
@@ -28,12 +29,18 @@ from gpu_service.dicom.common import (
     object_uid,
     source_header,
 )
-from gpu_service.dicom.seg import build_heatmap, build_segmentation, why_no_segmentation
+from gpu_service.dicom.seg import (
+    build_gradcam_heatmap,
+    build_heatmap,
+    build_segmentation,
+    why_no_segmentation,
+)
 from gpu_service.dicom.sr import build_report
 
 __all__ = [
-    "HEATMAP", "ROLES", "SEG", "SR", "Algorithm", "DicomObjects", "Finding", "build_heatmap", "build_objects",
-    "build_report", "build_segmentation", "encode", "finding_code", "object_uid", "source_header", "warmup",
+    "GRADCAM_HEATMAP", "HEATMAP", "ROLES", "SEG", "SR", "Algorithm", "DicomObjects", "Finding",
+    "build_heatmap", "build_objects", "build_report", "build_segmentation", "encode", "finding_code",
+    "object_uid", "source_header", "warmup",
 ]  # fmt: skip
 
 
@@ -55,8 +62,10 @@ def build_objects(
     dedup_key: str,
     frame_index: int = 0,
     pixel_weights: np.ndarray | None = None,
+    gradcam_weights: np.ndarray | None = None,
 ) -> DicomObjects:
-    """The SEG (and the heat-map SEG when weights exist) and the SR; never raises for a bad source."""
+    """The SEG (and the heat-map SEG when weights exist, the Grad-CAM one when Grad-CAM ran) and
+    the SR; never raises for a bad source."""
     objects: dict[str, Dataset] = {}
     absent: dict[str, str] = {}
     try:
@@ -86,6 +95,18 @@ def build_objects(
                 absent[HEATMAP] = f"highdicom cannot build the heat-map SEG: {type(exc).__name__}: {exc}"
         else:
             absent[HEATMAP] = absent[SEG]
+    if gradcam_weights is not None:
+        if SEG in objects:
+            try:
+                objects[GRADCAM_HEATMAP] = build_gradcam_heatmap(
+                    header, gradcam_weights, finding, algorithm, dedup_key, frame_index
+                )
+            except Exception as exc:  # noqa: BLE001
+                absent[GRADCAM_HEATMAP] = (
+                    f"highdicom cannot build the Grad-CAM SEG: {type(exc).__name__}: {exc}"
+                )
+        else:
+            absent[GRADCAM_HEATMAP] = absent[SEG]
     if study is None:
         absent[SR] = "the source has no Study Instance UID: a derived object could not join its study"
     else:

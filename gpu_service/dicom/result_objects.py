@@ -10,7 +10,7 @@ that were not written or stored. What the record says about them is :func:`dicom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +18,17 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gpu_service.dicom import objects as dicom_objects
-from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
+from gpu_service.dicom.objects import GRADCAM_HEATMAP, HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
 from gpu_service.inference.model import label_names
 from pipeline_common import naming
 from pipeline_common.write_outcome import WriteOutcome, WriteResult
 
-SUFFIXES = {SEG: naming.SEG_SUFFIX, SR: naming.SR_SUFFIX, HEATMAP: naming.HEATMAP_SEG_SUFFIX}
+SUFFIXES = {
+    SEG: naming.SEG_SUFFIX,
+    SR: naming.SR_SUFFIX,
+    HEATMAP: naming.HEATMAP_SEG_SUFFIX,
+    GRADCAM_HEATMAP: naming.GRADCAM_HEATMAP_SEG_SUFFIX,
+}
 CONTENT_TYPE = "application/dicom"
 
 # write(suffix, role, data, content type) -> WriteResult; uri(suffix) -> gs:// URI of that output
@@ -50,6 +55,8 @@ def dicom_section(
     }
     if HEATMAP in uris:
         section["heatmap_uri"] = uris[HEATMAP]
+    if GRADCAM_HEATMAP in uris:
+        section["gradcam_heatmap_uri"] = uris[GRADCAM_HEATMAP]
     if dicomweb_url:
         section["dicomweb"] = {
             "url": dicomweb_url,
@@ -86,10 +93,18 @@ def write_objects(
     write: WriteFn,
     uri: UriFn,
     dicomweb_url: str | None,
+    gradcam_weights: np.ndarray | None = None,
 ) -> WrittenObjects:
     """Build and write; raises :class:`Superseded` when a newer upload's output holds a name."""
     objects = dicom_objects.build_objects(
-        source, mask, finding, algorithm, dedup_key, frame_index, pixel_weights=pixel_weights
+        source,
+        mask,
+        finding,
+        algorithm,
+        dedup_key,
+        frame_index,
+        pixel_weights=pixel_weights,
+        gradcam_weights=gradcam_weights,
     )
     uris: dict[str, str] = {}
     for role, ds in objects.objects.items():
@@ -113,10 +128,21 @@ def write_result_objects(
     uri: UriFn,
     dicomweb_url: str | None,
     correlation_id: str = "",
+    gradcam: Any = None,
+    lime: Any = None,
+    methods: Sequence[str] = (),
 ) -> WrittenObjects:
-    """:func:`write_objects` for one inference: the explained label is the finding."""
+    """:func:`write_objects` for one inference: the explained label is the finding.
+
+    ``explanation``: the first method's result (its mask is the SEG). ``lime`` / ``gradcam``: each
+    method's result when it ran (LIME's weights: the heat-map SEG; Grad-CAM's map: its own SEG);
+    without ``gradcam``, ``explanation`` is LIME's, as before Grad-CAM. ``methods``: their order
+    (``EXPLANATION_METHODS``), named in the SEGs' and the SR's algorithm parameters."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     labels = label_names(model.labels, probs.size)
+    if gradcam is None:
+        lime = explanation
+    methods = tuple(methods) or tuple(m for m, r in (("lime", lime), ("gradcam", gradcam)) if r is not None)
     return write_objects(
         source=source,
         mask=explanation.mask,
@@ -125,16 +151,19 @@ def write_result_objects(
             name=model.name,
             version=model.version,
             sha256=model.sha256,
-            lime_parameters=_lime_parameters(explanation.params),
+            lime_parameters=_lime_parameters(lime.params) if lime is not None else {},
             label_codes=getattr(model, "label_codes", None) or {},
             correlation_id=correlation_id,
+            methods=methods,
+            gradcam_layer=gradcam.layer if gradcam is not None else None,
         ),
         dedup_key=dedup_key,
         frame_index=frame_index,
-        pixel_weights=getattr(explanation, "pixel_weights", None),
+        pixel_weights=getattr(lime, "pixel_weights", None) if lime is not None else None,
         write=write,
         uri=uri,
         dicomweb_url=dicomweb_url,
+        gradcam_weights=gradcam.pixel_weights if gradcam is not None else None,
     )
 
 

@@ -1,5 +1,5 @@
-"""The result's Segmentations (highdicom): the LIME mask as a BINARY segment, and the weight
-map, when there is one, as BINARY segments of its positive part in bands. Pure: no I/O.
+"""The result's Segmentations (highdicom): the mask as a BINARY segment, and each explanation method's
+weight map, when there is one, as BINARY segments of its positive part in bands. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from gpu_service.dicom.common import (
+    GRADCAM_HEATMAP,
     HEATMAP,
     MANUFACTURER,
     SEG,
@@ -45,11 +46,12 @@ FALLBACK_SPACING_MM = 1.0
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
-# overlay draws it; the heat map's bands from pale yellow (weakest) to deep orange (strongest)
+# overlay draws it; the heat maps' bands from pale yellow (weakest) to deep orange (strongest)
 # (viewers warn when a segment has no colour).
-DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
+DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0), GRADCAM_HEATMAP: (255, 160, 0)}
 HEATMAP_BANDS = 4
 BAND_RGB = ((255, 235, 120), (255, 200, 40), (255, 150, 0), (255, 90, 0))
+CONTENT_LABELS = {SEG: "LIME", HEATMAP: "LIMEWEIGHTS", GRADCAM_HEATMAP: "GRADCAM"}
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -141,7 +143,7 @@ def _segmentation(
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.version[:64],
         device_serial_number=algorithm.sha256[:16],
-        content_label="LIME" if role == SEG else "LIMEWEIGHTS",
+        content_label=CONTENT_LABELS[role],
         content_description=f"{label} for {finding.label}"[:64],
         omit_empty_frames=False,
         pixel_measures=pixel_measures(source),
@@ -167,18 +169,23 @@ def build_segmentation(
     dedup_key: str,
     frame_index: int = 0,
 ) -> Dataset:
-    """Segment 1 = the LIME mask (BINARY), at the source's resolution, referencing the source."""
-    return _segmentation(
+    """Segment 1 = the first explanation method's mask (BINARY: LIME's, or with Grad-CAM first,
+    its map at or above half its maximum), at the source's resolution, referencing the source."""
+    gradcam_first = tuple(algorithm.methods[:1]) == ("gradcam",)
+    seg = _segmentation(
         source,
         np.asarray(mask, dtype=bool),
         SEG,
-        "LIME evidence",
+        "Grad-CAM evidence" if gradcam_first else "LIME evidence",
         finding,
         algorithm,
         dedup_key,
         frame_index,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
     )
+    if gradcam_first:
+        seg.ContentLabel = CONTENT_LABELS[GRADCAM_HEATMAP]
+    return seg
 
 
 def heatmap_bands(weights: np.ndarray) -> np.ndarray:
@@ -195,7 +202,7 @@ def build_heatmap(
     dedup_key: str,
     frame_index: int = 0,
 ) -> Dataset:
-    """The weight map's positive part as four BINARY segments, one per band of weight
+    """The LIME weight map's positive part as four BINARY segments, one per band of weight
     ((0, 0.25], (0.25, 0.5], (0.5, 0.75], (0.75, 1]), pale yellow to deep orange.
 
     Its positive part only: the positive weights are the evidence *for* the finding, the same
@@ -205,15 +212,40 @@ def build_heatmap(
     viewer draws these bands as a four-step colour map. The exact weights are in the record
     (``weights``) and ``STEM.heatmap.png``. Half the bytes of the 8-bit fractional map, too.
     """
+    return _banded(source, weights, HEATMAP, "LIME weight", finding, algorithm, dedup_key, frame_index)
+
+
+def build_gradcam_heatmap(
+    source: Dataset,
+    weights: np.ndarray,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int = 0,
+) -> Dataset:
+    """The Grad-CAM map (in [0, 1]: the map / its maximum) in the same four bands as LIME's."""
+    return _banded(source, weights, GRADCAM_HEATMAP, "Grad-CAM", finding, algorithm, dedup_key, frame_index)
+
+
+def _banded(
+    source: Dataset,
+    weights: np.ndarray,
+    role: str,
+    label: str,
+    finding: Finding,
+    algorithm: Algorithm,
+    dedup_key: str,
+    frame_index: int,
+) -> Dataset:
     step = 1.0 / HEATMAP_BANDS
     segments = tuple(
-        (f"LIME weight {k * step:.2f}-{(k + 1) * step:.2f}", BAND_RGB[k]) for k in range(HEATMAP_BANDS)
+        (f"{label} {k * step:.2f}-{(k + 1) * step:.2f}", BAND_RGB[k]) for k in range(HEATMAP_BANDS)
     )
     return _segmentation(
         source,
         heatmap_bands(weights),
-        HEATMAP,
-        "LIME weights (positive)",
+        role,
+        f"{label} (positive)",
         finding,
         algorithm,
         dedup_key,

@@ -53,6 +53,8 @@ class ModelInfo:
     # Sidecar "codes": {label: {"value", "scheme", "meaning"}}, the model's own coding of its
     # labels, used in the DICOM SR/SEG where no SNOMED CT concept is known.
     label_codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Sidecar "gradcam_layer": the layer whose activations Grad-CAM weighs (None: the last 4-D one).
+    gradcam_layer: str | None = None
 
     def as_record(self) -> dict[str, str]:
         """The `model` block of the result record."""
@@ -69,7 +71,7 @@ class LoadedModel:
         self.max_batch_size = max(1, int(max_batch_size))
         self._model = model
         h, w = info.input_size
-        scale = _scaling_fn(info.scaling, info.channels)
+        scale = scaling_fn(info.scaling, info.channels)
         n_labels = len(info.labels)
         logits = info.output == "logits"
 
@@ -150,7 +152,8 @@ class LoadedModel:
             self.predict(np.zeros((self.max_batch_size, h, w, self.info.channels), np.float32))
 
 
-def _scaling_fn(scaling: str, channels: int):
+def scaling_fn(scaling: str, channels: int):
+    """The sidecar's input scaling as a function of a [0, 1] batch (Grad-CAM applies it too)."""
     import tensorflow as tf
 
     if scaling == "unit":
@@ -250,6 +253,7 @@ def _load_local(path: Path, uri: str, max_batch_size: int) -> LoadedModel:
         uri=uri,
         output=output,
         label_codes={str(k): dict(v) for k, v in (sidecar.get("codes") or {}).items() if isinstance(v, dict)},
+        gradcam_layer=str(sidecar["gradcam_layer"]) if sidecar.get("gradcam_layer") else None,
     )
     return LoadedModel(model, info, max_batch_size=max_batch_size)
 

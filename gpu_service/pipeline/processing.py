@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from gpu_service.dicom import result_objects
 from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected, StoreUnavailable
 from gpu_service.inference import render
 from gpu_service.inference.batcher import Batcher
-from gpu_service.inference.explain import Explanation, LimeParams, explain
+from gpu_service.inference.explain import Explanation
 from gpu_service.inference.model import LoadedModel
 from gpu_service.inference.pixels import (
     DecodedImage,
@@ -32,6 +31,8 @@ from gpu_service.inference.pixels import (
     to_uint8,
 )
 from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up
+from gpu_service.pipeline import explanations
+from gpu_service.pipeline.explanations import Inference, infer
 from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
 from gpu_service.pipeline.staged_result import StagedResults
 from gpu_service.request import InferenceRequest
@@ -48,6 +49,7 @@ from pipeline_common.jsonlog import log
 from pipeline_common.write_outcome import WriteOutcome
 
 logger = logging.getLogger(__name__)
+__all__ = ["NOT_READ", "Explanation", "Inference", "Processor", "infer", "pixel_count"]
 
 
 def pixel_count(ds: Any) -> int | None:
@@ -58,31 +60,6 @@ def pixel_count(ds: Any) -> int | None:
     except (AttributeError, TypeError, ValueError):
         return None
     return rows * columns * max(frames, 1)
-
-
-@dataclass(frozen=True)
-class Inference:
-    """Everything computed from the pixels, before anything is written."""
-
-    preview: np.ndarray
-    probs: np.ndarray
-    explanation: Explanation
-
-
-def infer(
-    predict_fn: Callable[[np.ndarray], np.ndarray],
-    decoded_u8: np.ndarray,
-    model_input: np.ndarray,
-    params: LimeParams,
-    timer: StageTimer,
-) -> Inference:
-    with timer.stage("predict"):
-        probs = np.asarray(predict_fn(model_input[None]))[0]
-    with timer.stage("explain"):
-        explanation = explain(
-            model_input, predict_fn, int(np.argmax(probs)), params, output_shape=decoded_u8.shape[:2]
-        )
-    return Inference(decoded_u8, probs, explanation)
 
 
 @dataclass(frozen=True)
@@ -120,6 +97,8 @@ class Processor:
         self.batcher = batcher
         self.predict_fn = batcher.predict if batcher is not None else model.predict
         self.params = lime_params(settings)
+        self.methods = settings.explanation_methods
+        self.gradcam = explanations.gradcam_explainer(model, self.methods)
         self.outputs = RequestOutputs(cloud_storage, model.info.sha256)
         self.delivery = ResultDelivery(self.outputs, webhook)
         self.dicomweb = dicomweb if settings.dicom_objects else None
@@ -243,11 +222,13 @@ class Processor:
                 (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview, side)),
                 (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
                 (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask, side)),
+            ] + [  # each method's heat map
                 (
-                    naming.HEATMAP_SUFFIX,
+                    explanations.HEATMAP_SUFFIXES[method],
                     "heatmap",
-                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights, side),
-                ),
+                    render.heatmap_png(decoded.preview, inference.weights(method), side),
+                )
+                for method in inference.methods
             ]
         with timer.stage("write"):
             for suffix, role, png in artifacts:
@@ -280,7 +261,15 @@ class Processor:
     def _infer(self, decoded: _Decoded, timer: StageTimer) -> Inference:
         """The model calls of one request (prediction and LIME); model/GPU errors propagate: transient."""
         with self.batcher.caller() if self.batcher is not None else contextlib.nullcontext():
-            inference = infer(self.predict_fn, decoded.preview, decoded.model_input, self.params, timer)
+            inference = infer(
+                self.predict_fn,
+                decoded.preview,
+                decoded.model_input,
+                self.params,
+                timer,
+                self.methods,
+                self.gradcam,
+            )
         log(logger, logging.INFO, "model and explanation computed",
             predict_ms=timer.ms.get("predict"), explain_ms=timer.ms.get("explain"))  # fmt: skip
         return inference
@@ -322,6 +311,10 @@ class Processor:
         dicom: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         expl, preview = inference.explanation, inference.preview
+
+        def uri(suffix: str) -> str:
+            return self.outputs.location(request, suffix).uri
+
         return self._record(
             request,
             result.COMPLETED,
@@ -329,7 +322,9 @@ class Processor:
             timer,
             prediction=result.prediction_fields(inference.probs, self.model.info.labels),
             image_uri=self.outputs.location(request, naming.PREVIEW_SUFFIX).uri,
-            explanation={
+            explanation=explanations.gradcam_first_explanation(expl, uri)
+            if inference.methods[0] == "gradcam"
+            else {
                 "method": "lime",
                 "mask_uri": self.outputs.location(request, naming.MASK_SUFFIX).uri,
                 "overlay_uri": self.outputs.location(request, naming.OVERLAY_SUFFIX).uri,
@@ -341,6 +336,7 @@ class Processor:
                 "local_score": round(expl.local_score, 6),
                 "label_index": expl.label_index,
             },
+            explanations=explanations.entries(inference, uri, dicom),
             image={
                 "rows": int(preview.shape[0]),
                 "columns": int(preview.shape[1]),
@@ -365,6 +361,9 @@ class Processor:
             uri=lambda suffix: self.outputs.location(request, suffix).uri,
             dicomweb_url=self.dicomweb.url if self.dicomweb else None,
             correlation_id=request.correlation_id,
+            gradcam=inference.gradcam,
+            lime=inference.lime,
+            methods=inference.methods,
         )
 
     def _record(

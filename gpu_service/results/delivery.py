@@ -89,7 +89,8 @@ class ResultDelivery:
         record_generation: int | None,
     ) -> ProcessResult:
         key = idempotency_key(request.bucket, request.name, request.generation, self.outputs.model_sha)
-        delivery = self.webhook.deliver(body, idempotency_key=key, correlation_id=request.correlation_id)
+        with timer.stage("webhook"):  # the span the webhook's traceparent names
+            delivery = self.webhook.deliver(body, idempotency_key=key, correlation_id=request.correlation_id)
         timer.ms["webhook"] = round(delivery.elapsed_ms, 1)
         error = (record.get("error") or {}).get("code")
         if not delivery.accepted:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from gpu_service.request import InferenceRequest
-from pipeline_common import contract
+from pipeline_common import contract, tracing
 
 
 def delivery_message(request: InferenceRequest, reason: str) -> tuple[bytes, dict[str, str]]:
@@ -22,6 +22,7 @@ def delivery_message(request: InferenceRequest, reason: str) -> tuple[bytes, dic
     if request.event_time:  # the upload's time, so the delivery's latency is measured from it
         body["event_time"] = request.event_time
     attributes = {"schema": contract.DELIVERY, "correlation_id": request.correlation_id, "reason": reason}
+    tracing.inject_attributes(attributes)  # the /deliver push continues this upload's trace
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), attributes
 
 

@@ -98,6 +98,7 @@ def build_record(
     error: Mapping[str, str] | None = None,
     completed_at: datetime | None = None,
     dicom: Mapping[str, Any] | None = None,
+    explanations: list[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if status not in (COMPLETED, FAILED):
         raise ValueError(f"unknown status {status!r}")
@@ -134,6 +135,8 @@ def build_record(
         record["error"] = {"code": str(error["code"]), "message": str(error["message"])}
     if dicom is not None:
         record["dicom"] = dict(dicom)
+    if explanations is not None:  # one entry per EXPLANATION_METHODS method (docs/contracts.md)
+        record["explanations"] = [dict(e) for e in explanations]
     return record
 
 

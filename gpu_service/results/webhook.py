@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import requests
 
 from gpu_service.results import webhook_signature
+from pipeline_common import tracing
 from pipeline_common.jsonlog import log
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class WebhookClient:
             headers = webhook_signature.signed_headers(
                 self.secret, body, webhook_id=idempotency_key, correlation_id=correlation_id
             )
+            tracing.inject_headers(headers)  # not signed: tracing only, like X-Correlation-Id
             retry_after: float | None = None
             try:
                 response = self._session().post(

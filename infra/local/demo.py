@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from infra.local import demo_dicom
+from infra.local import demo_dicom, demo_traces
 from infra.local.emulators import private_gcloud_env
 from infra.local.stack import REPO, Stack, StackConfig, StackError, exit_on_termination
 from pipeline_common import naming
@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"webhooks received: {env['WEBHOOK_LOG']}")
         dicom_lines, dicom_problems = demo_dicom.report(env, ordered)
         print("\n" + "\n".join(dicom_lines))
+        print("\n" + "\n".join(demo_traces.report(stack.config.trace_file, ordered)))
 
         problems = _surprises(outcomes, [p.name for p in files], _manifest(samples)) + dicom_problems
         if problems:

@@ -145,6 +145,9 @@ class Stack:
             "BRIDGE_URL": c.url("bridge"),
             **orthanc.urls(c.url("orthanc")),
             "LOCAL_LOG_DIR": str(c.log_dir),
+            # Each process appends its spans to one file (no collector to start or lose).
+            "TRACE_EXPORTER": "file",
+            "TRACE_FILE": str(c.trace_file),
             **gcloud_storage_env(gcs),
             "CLOUDSDK_CORE_PROJECT": c.project,
             # A gcloud configuration of its own: the user's accounts and settings stay out of it.
@@ -192,7 +195,7 @@ class Stack:
         (c.root / "gcloud").mkdir(exist_ok=True)
         c.env_file.unlink(missing_ok=True)
         # The webhook logs describe this stack's run (fake-gcs-server keeps objects in memory only).
-        for log in (c.webhook_log, c.webhook_log.with_suffix(".attempts.jsonl")):
+        for log in (c.webhook_log, c.webhook_log.with_suffix(".attempts.jsonl"), c.trace_file):
             log.unlink(missing_ok=True)
         shutil.rmtree(c.root / "orthanc", ignore_errors=True)  # the DICOMweb store too
         self.records = []

@@ -159,6 +159,11 @@ class StackConfig:
     def webhook_log(self) -> Path:
         return self.root / "webhooks.jsonl"
 
+    @property
+    def trace_file(self) -> Path:
+        """Every process's spans, one JSON line each (docs/contracts.md, "Tracing")."""
+        return self.root / "traces.jsonl"
+
     def url(self, name: str) -> str:
         return f"http://{LOOPBACK}:{getattr(self.ports, name)}"
 

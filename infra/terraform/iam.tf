@@ -49,7 +49,7 @@ resource "google_service_account" "push_invoker" {
 locals {
   writer_role = "roles/storage.objectUser"
   # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.dead-letter.json,
-  # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm too); the ingest function never ingests names
+  # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm, STEM.gradcam.heatmap.png/.seg.dcm too); the ingest function never ingests names
   # with these suffixes.
   # The review component's outputs (review.tf) also end in .sr.dcm / .seg.dcm: taken out.
   inference_output_condition = "(${join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])}) && ${join(" && ", [for s in local.review_output_suffixes : "!resource.name.endsWith('${s}')"])}"

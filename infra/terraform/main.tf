@@ -50,6 +50,9 @@ locals {
       # Results as DICOM objects, STOW-RS with the runtime's own identity (healthcare.tf).
       DICOMWEB_URL  = local.dicomweb_url == null ? "" : local.dicomweb_url
       DICOMWEB_AUTH = local.dicomweb_url == null ? "" : "google"
+      # Spans to Cloud Trace as the runtime identity (tracing.tf).
+      TRACE_EXPORTER     = var.trace_exporter
+      TRACE_SAMPLE_RATIO = tostring(var.trace_sample_ratio)
     }, var.service_extra_env) : k => v if v != null && v != ""
   }
   dicomweb_url = var.enable_dicom_store ? "https://healthcare.googleapis.com/v1/${google_healthcare_dicom_store.results[0].id}/dicomWeb" : var.dicomweb_url
@@ -70,6 +73,8 @@ locals {
       ALLOWED_MODALITIES   = var.allowed_modalities
       MAX_PIXELS           = var.max_pixels == null ? "" : tostring(var.max_pixels)
       LOG_LEVEL            = var.log_level
+      TRACE_EXPORTER       = var.trace_exporter
+      TRACE_SAMPLE_RATIO   = tostring(var.trace_sample_ratio)
     }, var.function_extra_env) : k => v if v != null && v != ""
   }
 
@@ -78,6 +83,7 @@ locals {
       "artifactregistry.googleapis.com",
       "cloudbuild.googleapis.com",
       "cloudfunctions.googleapis.com",
+      "cloudtrace.googleapis.com",
       "eventarc.googleapis.com",
       "iam.googleapis.com",
       "logging.googleapis.com",

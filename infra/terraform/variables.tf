@@ -494,6 +494,28 @@ variable "alert_gpu_memory_utilization" {
   }
 }
 
+variable "trace_exporter" {
+  description = "Where the function, the service and the job send their OpenTelemetry spans (docs/contracts.md, \"Tracing\"): gcp (Cloud Trace) or none (the context is still propagated and logged)."
+  type        = string
+  default     = "gcp"
+
+  validation {
+    condition     = contains(["gcp", "none"], var.trace_exporter)
+    error_message = "trace_exporter is gcp or none."
+  }
+}
+
+variable "trace_sample_ratio" {
+  description = "Share of uploads whose trace is recorded (a sampled parent is always followed)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio is a share between 0 and 1."
+  }
+}
+
 # ---------------------------------------------------------------------------------------------
 # Review of results (review.tf; docs/contracts.md, "Review of a result")
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dicom_ingest import handler, message, publisher, records
 from dicom_ingest.header import Rejection
 from dicom_ingest.settings import Settings
 from infra.local.emulators import create_subscription, create_topic, free_port, pull
-from pipeline_common import jsonlog, naming
+from pipeline_common import jsonlog, naming, tracing
 from tests.dicom_ingest.test_header import (
     TESTDATA,
     _testdata_id,
@@ -325,6 +325,10 @@ def test_redelivered_event_publishes_an_identical_deduplicable_message(stack, cl
     key = naming.object_key(stack.bucket, "dup/cr.dcm", resource["generation"])
     first, second = stack.wait_message(key, count=2)
     assert first["data"] == second["data"]
+    # The traceparent names each attempt's publish span; the trace is the upload's, the same.
+    first_tp, second_tp = (m["attributes"].pop(tracing.PUBSUB_ATTRIBUTE) for m in (first, second))
+    assert first_tp.split("-")[1] == second_tp.split("-")[1] == first["attributes"]["correlation_id"]
+    assert first_tp != second_tp
     assert first["attributes"] == second["attributes"]
     assert first["messageId"] != second["messageId"]  # Pub/Sub ids differ: dedupe on dedup_key
 

@@ -76,3 +76,15 @@ def test_lime_settings_reach_the_explanation_parameters() -> None:
 def test_settings_refuse_unsigned_webhook() -> None:
     with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
         Settings.from_env({"WEBHOOK_URL": "http://x/hook"})
+
+
+def test_explanation_methods_default_to_lime_keep_their_order_and_refuse_unknown_or_repeated() -> None:
+    assert Settings.from_env({}).explanation_methods == ("lime",)
+    assert Settings.from_env({"EXPLANATION_METHODS": " LIME, gradcam "}).explanation_methods == (
+        "lime",
+        "gradcam",
+    )
+    assert Settings.from_env({"EXPLANATION_METHODS": "gradcam"}).explanation_methods == ("gradcam",)
+    for bad in ("shap", "lime,lime", ",", "lime,gradcam,occlusion"):
+        with pytest.raises(ValueError, match="EXPLANATION_METHODS"):
+            Settings.from_env({"EXPLANATION_METHODS": bad})

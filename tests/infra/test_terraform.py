@@ -47,6 +47,7 @@ PROJECT_LEVEL_ALLOWED = {
     "roles/logging.logWriter",  # build logs of the function build
     "roles/eventarc.eventReceiver",  # Eventarc trigger identity
     "roles/pubsub.publisher",  # Cloud Storage service agent for Eventarc storage triggers
+    "roles/cloudtrace.agent",  # spans of the function, service and job (tracing.tf): project only
 }
 
 

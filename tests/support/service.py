@@ -160,7 +160,12 @@ def header_of(data: bytes) -> dict[str, Any]:
     }
 
 
-def envelope(body: dict[str, Any], message_id: str = "1", attempt: int | None = None) -> dict[str, Any]:
+def envelope(
+    body: dict[str, Any],
+    message_id: str = "1",
+    attempt: int | None = None,
+    attributes: dict[str, str] | None = None,
+) -> dict[str, Any]:
     source = body.get("source", {})
     env: dict[str, Any] = {
         "message": {
@@ -176,6 +181,7 @@ def envelope(body: dict[str, Any], message_id: str = "1", attempt: int | None = 
         },
         "subscription": f"projects/{PROJECT}/subscriptions/test-push",
     }
+    env["message"]["attributes"].update(attributes or {})
     if attempt is not None:
         env["deliveryAttempt"] = attempt
     return env

@@ -1,11 +1,13 @@
 """The result's DICOM objects pass dciodvfy (dicom3tools, the Debian validator) with no error:
-the SEG, the heat-map SEG and the SR of the synthetic radiograph and of pydicom test files of
-every kind the pipeline completes (DX, CT, MR, RGB and palette secondary captures, JPEG 2000, a
-source whose identity was removed), and the assessment SR and region SEG of every kind of
-radiologist decision (accept, reject, correct with a polygon or a point) over the same sources."""
+the SEG, the heat-map SEGs (LIME's and Grad-CAM's) and the SR of the synthetic radiograph and of
+pydicom test files of every kind the pipeline completes (DX, CT, MR, RGB and palette secondary
+captures, JPEG 2000, a source whose identity was removed), and the assessment SR and region SEG of
+every kind of radiologist decision (accept, reject, correct with a polygon or a point) over the same
+sources."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ from pydicom.data import get_testdata_file
 
 from devkit import synthetic
 from gpu_service.dicom import objects as dicom_objects
-from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, Finding
+from gpu_service.dicom.objects import GRADCAM_HEATMAP, HEATMAP, SEG, SR, Algorithm, Finding
 from gpu_service.inference.pixels import decode, read_dicom, to_uint8
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -32,6 +34,8 @@ ALGORITHM = Algorithm(
     sha256="cd" * 32,
     lime_parameters={"num_samples": 1000, "num_features": 5, "seed": 0},
     correlation_id="0123456789abcdef0123456789abcdef",
+    methods=("lime", "gradcam"),
+    gradcam_layer="evidence",
 )
 TEST_FILES = (
     "CT_small.dcm",  # CT in patient coordinates
@@ -68,7 +72,7 @@ def _errors(data: bytes, path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(SOURCES))
-def test_seg_heatmap_seg_and_sr_pass_dciodvfy(name: str, tmp_path: Path) -> None:
+def test_seg_heatmap_segs_and_sr_pass_dciodvfy(name: str, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = read_dicom(SOURCES[name]())
@@ -77,18 +81,44 @@ def test_seg_heatmap_seg_and_sr_pass_dciodvfy(name: str, tmp_path: Path) -> None
     mask = np.zeros(shape, dtype=bool)
     mask[shape[0] // 4 : shape[0] // 2, shape[1] // 3 : shape[1] // 2] = True
     weights = np.linspace(-1.0, 1.0, shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]  # a smooth Grad-CAM-like blob in [0, 1]
+    cam = np.exp(-(((yy - shape[0] / 3) / (shape[0] / 6)) ** 2 + ((xx - shape[1] / 2) / (shape[1] / 6)) ** 2))
     finding = Finding(["normal", "nodule"], [0.2, 0.8], 1)
     objects = dicom_objects.build_objects(
-        source, mask, finding, ALGORITHM, f"b/{name}#1", decoded.frame_index, pixel_weights=weights
+        source,
+        mask,
+        finding,
+        ALGORITHM,
+        f"b/{name}#1",
+        decoded.frame_index,
+        pixel_weights=weights,
+        gradcam_weights=cam.astype(np.float32),
     )
-    expected = {SR} if name == "693_J2KI.dcm" else {SEG, HEATMAP, SR}
+    expected = {SR} if name == "693_J2KI.dcm" else {SEG, HEATMAP, GRADCAM_HEATMAP, SR}
     assert set(objects.objects) == expected, objects.absent
     for role in objects.objects:
         errors = _errors(objects.encoded(role), tmp_path / f"{role}.dcm")
         assert errors == [], (name, role)
-    for role in {SEG, HEATMAP} & expected:
+    for role in {SEG, HEATMAP, GRADCAM_HEATMAP} & expected:
         seg = pydicom.dcmread(io.BytesIO(objects.encoded(role)))
         assert "PixelMeasuresSequence" in seg.SharedFunctionalGroupsSequence[0], (name, role)
+
+
+def test_grad_cam_first_seg_passes_dciodvfy(tmp_path: Path) -> None:
+    """EXPLANATION_METHODS=gradcam: the binary SEG is Grad-CAM's mask (Content Label GRADCAM)."""
+    source = read_dicom(SOURCES["synthetic DX"]())
+    shape = to_uint8(decode(source)).shape[:2]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    cam = np.exp(-(((yy - 40) / 12.0) ** 2 + ((xx - 70) / 12.0) ** 2)).astype(np.float32)
+    algorithm = dataclasses.replace(ALGORITHM, methods=("gradcam",), lime_parameters={})
+    objects = dicom_objects.build_objects(
+        source, cam >= 0.5, Finding(["normal", "nodule"], [0.2, 0.8], 1), algorithm, "b/gc#1",
+        gradcam_weights=cam,
+    )  # fmt: skip
+    assert set(objects.objects) == {SEG, GRADCAM_HEATMAP, SR}, objects.absent
+    assert objects.objects[SEG].ContentLabel == "GRADCAM"
+    for role in objects.objects:
+        assert _errors(objects.encoded(role), tmp_path / f"{role}.dcm") == [], role
 
 
 REVIEWS = {

@@ -446,7 +446,8 @@ def test_a_weight_map_on_the_explanation_becomes_a_stored_heatmap_seg(orthanc_ur
     assert section["dicomweb"]["stored"] == ["heatmap", SEG, SR]
     heat = pydicom.dcmread(io.BytesIO(written[naming.HEATMAP_SEG_SUFFIX]))
     assert (
-        heat.SegmentationType == "BINARY"  # the weight bands (seg.py, build_heatmap)
+        heat.SegmentationType == "BINARY"
+        and len(heat.SegmentSequence) == 4
         and heat.SOPInstanceUID == section["sop_instance_uids"]["heatmap"]
     )
     held = {i["00080018"]["Value"][0] for i in qido_instances(orthanc_url, str(source.StudyInstanceUID))}

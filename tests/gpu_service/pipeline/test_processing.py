@@ -717,8 +717,8 @@ def test_logs_are_structured_traced_and_free_of_patient_data(
     logging.getLogger().addHandler(capture)
     try:
         response = app.test_client().post(
-            "/", json=envelope(request_body(blob, {**header, "study_date": "20240131"})),
-            headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            "/", json=envelope(request_body(blob, {**header, "study_date": "20240131"}), attributes={
+                "googclient_traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
         )  # fmt: skip
     finally:
         logging.getLogger().removeHandler(capture)
@@ -800,3 +800,65 @@ def test_emulator_push_redelivers_until_the_webhook_accepts(
         assert webhook.accepted()[0].body == read_object(bucket_name, "push/e.result.json")[0]
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("methods", [("lime", "gradcam"), ("gradcam",), ("gradcam", "lime")])
+def test_each_explanation_method_writes_its_heat_map_seg_and_record_entry(
+    make_app: Any, webhook: WebhookServer, bucket_name: str, methods: tuple[str, ...]
+) -> None:
+    """EXPLANATION_METHODS=lime,gradcam: two entries, two heat maps, two heat-map SEGs, the SR naming
+    both; Grad-CAM first: the `explanation` object keeps its shape with Grad-CAM's values."""
+    data = dicom_bytes(nodule=True, size=160, modality="DX")
+    stem = "methods/" + "-".join(methods)
+    blob = upload(bucket_name, stem + ".dcm", data)
+    response = (
+        make_app(explanation_methods=methods).test_client().post("/", json=envelope(request_body(blob)))
+    )
+    assert response.status_code == 200 and response.get_json()["outcome"] == "completed"
+    record = json.loads(read_object(bucket_name, stem + naming.RESULT_SUFFIX)[0])
+
+    entries = record["explanations"]
+    assert [e["method"] for e in entries] == list(methods)
+    heat_pngs = {"lime": naming.HEATMAP_SUFFIX, "gradcam": naming.GRADCAM_HEATMAP_SUFFIX}
+    heat_segs = {"lime": naming.HEATMAP_SEG_SUFFIX, "gradcam": naming.GRADCAM_HEATMAP_SEG_SUFFIX}
+    for entry in entries:
+        method = entry["method"]
+        assert entry["heatmap_uri"] == f"gs://{bucket_name}/{stem}{heat_pngs[method]}"
+        assert entry["heatmap_seg_uri"] == f"gs://{bucket_name}/{stem}{heat_segs[method]}"
+        png, metadata = read_object(bucket_name, stem + heat_pngs[method])
+        assert _png(png).size == (160, 160) and metadata[naming.MARKER_KEY] == "heatmap"
+        seg = hd.seg.segread(io.BytesIO(read_object(bucket_name, stem + heat_segs[method])[0]))
+        assert seg.SegmentationType == "BINARY" and len(seg.SegmentSequence) == 4  # the bands
+        assert entry["reason"] is None
+        assert entry["ms"] > 0 and entry["label_index"] == 1
+    by_method = {e["method"]: e for e in entries}
+    cam = by_method["gradcam"]
+    assert cam["model_passes"] == 2 and cam["stability"] is None and cam["stability_reason"]
+    assert cam["parameters"] == {"layer": "evidence", "layer_source": "auto"}
+    explanation = record["explanation"]
+    assert explanation["method"] == methods[0]
+    assert explanation["heatmap_uri"] == by_method[methods[0]]["heatmap_uri"]
+    assert explanation["mask_uri"] == f"gs://{bucket_name}/{stem}{naming.MASK_SUFFIX}"
+    assert ("explain" in record["timings_ms"]) == ("lime" in methods) and "gradcam" in record["timings_ms"]
+    if "lime" in by_method:
+        lime = by_method["lime"]
+        assert lime["model_passes"] >= 1 and lime["stability_reason"] is None and 0 <= lime["stability"] <= 1
+    else:
+        assert read_object(bucket_name, stem + naming.HEATMAP_SUFFIX) is None  # no LIME heat map
+    if methods[0] == "lime":
+        assert (
+            explanation["top_segments"] and explanation["samples_used"] == by_method["lime"]["model_passes"]
+        )
+        assert explanation["stability"] == by_method["lime"]["stability"]
+    else:
+        assert explanation["top_segments"] == [] and explanation["samples_used"] == 2
+    seg = pydicom.dcmread(io.BytesIO(read_object(bucket_name, stem + naming.SEG_SUFFIX)[0]))
+    first = {"lime": ("LIME", "LIME evidence"), "gradcam": ("GRADCAM", "Grad-CAM evidence")}[methods[0]]
+    assert (seg.ContentLabel, seg.SegmentSequence[0].SegmentLabel.split(" for ")[0]) == first
+    mask = np.asarray(_png(read_object(bucket_name, stem + naming.MASK_SUFFIX)[0]))
+    assert mask.max() == 255  # the first method's mask
+    sr = pydicom.dcmread(io.BytesIO(read_object(bucket_name, stem + naming.SR_SUFFIX)[0]))
+    texts = {str(element.value) for element in sr.iterall() if element.VR in ("LO", "UT", "ST", "SH")}
+    named = ",".join({"lime": "LIME", "gradcam": "Grad-CAM"}[m] for m in methods)
+    assert f"explanation={named}" in texts and "gradcam_layer=evidence" in texts
+    assert set(record["dicom"]["sop_instance_uids"]) >= {"seg", "sr", "gradcam_heatmap"}

@@ -1,7 +1,14 @@
-"""LIME time, side by side in one run: the prototype's way, lime with our segmentation, ours, the floor.
+"""Explanation time, side by side in one run: each method (LIME, Grad-CAM, both as
+``EXPLANATION_METHODS=lime,gradcam`` runs them) against one forward pass; then LIME's own
+comparison: the prototype's way, lime with our segmentation, ours, the floor.
 
-    .venv/bin/python benchmarks/bench_lime.py [--samples 1000] [--repeat 5] [--no-densenet]
-    .venv/bin/python benchmarks/bench_lime.py --densenet-samples 200   # DenseNet too (slow on CPU)
+    .venv/bin/python benchmarks/bench_explain.py [--samples 1000] [--repeat 5] [--no-densenet]
+    .venv/bin/python benchmarks/bench_explain.py --methods-only   # the per-method table alone
+
+The per-method table (first): for each model, the median of `--repeat` interleaved runs of one
+forward pass (`LoadedModel.predict` of one image), LIME with the service's defaults (adaptive),
+Grad-CAM (one forward and one backward pass, tf-keras-vis) and both through the service's
+`infer` (prediction + both maps), each at a 1024 x 1024 output, and each / the forward pass.
 
 For each model (the bundled demo CNN and a DenseNet-121-sized Keras model with random
 weights) and the same synthetic radiograph it prints, each timed `--repeat` times,
@@ -36,9 +43,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from devkit.synthetic import make_radiograph
+from gpu_service.inference import gradcam
 from gpu_service.inference.explain import Explanation, LimeParams, explain, segment
 from gpu_service.inference.model import LoadedModel, ModelInfo, load_model
 from gpu_service.inference.pixels import to_model_input
+from gpu_service.pipeline.explanations import infer
+from gpu_service.timing import StageTimer
 
 OUTPUT_SHAPE = (1024, 1024)
 
@@ -197,6 +207,45 @@ def run(name: str, model: LoadedModel, samples: int, repeat: int, batch: int, pr
         )
 
 
+def time_methods(model: LoadedModel, repeat: int) -> dict[str, float]:
+    """Median seconds of one forward pass, LIME (service defaults), Grad-CAM and both, interleaved."""
+    sample = make_radiograph(np.random.default_rng(7), size=OUTPUT_SHAPE[0], nodule=True)
+    image = to_model_input(sample.image, model.info.input_size, model.info.channels)
+    preview = np.zeros(OUTPUT_SHAPE, np.uint8)  # infer reads only its shape
+    model.warmup()
+    explainer = gradcam.for_model(model)
+    label = int(model.predict(image[None])[0].argmax())
+    explainer.explain(image, label, OUTPUT_SHAPE)  # first call builds tf-keras-vis' sub-model
+    both = ("lime", "gradcam")
+    timers = {
+        "forward": lambda: model.predict(image[None]),
+        "lime": lambda: explain(image, model.predict, label, LimeParams(), OUTPUT_SHAPE),
+        "gradcam": lambda: explainer.explain(image, label, OUTPUT_SHAPE),
+        "lime,gradcam": lambda: infer(
+            model.predict, preview, image, LimeParams(), StageTimer(), both, explainer
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in timers}
+    for _ in range(repeat):
+        for key, fn in timers.items():
+            started = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - started)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def print_methods(columns: dict[str, dict[str, float]], repeat: int) -> None:
+    names = list(columns)
+    print(f"\n== explanation methods, median of {repeat} interleaved runs, 1024 x 1024 output")
+    print(f"{'':16s}" + "".join(f"{n:>44s}" for n in names))
+    for key in ("forward", "lime", "gradcam", "lime,gradcam"):
+        cells = []
+        for n in names:
+            t, fwd = columns[n][key], columns[n]["forward"]
+            cells.append(f"{1000 * t:10.1f} ms = {t / fwd:8.1f} x forward pass")
+        print(f"{key:16s}" + "".join(f"{c:>44s}" for c in cells))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,6 +264,7 @@ def main() -> int:
     parser.add_argument("--no-densenet", action="store_true", help="demo model only")
     parser.add_argument("--quick", action="store_true", help="demo 1000 samples, DenseNet 100, one repeat")
     parser.add_argument("--no-prototype", action="store_true", help="skip the lime runs")
+    parser.add_argument("--methods-only", action="store_true", help="the per-method table only")
     args = parser.parse_args()
     if args.quick:
         args.densenet_samples, args.repeat = min(args.densenet_samples, 100), 1
@@ -225,6 +275,13 @@ def main() -> int:
 
     devices = [d.name for d in tf.config.list_logical_devices()]
     print(f"TensorFlow {tf.__version__} on {devices}, {os.cpu_count()} CPUs")
+    demo = load_model()
+    columns = {"demo CNN": time_methods(demo, args.repeat)}
+    if not args.no_densenet:
+        columns["DenseNet-121-sized (random weights)"] = time_methods(densenet(), max(1, min(args.repeat, 3)))
+    print_methods(columns, args.repeat)
+    if args.methods_only:
+        return 0
     run("demo CNN", load_model(), args.samples, args.repeat, args.batch, not args.no_prototype)
     if args.densenet_samples:
         run(

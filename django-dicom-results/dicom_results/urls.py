@@ -9,7 +9,7 @@ their own (set ``LOGIN_URL = "dicom_results:login"``).
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dicom_results import quality_views, review_views, viewer, webhook
+from dicom_results import quality_views, review_views, review_webhook, viewer, webhook
 
 app_name = "dicom_results"
 
@@ -27,4 +27,5 @@ urlpatterns = [
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="dicom_results:login"), name="logout"),
+    path("webhook/review/", review_webhook.receive_review_receipt, name="review_webhook"),
 ]

@@ -16,6 +16,8 @@ SOURCE_KEY = "dicom-pipeline-source"  # gs://bucket/name#generation of the uploa
 CORRELATION_KEY = "dicom-pipeline-correlation-id"
 MODEL_KEY = "dicom-pipeline-model-sha256"  # the service's outputs only
 DELIVERED_KEY = "dicom-pipeline-webhook-delivered"  # result records Django accepted
+REVIEW_ID_KEY = "dicom-pipeline-review-id"  # the review outputs: the decision they hold
+REVIEW_DECIDED_KEY = "dicom-pipeline-review-decided-at"  # STEM.review.json: latest wins
 # Suffixes of the pipeline's own outputs, next to ``STEM``.
 PREVIEW_SUFFIX = ".png"
 MASK_SUFFIX = ".lime.png"
@@ -32,7 +34,15 @@ HEATMAP_SEG_SUFFIX = ".heatmap.seg.dcm"
 # ``.heatmap.png`` and ``.seg.dcm``, so the suffixes below (and Terraform's write condition) cover them.
 GRADCAM_HEATMAP_SUFFIX = ".gradcam.heatmap.png"
 GRADCAM_HEATMAP_SEG_SUFFIX = ".gradcam.heatmap.seg.dcm"
+# The review component's outputs (docs/contracts.md, "Review of a result"): per decision
+# STEM.<review_id>.review.sr.dcm / .review.seg.dcm, and the latest decision STEM.review.json.
+REVIEW_SR_SUFFIX = ".review.sr.dcm"
+REVIEW_SEG_SUFFIX = ".review.seg.dcm"
+REVIEW_SUFFIX = ".review.json"
 OUTPUT_SUFFIXES: tuple[str, ...] = (
+    REVIEW_SR_SUFFIX,
+    REVIEW_SEG_SUFFIX,
+    REVIEW_SUFFIX,
     SEG_SUFFIX,
     SR_SUFFIX,
     GRADCAM_HEATMAP_SEG_SUFFIX,
@@ -74,6 +84,11 @@ def output_name(object_name: str, suffix: str, prefix: str = "") -> str:
     room = MAX_NAME_BYTES - len(suffix.encode()) - 1 - _HASH_CHARS
     kept = base.encode()[:room].decode("utf-8", errors="ignore")  # never half a character
     return f"{kept}~{digest}{suffix}"
+
+
+def review_suffix(review_id: str, suffix: str) -> str:
+    """``.<review_id><suffix>``: one name per decision, so no decision overwrites another."""
+    return f".{review_id}{suffix}"
 
 
 def is_pipeline_output(

@@ -124,14 +124,14 @@ def build_report(
         is_final=False,
         is_verified=False,
     )
-    _drop_frame_beside_segment(sr)
+    drop_frame_beside_segment(sr)
     return sr
 
 
-def _drop_frame_beside_segment(item: Dataset) -> None:
+def drop_frame_beside_segment(item: Dataset) -> None:
     """Referenced Frame Number out of every image reference that has a Referenced Segment Number."""
     for reference in item.get("ReferencedSOPSequence", []):
         if "ReferencedSegmentNumber" in reference and "ReferencedFrameNumber" in reference:
             del reference.ReferencedFrameNumber
     for child in item.get("ContentSequence", []):
-        _drop_frame_beside_segment(child)
+        drop_frame_beside_segment(child)

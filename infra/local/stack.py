@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local import eventarc_bridge, ohif, orthanc, viewer
+from infra.local import review_component as review
 from infra.local.emulators import (
     LOOPBACK,
     EmulatorError,
@@ -137,6 +138,8 @@ class Stack:
             "WEBHOOK_CONTROL_URL": c.url("webhook") + viewer.CONTROL_PATH,
             **viewer.stack_env(c.url("webhook"), c.viewer_password),
             "WEBHOOK_SECRET": c.webhook_secret,
+            "REVIEW_TOPIC_PATH": review.topic_path(c.project),
+            "REVIEW_URL": c.url("review"),
             "SERVICE_URL": c.url("service"),
             "FUNCTION_URL": c.url("function"),
             "BRIDGE_URL": c.url("bridge"),
@@ -235,6 +238,8 @@ class Stack:
             INFERENCE_TOPIC,
             DEAD_LETTER_TOPIC,
             DELIVERY_TOPIC,
+            review.TOPIC,
+            review.DEAD_LETTER_TOPIC,
         ):
             create_topic(pubsub.host, c.project, topic)
         # Dead letters are kept (a pull subscription nobody acknowledges) so that they can be inspected.
@@ -244,6 +249,7 @@ class Stack:
         create_subscription(
             pubsub.host, c.project, NOTIFY_DEAD_LETTER_TOPIC + "-hold", NOTIFY_DEAD_LETTER_TOPIC
         )
+        create_subscription(pubsub.host, c.project, review.DEAD_LETTER_SUBSCRIPTION, review.DEAD_LETTER_TOPIC)
 
         gcs = FakeGcsServer(
             http_port=c.ports.gcs,
@@ -276,7 +282,7 @@ class Stack:
         py = sys.executable
         urls = {"webhook-receiver": c.url("webhook"), "inference-service": c.url("service"),
                 "ingest-function": c.url("function"), "eventarc-bridge": c.url("bridge"),
-                "push-relay": c.url("relay"),
+                "push-relay": c.url("relay"), review.NAME: c.url("review"),
                 "orthanc": c.url("orthanc"), "ohif-viewer": c.url("ohif")}  # fmt: skip
 
         def spawn(name: str, cmd: list[str], env: dict[str, str], health: str) -> None:
@@ -316,6 +322,11 @@ class Stack:
             "--bind", f"{LOOPBACK}:{c.ports.service}", "gpu_service.app:create_app()",
         ]  # fmt: skip
         spawn("inference-service", cmd, service_env, "/readyz")
+        cmd, extra = (
+            review.command(BIN, LOOPBACK, c.ports.review),
+            review.env(c.ports.review, c.url("webhook")),
+        )
+        spawn(review.NAME, cmd, self._child_env(extra), review.HEALTH_PATH)
 
         function_env = self._child_env(
             {"INFERENCE_TOPIC": INFERENCE_TOPIC, "LOG_LEVEL": "INFO", **c.function_env}
@@ -353,6 +364,7 @@ class Stack:
             (INFERENCE_SUBSCRIPTION, INFERENCE_TOPIC),
             (DELIVERY_SUBSCRIPTION, DELIVERY_TOPIC),
             (DEAD_LETTER_RECORDER, DEAD_LETTER_TOPIC),
+            (review.SUBSCRIPTION, review.TOPIC),
         ):
             create_subscription(pubsub.host, c.project, name, topic, ack_deadline_s=600)
         spawn("push-relay", [py, "-m", "infra.local.push_relay"], self._relay_env(), "/healthz")
@@ -388,6 +400,7 @@ class Stack:
                 "max_backoff_s": DELIVERY_BACKOFF_S[1],
             },
             {"subscription": sub + DEAD_LETTER_RECORDER, "endpoint": c.url("service") + "/dead-letter"},
+            review.relay_route(c.project, c.url("review")),
         ]
         return self._child_env({"RELAY_PORT": str(c.ports.relay), "RELAY_ROUTES": json.dumps(routes)})
 
@@ -410,6 +423,13 @@ class Stack:
         """The inference messages held on the dead-letter hold subscription, left there."""
         c = self.config
         return pull(f"{LOOPBACK}:{c.ports.pubsub}", c.project, DEAD_LETTER_SUBSCRIPTION, 1000, ack=False)
+
+    def review_dead_letters(self) -> list[dict[str, Any]]:
+        """The review decisions held on the review dead-letter hold subscription, left there."""
+        c = self.config
+        return pull(
+            f"{LOOPBACK}:{c.ports.pubsub}", c.project, review.DEAD_LETTER_SUBSCRIPTION, 1000, ack=False
+        )
 
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"

@@ -30,6 +30,7 @@ def status_report(stack: Stack) -> int:
         print(f"{r['name']:<18} {r['pid']:>7}  {state:<10} {r['url']:<28} {r['log']}")
     events_ok = eventarc_bridge.print_stats(stack.event_stats())
     events_ok = _print_dead_letters(stack) and events_ok
+    events_ok = _print_review_dead_letters(stack) and events_ok
     if all(r["alive"] and not r["leader_exited"] and r["healthy"] is not False for r in rows):
         print(f"\nall running; `source {stack.config.env_file}` to use it")
         if not events_ok:
@@ -53,6 +54,21 @@ def _print_dead_letters(stack: Stack) -> bool:
     if held:
         replay = replay_command(DEAD_LETTER_SUBSCRIPTION)
         print(f"  replay them: source {stack.config.env_file} && .venv/bin/{replay}")
+    return not held
+
+
+def _print_review_dead_letters(stack: Stack) -> bool:
+    """Radiologist decisions dead-lettered by the review route: each names its decision."""
+    try:
+        held = stack.review_dead_letters()
+    except Exception as exc:  # noqa: BLE001 - the emulator is down: the rows above say so
+        print(f"review dead letters: unknown ({type(exc).__name__})")
+        return False
+    print(f"review dead letters: {len(held)} held")
+    for message in held:
+        print(f"  review {(message.get('attributes') or {}).get('review_id', '?')}")
+    if held:
+        print("  republish them once fixed: manage.py publish_reviews --unreceipted (one SR per decision)")
     return not held
 
 

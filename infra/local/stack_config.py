@@ -57,6 +57,7 @@ class Ports:
     orthanc: int = 8086  # not 8042: the Debian package may run a system Orthanc there
     ohif: int = 8087
     relay: int = 8088  # the Pub/Sub push stand-in's /healthz and /stats
+    review: int = 8089  # the review component (radiologist decisions as DICOM)
 
     @classmethod
     def from_env(cls) -> Ports:

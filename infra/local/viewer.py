@@ -22,6 +22,7 @@ SETTINGS_MODULE = "infra.local.results_site.settings"
 WSGI_APP = "infra.local.results_site.wsgi:application"
 VIEWER_PATH = "/results/"
 WEBHOOK_PATH = "/results/webhook/"
+REVIEW_WEBHOOK_PATH = "/results/webhook/review/"  # the review component's receipts
 CONTROL_PATH = "/_control"
 HEALTH_PATH = "/healthz"
 VIEWER_USER = "viewer"

@@ -51,7 +51,8 @@ locals {
   # STEM.png, STEM.lime.png, STEM.overlay.png, STEM.heatmap.png, STEM.result.json, STEM.pending.json, STEM.dead-letter.json,
   # STEM.seg.dcm, STEM.sr.dcm (STEM.heatmap.seg.dcm, STEM.gradcam.heatmap.png/.seg.dcm too); the ingest function never ingests names
   # with these suffixes.
-  inference_output_condition = join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])
+  # The review component's outputs (review.tf) also end in .sr.dcm / .seg.dcm: taken out.
+  inference_output_condition = "(${join(" || ", [for s in [".png", ".result.json", ".pending.json", ".dead-letter.json", ".seg.dcm", ".sr.dcm"] : "resource.name.endsWith('${s}')"])}) && ${join(" && ", [for s in local.review_output_suffixes : "!resource.name.endsWith('${s}')"])}"
   rejection_condition        = "resource.name.endsWith('.rejected.json')"
 }
 
@@ -267,4 +268,109 @@ resource "google_pubsub_topic_iam_member" "gpu_delivery_publisher" {
   topic    = google_pubsub_topic.delivery.name
   role     = "roles/pubsub.publisher"
   member   = each.value
+}
+
+# ---------------------------------------------------------------------------------------------
+# Review of results (review.tf): the review component reads the bucket, writes only its own
+# outputs, stores in the DICOM store and reads the webhook secret; its push identity may only
+# invoke it; Django's identity may only publish decisions
+# ---------------------------------------------------------------------------------------------
+resource "google_service_account" "review" {
+  project      = var.project_id
+  account_id   = "${local.prefix}-review"
+  display_name = "Review component (radiologist decisions as DICOM, CPU)"
+}
+
+resource "google_service_account" "review_push_invoker" {
+  project      = var.project_id
+  account_id   = "${local.prefix}-review-push"
+  display_name = "Identity of Pub/Sub pushes to the review component"
+}
+
+locals {
+  # STEM.<review_id>.review.sr.dcm, STEM.<review_id>.review.seg.dcm, STEM.review.json
+  review_output_suffixes  = [".review.sr.dcm", ".review.seg.dcm", ".review.json"]
+  review_output_condition = join(" || ", [for s in local.review_output_suffixes : "resource.name.endsWith('${s}')"])
+}
+
+resource "google_storage_bucket_iam_member" "review_upload_reader" {
+  bucket = google_storage_bucket.private["uploads"].name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.review.member
+}
+
+# The result record and the AI SR/SEG it assesses, when outputs live in their own bucket.
+resource "google_storage_bucket_iam_member" "review_output_reader" {
+  count  = var.output_bucket == null ? 0 : 1
+  bucket = local.output_bucket
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.review.member
+}
+
+resource "google_storage_bucket_iam_member" "review_output_writer" {
+  bucket = local.output_bucket
+  role   = local.writer_role
+  member = google_service_account.review.member
+
+  condition {
+    title       = "review-outputs-only"
+    description = "Write STEM.<review_id>.review.sr.dcm, STEM.<review_id>.review.seg.dcm and STEM.review.json, nothing else"
+    expression  = local.review_output_condition
+  }
+
+  depends_on = [google_storage_bucket.private]
+}
+
+resource "google_secret_manager_secret_iam_member" "review_webhook_secret" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.webhook.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.review.member
+}
+
+resource "google_healthcare_dicom_store_iam_member" "review_dicom_editor" {
+  count          = var.enable_dicom_store ? 1 : 0
+  dicom_store_id = google_healthcare_dicom_store.results[0].id
+  role           = "roles/healthcare.dicomEditor"
+  member         = google_service_account.review.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "review_push_invoker" {
+  project  = var.project_id
+  location = google_cloud_run_v2_service.review.location
+  name     = google_cloud_run_v2_service.review.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.review_push_invoker.member
+}
+
+resource "google_service_account_iam_member" "pubsub_agent_token_creator_review" {
+  service_account_id = google_service_account.review_push_invoker.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+  depends_on         = [google_project_service_identity.pubsub]
+}
+
+resource "google_pubsub_topic_iam_member" "pubsub_agent_review_dead_letter_publisher" {
+  project    = var.project_id
+  topic      = google_pubsub_topic.review_dead_letter.name
+  role       = "roles/pubsub.publisher"
+  member     = local.pubsub_agent
+  depends_on = [google_project_service_identity.pubsub]
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_agent_review_subscriber" {
+  project      = var.project_id
+  subscription = google_pubsub_subscription.review_push.name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+  depends_on   = [google_project_service_identity.pubsub]
+}
+
+# Django publishes decisions: on the review topic only.
+resource "google_pubsub_topic_iam_member" "django_review_publisher" {
+  count   = var.django_service_account_email == null ? 0 : 1
+  project = var.project_id
+  topic   = google_pubsub_topic.review.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${var.django_service_account_email}"
 }

@@ -609,3 +609,63 @@ resource "google_monitoring_dashboard" "pipeline" {
   })
   depends_on = [google_project_service.enabled]
 }
+
+# Radiologist decisions not yet stored as DICOM (review.tf): dead-lettered ones, and ones waiting
+# (the DICOMweb store or Django down): the referring doctor does not see the verified result.
+resource "google_monitoring_alert_policy" "review_dead_letter" {
+  project               = var.project_id
+  display_name          = "${local.prefix}: review decisions in the dead-letter subscription"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = local.alert_channels
+  user_labels           = local.labels
+  depends_on            = [google_project_service.enabled]
+
+  conditions {
+    display_name = "Review dead-letter subscription holds more than ${var.alert_dead_letter_messages} messages"
+    condition_threshold {
+      filter          = "resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${google_pubsub_subscription.review_dead_letter.name}\" AND metric.type=\"pubsub.googleapis.com/subscription/num_undelivered_messages\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alert_dead_letter_messages
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A radiologist's decision failed every push (${var.review_max_delivery_attempts}) and waits in `${google_pubsub_subscription.review_dead_letter.name}`. Find the cause in the review component's logs (`review refused`, `asking for redelivery`), fix it, then run `python manage.py publish_reviews --unreceipted` in Django (the component is idempotent: one SR per decision). ${local.runbook}"
+  }
+}
+
+resource "google_monitoring_alert_policy" "review_backlog_age" {
+  project               = var.project_id
+  display_name          = "${local.prefix}: review decisions waiting too long"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = local.alert_channels
+  user_labels           = local.labels
+  depends_on            = [google_project_service.enabled]
+
+  conditions {
+    display_name = "Oldest unacknowledged review decision older than ${var.alert_push_oldest_unacked_age_seconds}s"
+    condition_threshold {
+      filter          = "resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${google_pubsub_subscription.review_push.name}\" AND metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alert_push_oldest_unacked_age_seconds
+      duration        = "300s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Radiologists' decisions are not becoming DICOM: the DICOMweb store or Django is down, or the review component fails. Nothing is lost while Pub/Sub retries. ${local.runbook}"
+  }
+}

@@ -72,7 +72,19 @@ output "service_accounts" {
     inference        = google_service_account.inference.email
     backfill         = google_service_account.backfill.email
     push_invoker     = google_service_account.push_invoker.email
+    review           = google_service_account.review.email
+    review_push      = google_service_account.review_push_invoker.email
   }
+}
+
+output "review_topic" {
+  description = "Topic Django publishes dicom-review/1 decisions to (DICOM_RESULTS_REVIEW_TOPIC)."
+  value       = google_pubsub_topic.review.id
+}
+
+output "review_service_uri" {
+  description = "URL of the review component (CPU Cloud Run)."
+  value       = google_cloud_run_v2_service.review.uri
 }
 
 output "dicomweb_url" {

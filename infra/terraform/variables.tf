@@ -515,3 +515,52 @@ variable "trace_sample_ratio" {
     error_message = "trace_sample_ratio is a share between 0 and 1."
   }
 }
+
+# ---------------------------------------------------------------------------------------------
+# Review of results (review.tf; docs/contracts.md, "Review of a result")
+# ---------------------------------------------------------------------------------------------
+variable "django_service_account_email" {
+  description = "Email of the service account Django runs as: it gets publisher rights on the review topic and nothing else. Null: no grant (Django publishes with credentials granted elsewhere)."
+  type        = string
+  default     = null
+}
+
+variable "review_webhook_url" {
+  description = "WEBHOOK_URL of the review component: Django's review receipt endpoint (<prefix>webhook/review/)."
+  type        = string
+  default     = ""
+}
+
+variable "review_ack_deadline_seconds" {
+  description = "Seconds Pub/Sub waits for the review component to answer one push (build, write, STOW-RS, webhook); also its request timeout."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.review_ack_deadline_seconds >= 10 && var.review_ack_deadline_seconds <= 600
+    error_message = "review_ack_deadline_seconds must be between 10 and 600."
+  }
+}
+
+variable "review_max_delivery_attempts" {
+  description = "Pushes of one decision before it is dead-lettered (5-100): 100 at up to push_max_backoff rides out a DICOM store outage of about 16 hours."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.review_max_delivery_attempts >= 5 && var.review_max_delivery_attempts <= 100
+    error_message = "review_max_delivery_attempts must be between 5 and 100."
+  }
+}
+
+variable "review_max_instances" {
+  description = "Most instances of the review component (CPU only)."
+  type        = number
+  default     = 4
+}
+
+variable "review_memory" {
+  description = "Memory of one review component instance: it reads one source image and builds its SR and SEG."
+  type        = string
+  default     = "2Gi"
+}

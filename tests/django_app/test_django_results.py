@@ -1,5 +1,6 @@
 """django-dicom-results' own test suite (Django's runner, ``django-dicom-results/runtests.py``),
-on SQLite and on a real PostgreSQL server, with fake-gcs-server for the viewer's images."""
+on SQLite and on a real PostgreSQL server, with fake-gcs-server for the viewer's images and the
+Pub/Sub emulator for the dicom-review/1 publisher."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
-def _run_suite(gcs_server, **env: str) -> str:
-    run_env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_server.endpoint, **env}
+def _run_suite(gcs_server, pubsub_emulator, **env: str) -> str:
+    run_env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_server.endpoint,
+               "PUBSUB_EMULATOR_HOST": pubsub_emulator.host, **env}  # fmt: skip
     done = subprocess.run([sys.executable, "runtests.py"], cwd=APP, env=run_env, capture_output=True,
                           text=True, timeout=600, stdin=subprocess.DEVNULL)  # fmt: skip
     output = done.stdout + done.stderr
@@ -37,11 +39,11 @@ def _run_suite(gcs_server, **env: str) -> str:
     return output
 
 
-def test_app_suite_on_sqlite(gcs_server):
-    output = _run_suite(gcs_server)
+def test_app_suite_on_sqlite(gcs_server, pubsub_emulator):
+    output = _run_suite(gcs_server, pubsub_emulator)
     assert "test-db.sqlite3" in output and "\nOK\n" in output
 
 
-def test_app_suite_on_postgresql(gcs_server, postgres):
-    output = _run_suite(gcs_server, DATABASE_URL=postgres.url)
+def test_app_suite_on_postgresql(gcs_server, pubsub_emulator, postgres):
+    output = _run_suite(gcs_server, pubsub_emulator, DATABASE_URL=postgres.url)
     assert "test_postgres" in output and "\nOK\n" in output  # Django's test database on that server

@@ -297,6 +297,14 @@ def check_least_privilege(cfg: dict[str, Any]) -> None:
                 block(res(cfg, "google_pubsub_subscription", "inference_push"), "push_config"), "oidc_token"
             )["service_account_email"]
         ),
+        "review": ref(
+            block(res(cfg, "google_cloud_run_v2_service", "review"), "template")["service_account"]
+        ),
+        "review_push": ref(
+            block(block(res(cfg, "google_pubsub_subscription", "review_push"), "push_config"), "oidc_token")[
+                "service_account_email"
+            ]
+        ),
     }
     sa_names = {v.split(".")[1] for v in identities.values()}
     assert len(sa_names) == len(identities), f"components share a service account: {identities}"
@@ -326,6 +334,81 @@ def check_grants_for_runtime(cfg: dict[str, Any]) -> None:
         ) in grants, sa
 
 
+def check_review_component(cfg: dict[str, Any]) -> None:
+    """Decisions reach a CPU-only service running the same image, by an authenticated push with a
+    dead-letter policy; the component writes only its outputs, stores in the DICOM store and
+    reads the webhook secret; its push identity only invokes it; Django only publishes."""
+    topic = res(cfg, "google_pubsub_topic", "review")
+    assert ref(block(topic, "schema_settings")["schema"]) == "google_pubsub_schema.review.id"
+    schema = res(cfg, "google_pubsub_schema", "review")
+    assert schema["type"] == "PROTOCOL_BUFFER" and "dicom_review.proto" in schema["definition"]
+    sub = res(cfg, "google_pubsub_subscription", "review_push")
+    assert ref(sub["topic"]) == "google_pubsub_topic.review.id"
+    push = block(sub, "push_config")
+    assert push["push_endpoint"] == "${google_cloud_run_v2_service.review.uri}/review"
+    oidc = block(push, "oidc_token")
+    assert ref(oidc["service_account_email"]) == "google_service_account.review_push_invoker.email"
+    assert ref(oidc["audience"]) == "local.review_push_audience"
+    dlp = block(sub, "dead_letter_policy")
+    assert ref(dlp["dead_letter_topic"]) == "google_pubsub_topic.review_dead_letter.id"
+    assert default(cfg, "review_max_delivery_attempts") == 100
+    subscriptions = cfg["resource"]["google_pubsub_subscription"].values()
+    dead = "google_pubsub_topic.review_dead_letter.id"
+    keepers = [b for b in subscriptions if ref(b["topic"]) == dead and "push_config" not in b]
+    assert keepers, "review dead letters are not kept"
+    service = res(cfg, "google_cloud_run_v2_service", "review")
+    template = block(service, "template")
+    container = block(template, "containers")
+    assert "node_selector" not in template, "the review component must not take a GPU"
+    assert "nvidia.com/gpu" not in block(container, "resources")["limits"]
+    assert ref(container["image"]) == "local.image", "not the inference service's image"
+    assert "gpu_service.review_app:create_app()" in container["args"]
+    assert "${local.review_push_audience}" in service["custom_audiences"]
+    env = cfg["locals"]["review_env"]
+    assert (
+        "var.review_webhook_url" in str(env)
+        and "local.dicomweb_url" in str(env)
+        and "PUSH_AUDIENCE" in str(env)
+    )
+    grants = {
+        (g[1], ref(g[2].get("bucket") or g[2].get("secret_id") or g[2].get("dicom_store_id")))
+        for g in grants_of(cfg, "google_service_account.review.member")
+    }
+    assert grants >= {
+        ("roles/storage.objectViewer", f"{bucket('uploads')}.name"),
+        ("roles/storage.objectUser", "local.output_bucket"),
+        ("roles/secretmanager.secretAccessor", "google_secret_manager_secret.webhook.secret_id"),
+        ("roles/healthcare.dicomEditor", "google_healthcare_dicom_store.results[0].id"),
+    }, grants
+    writer = res(cfg, "google_storage_bucket_iam_member", "review_output_writer")
+    assert ref(block(writer, "condition")["expression"]) == "local.review_output_condition"
+    assert "local.review_output_suffixes" in str(cfg["locals"]["review_output_condition"])
+    allowed = cfg["locals"]["review_output_suffixes"]
+    inference = str(cfg["locals"]["inference_output_condition"])
+    assert "!resource.name.endsWith" in inference and "local.review_output_suffixes" in inference, (
+        "the inference identity may write the review outputs"
+    )
+    assert sorted(allowed) == sorted([naming_suffix("REVIEW_SR_SUFFIX"), naming_suffix("REVIEW_SEG_SUFFIX"),
+                                      naming_suffix("REVIEW_SUFFIX")]), allowed  # fmt: skip
+    push_grants = grants_of(cfg, "google_service_account.review_push_invoker.member")
+    assert [(g[1], ref(g[2].get("name"))) for g in push_grants] == [
+        ("roles/run.invoker", "google_cloud_run_v2_service.review.name")
+    ]
+    watched = " ".join(str(p) for p in cfg["resource"].get("google_monitoring_alert_policy", {}).values())
+    for subscription in ("review_dead_letter", "review_push"):
+        assert f"google_pubsub_subscription.{subscription}.name" in watched, f"no alert on {subscription}"
+    django = [g for g in iam_members(cfg) if "var.django_service_account_email" in str(g[2].get("member"))]
+    assert [(g[1], ref(g[2].get("topic"))) for g in django] == [
+        ("roles/pubsub.publisher", "google_pubsub_topic.review.name")
+    ]
+
+
+def naming_suffix(name: str) -> str:
+    from pipeline_common import naming
+
+    return getattr(naming, name)
+
+
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_providers_pinned,
     check_buckets_private,
@@ -338,6 +421,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_job_gpu,
     check_least_privilege,
     check_grants_for_runtime,
+    check_review_component,
 ]
 
 
@@ -427,6 +511,38 @@ MUTATIONS = {
             "inherited",
         ),
     ),
+    "review-on-a-gpu": (
+        check_review_component,
+        set_at(
+            ["resource", "google_cloud_run_v2_service", "review", "template", 0, "node_selector"],
+            [{"accelerator": "nvidia-l4"}],
+        ),  # fmt: skip
+    ),
+    "review-writes-anything": (
+        check_review_component,
+        set_at(
+            [
+                "resource",
+                "google_storage_bucket_iam_member",
+                "review_output_writer",
+                "condition",
+                0,
+                "expression",
+            ],
+            "resource.name.endsWith('.dcm')",
+        ),  # fmt: skip
+    ),
+    "django-publishes-inference": (
+        check_review_component,
+        set_at(
+            ["resource", "google_pubsub_topic_iam_member", "django_review_publisher", "topic"],
+            "${google_pubsub_topic.inference.name}",
+        ),  # fmt: skip
+    ),
+    "review-not-dead-lettered": (
+        check_review_component,
+        set_at(["resource", "google_pubsub_subscription", "review_push", "dead_letter_policy"], DELETE),
+    ),
     "unpinned-provider": (
         check_providers_pinned,
         set_at(["terraform", 0, "required_providers", 0, "google", "version"], ">= 5"),
@@ -445,13 +561,19 @@ def test_checks_catch_broken_wiring(config: dict[str, Any], name: str) -> None:
 
 def test_service_writer_may_write_every_service_output_and_no_upload(config: dict[str, Any]) -> None:
     """Every suffix the service writes (all of naming.OUTPUT_SUFFIXES but the ingest function's
-    rejection record, ``.pending.json`` included) is in the write condition; an upload is not."""
+    rejection record and the review component's outputs, ``.pending.json`` included) is in the
+    write condition; an upload is not."""
     from pipeline_common import naming
 
     allowed = re.findall(r'"(\.[a-z.-]+)"', str(config["locals"]["inference_output_condition"]))
     assert allowed
+    review = (
+        naming.REVIEW_SR_SUFFIX,
+        naming.REVIEW_SEG_SUFFIX,
+        naming.REVIEW_SUFFIX,
+    )  # the review component's
     for suffix in naming.OUTPUT_SUFFIXES:
-        if suffix != naming.REJECTION_SUFFIX:
+        if suffix != naming.REJECTION_SUFFIX and suffix not in review:
             assert any(suffix.endswith(a) for a in allowed), f"the service cannot write STEM{suffix}"
     assert not any(name.endswith(a) for a in allowed for name in ("x.dcm", "x.DCM", "x"))
 
@@ -586,3 +708,23 @@ def test_delivery_schema_lists_exactly_what_the_service_publishes() -> None:
     tf = (TF_DIR / "pubsub.tf").read_text()
     assert 'file("${path.module}/schemas/dicom_delivery.proto")' in tf
     assert "schema   = google_pubsub_schema.delivery[0].id" in tf
+
+
+def test_review_schema_lists_exactly_the_contract_fields() -> None:
+    """The review topic's schema refuses unknown fields: it must match docs/contracts.md's example."""
+    contracts = (ROOT / "docs" / "contracts.md").read_text()
+    section = contracts[contracts.index("### Pub/Sub message: `dicom-review/1`") :]
+    example = json.loads(re.search(r"```json\n(.*?)\n```", section, re.S).group(1))
+    proto = (TF_DIR / "schemas" / "dicom_review.proto").read_text()
+
+    def fields(message: str) -> set[str]:
+        body = re.search(rf"message {message} \{{(.*?)\n  \}}", proto, re.S)
+        return set(re.findall(r"^\s+(?:repeated )?\w+ (\w+) = \d+;", body.group(1), re.M))
+
+    top = set(re.findall(r"^  (?:string|Region|Reviewer|Result) (\w+) = \d+;", proto, re.M))
+    assert top == set(example)
+    assert fields("Result") == set(example["result"])
+    assert fields("Source") == set(example["result"]["source"])
+    assert fields("Reviewer") == set(example["reviewer"])
+    assert fields("Region") == {"type", "points", "x", "y", "radius"}
+    assert fields("Point") == {"x", "y"}

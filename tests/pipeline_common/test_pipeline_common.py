@@ -31,6 +31,16 @@ def test_loop_guard_by_suffix_and_marker():
     assert not naming.is_pipeline_output("a/img.dcm", {"other": "x"})
 
 
+def test_the_review_components_outputs_are_never_ingested():
+    """Per decision STEM.<review_id>.review.sr.dcm / .review.seg.dcm, and STEM.review.json."""
+    review_id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    for suffix in (naming.REVIEW_SR_SUFFIX, naming.REVIEW_SEG_SUFFIX):
+        name = naming.output_name("a/img.dcm", naming.review_suffix(review_id, suffix))
+        assert name == f"a/img.{review_id}{suffix}"
+        assert naming.is_pipeline_output(name, None)
+    assert naming.is_pipeline_output(naming.output_name("a/img.dcm", naming.REVIEW_SUFFIX), None)
+
+
 def test_correlation_id_is_stable_per_generation():
     a = naming.correlation_id("b", "n.dcm", "1")
     assert a == naming.correlation_id("b", "n.dcm", 1)

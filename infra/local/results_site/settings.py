@@ -100,3 +100,7 @@ LOGGING = {
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["stdout"], "level": "INFO"},
 }
+
+# Radiologist decisions go to the stack's review topic on the Pub/Sub emulator
+# (PUBSUB_EMULATOR_HOST, from the stack); the review component answers on webhook/review/.
+DICOM_RESULTS_REVIEW_TOPIC = os.environ.get("REVIEW_TOPIC_PATH") or None

@@ -1,7 +1,9 @@
 """The result's DICOM objects pass dciodvfy (dicom3tools, the Debian validator) with no error:
 the SEG, the heat-map SEGs (LIME's and Grad-CAM's) and the SR of the synthetic radiograph and of
 pydicom test files of every kind the pipeline completes (DX, CT, MR, RGB and palette secondary
-captures, JPEG 2000, a source whose identity was removed)."""
+captures, JPEG 2000, a source whose identity was removed), and the assessment SR and region SEG of
+every kind of radiologist decision (accept, reject, correct with a polygon or a point) over the same
+sources."""
 
 from __future__ import annotations
 
@@ -117,3 +119,92 @@ def test_grad_cam_first_seg_passes_dciodvfy(tmp_path: Path) -> None:
     assert objects.objects[SEG].ContentLabel == "GRADCAM"
     for role in objects.objects:
         assert _errors(objects.encoded(role), tmp_path / f"{role}.dcm") == [], role
+
+
+REVIEWS = {
+    "accept": {"decision": "accept"},
+    "reject": {
+        "decision": "reject",
+        "reason_code": "false_positive",
+        "reason_text": "granuloma, not a nodule",
+    },
+    "correct, polygon": {
+        "decision": "correct",
+        "corrected_label": "normal",
+        "reason_code": "wrong_region",
+        "region": {"type": "polygon", "points": [[0.1, 0.1], [0.6, 0.1], [0.6, 0.5], [0.2, 0.6]]},
+    },
+    "correct, point": {
+        "decision": "correct",
+        "corrected_label": "normal",
+        "region": {"type": "point", "x": 0.5, "y": 0.5, "radius": 0.25},
+    },
+}
+
+
+def _scaled(fields: dict, rows: int, columns: int) -> dict:
+    """The review's region (given in fractions of the image) in the source's pixels."""
+    region = fields.get("region")
+    if region is None:
+        return fields
+    if region["type"] == "polygon":
+        region = {"type": "polygon", "points": [[x * columns, y * rows] for x, y in region["points"]]}
+    else:
+        region = {
+            "type": "point",
+            "x": region["x"] * columns,
+            "y": region["y"] * rows,
+            "radius": region["radius"] * max(rows, columns),
+        }
+    return {**fields, "region": region}
+
+
+@pytest.mark.parametrize("review", list(REVIEWS))
+@pytest.mark.parametrize(
+    # The synthetic radiograph in make test-fast; every other source (about 25 s) in make test.
+    "name",
+    [n if n == "synthetic DX" else pytest.param(n, marks=pytest.mark.slow) for n in SOURCES],
+)
+def test_review_sr_and_seg_pass_dciodvfy(name: str, review: str, tmp_path: Path) -> None:
+    """The assessment objects of every decision kind over every source the AI objects cover."""
+    from datetime import UTC, datetime
+
+    from gpu_service.dicom.review import build_review_objects
+    from gpu_service.dicom.review_codes import REVIEW_SEG, REVIEW_SR, Assessment
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = read_dicom(SOURCES[name]())
+        decoded = decode(source)
+        shape = to_uint8(decoded).shape[:2]
+    mask = np.zeros(shape, dtype=bool)
+    mask[: shape[0] // 2, : shape[1] // 2] = True
+    ai = dicom_objects.build_objects(
+        source,
+        mask,
+        Finding(["normal", "nodule"], [0.2, 0.8], 1),
+        ALGORITHM,
+        f"b/{name}#1",
+        decoded.frame_index,
+    )
+    assessment = Assessment(
+        review_id=f"review {name} {review}",
+        decided_at=datetime(2026, 11, 30, 9, 15, tzinfo=UTC),
+        reviewer_name="Doe^Jane",
+        reviewer_organisation="St Elsewhere Hospital",
+        **_scaled(REVIEWS[review], int(source.Rows), int(source.Columns)),
+    )
+    built, absent = build_review_objects(
+        dicom_objects.source_header(source),
+        ai.objects[SR],
+        assessment,
+        "nodule",
+        ALGORITHM.name,
+        ai.objects.get(SEG),
+        decoded.frame_index,
+    )
+    with_region = "region" in REVIEWS[review]
+    assert (REVIEW_SEG in built) == (with_region and SEG in ai.objects), absent
+    for role, ds in built.items():
+        assert _errors(dicom_objects.encode(ds), tmp_path / f"{role}.dcm") == [], (name, review, role)
+    assert built[REVIEW_SR].VerificationFlag == "VERIFIED"

@@ -159,6 +159,11 @@ class Stack:
             env["OHIF_URL"] = c.url("ohif")
         return env
 
+    def process_env(self, name: str) -> dict[str, str]:
+        """The environment a child of this stack was started with (e.g. to run the Django
+        project's management commands as its webhook receiver runs)."""
+        return dict(self._specs[name][1])
+
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
         """The process basics (:data:`INHERITED_ENV`), the stack's values, then ``extra``."""
         env = inherited_env(os.environ, INHERITED_ENV)

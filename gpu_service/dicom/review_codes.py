@@ -39,7 +39,7 @@ def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
 
 ASSESSMENT = _code("RV001", "Assessment of AI result")
 REASON = _code("RV002", "Reason for assessment")
-COMMENT = _code("RV003", "Reviewer comment")
+COMMENT = hd.sr.CodedConcept(value="121106", scheme_designator="DCM", meaning="Comment")  # standard
 ASSESSED_REPORT = _code("RV004", "Assessed AI report")
 ASSESSED_SEGMENTATION = _code("RV005", "Assessed AI segmentation")
 DECISION_CODES = {

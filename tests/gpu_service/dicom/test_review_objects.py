@@ -239,6 +239,6 @@ def test_dsrdump_reads_the_assessment(tmp_path: Path) -> None:
     assert "Verification Flag   : VERIFIED" in out
     assert "Jane Doe, St Elsewhere" in out
     assert '(RV011,99DPREVIEW,"Rejected")' in out and '(RV022,99DPREVIEW,"Wrong region")' in out
-    assert '"Reviewer comment")="left apex"' in out
+    assert '"Comment")="left apex"' in out
     assert '"Assessed AI report")=(Comprehensive3DSRStorage,)' in out
     assert not [line for line in run.stderr.splitlines() if line.startswith("E:")]

@@ -25,7 +25,6 @@ from infra.local.emulators import (
     PubSubEmulator,
     create_subscription,
     create_topic,
-    gcloud_storage_env,
     pull,
     wait_http,
     write_boto_config,
@@ -43,39 +42,30 @@ from infra.local.supervision import (
     wait_ready,
     write_private,
 )
+from infra.local.topology import (
+    BRIDGE_TIMEOUT_S,
+    DEAD_LETTER_RECORDER,
+    DEAD_LETTER_SUBSCRIPTION,
+    DEAD_LETTER_TOPIC,
+    DELIVERY_SUBSCRIPTION,
+    DELIVERY_TOPIC,
+    INFERENCE_MAX_DELIVERY_ATTEMPTS,
+    INFERENCE_SUBSCRIPTION,
+    INFERENCE_TOPIC,
+    NOTIFY_ACK_DEADLINE_S,
+    NOTIFY_DEAD_LETTER_TOPIC,
+    NOTIFY_MAX_DELIVERY_ATTEMPTS,
+    NOTIFY_SUBSCRIPTION,
+    NOTIFY_TOPIC,
+    relay_routes,
+    stack_env,
+)
 
-__all__ = ["Ports", "Stack", "StackConfig", "StackError", "exit_on_termination"]
+__all__ = ["DEAD_LETTER_SUBSCRIPTION", "Ports", "Stack", "StackConfig", "StackError", "exit_on_termination"]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-# Names, as in production (infra/terraform): one place for the stack, the demo and the tests.
-NOTIFY_TOPIC = "gcs-object-notifications"
-NOTIFY_SUBSCRIPTION = "eventarc-ingest-dicom"
-NOTIFY_DEAD_LETTER_TOPIC = "eventarc-ingest-dicom-dead-letter"
-NOTIFY_ACK_DEADLINE_S = 60
-NOTIFY_MAX_DELIVERY_ATTEMPTS = 10
-# The bridge answers each push within the ack deadline: a delivery still running when the
-# deadline passes would be pushed again while the first one is in flight.
-BRIDGE_TIMEOUT_S = NOTIFY_ACK_DEADLINE_S - 15
-INFERENCE_TOPIC = "dicom-inference-requests"
-INFERENCE_SUBSCRIPTION = "dicom-inference-push"
-DEAD_LETTER_TOPIC = "dicom-inference-dead-letter"
-DEAD_LETTER_SUBSCRIPTION = "dicom-inference-dead-letter-hold"
-# The service's three push subscriptions are pulled and pushed by the push relay
-# (infra/local/push_relay.py), which gives every push its deliveryAttempt, honours the backoff
-# and dead-letters as Pub/Sub does. The inference subscription's budget is production's,
-# compressed: 5 attempts, backoff 2 s to 20 s (about 30 s), then the dead-letter topic.
-INFERENCE_MAX_DELIVERY_ATTEMPTS = 5
-INFERENCE_BACKOFF_S = (2, 20)
-# Results whose downstream (Orthanc, Django) is down wait here, retried every 1 s to 5 s for as long
-# as it takes: no dead-letter policy (docs/contracts.md, "Delivery after a downstream outage").
-DELIVERY_TOPIC = "dicom-delivery"
-DELIVERY_SUBSCRIPTION = "dicom-delivery-push"
-DELIVERY_BACKOFF_S = (1, 5)
-# Every dead letter is recorded by the service (STEM.dead-letter.json, an ERROR line) and kept on
-# the hold subscription for the replay; `make status` counts what is held.
-DEAD_LETTER_RECORDER = "dicom-inference-dead-letter-record"
 WEBHOOK_PATH = viewer.WEBHOOK_PATH
 
 
@@ -121,43 +111,7 @@ class Stack:
     # ---- environment -------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
         """What a shell (``source .local/stack.env``), the demo and the tests need."""
-        c = self.config
-        gcs = FakeGcsServer(http_port=c.ports.gcs, https_port=c.ports.gcs_https)
-        env = {
-            "GOOGLE_CLOUD_PROJECT": c.project,
-            "PUBSUB_EMULATOR_HOST": f"{LOOPBACK}:{c.ports.pubsub}",
-            "STORAGE_EMULATOR_HOST": gcs.endpoint,
-            "UPLOAD_BUCKET": c.bucket,
-            "INFERENCE_TOPIC": INFERENCE_TOPIC,
-            "INFERENCE_SUBSCRIPTION": INFERENCE_SUBSCRIPTION,
-            "DEAD_LETTER_SUBSCRIPTION": DEAD_LETTER_SUBSCRIPTION,
-            "NOTIFY_TOPIC": NOTIFY_TOPIC,
-            "WEBHOOK_LOG": str(c.webhook_log),
-            "WEBHOOK_ATTEMPTS_LOG": str(c.webhook_log.with_suffix(".attempts.jsonl")),
-            "WEBHOOK_URL": c.url("webhook") + WEBHOOK_PATH,
-            "WEBHOOK_CONTROL_URL": c.url("webhook") + viewer.CONTROL_PATH,
-            **viewer.stack_env(c.url("webhook"), c.viewer_password),
-            "WEBHOOK_SECRET": c.webhook_secret,
-            "REVIEW_TOPIC_PATH": review.topic_path(c.project),
-            "REVIEW_URL": c.url("review"),
-            "SERVICE_URL": c.url("service"),
-            "FUNCTION_URL": c.url("function"),
-            "BRIDGE_URL": c.url("bridge"),
-            **orthanc.urls(c.url("orthanc")),
-            "LOCAL_LOG_DIR": str(c.log_dir),
-            # Each process appends its spans to one file (no collector to start or lose).
-            "TRACE_EXPORTER": "file",
-            "TRACE_FILE": str(c.trace_file),
-            **gcloud_storage_env(gcs),
-            "CLOUDSDK_CORE_PROJECT": c.project,
-            # A gcloud configuration of its own: the user's accounts and settings stay out of it.
-            "CLOUDSDK_CONFIG": str(c.root / "gcloud"),
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-            "BOTO_CONFIG": str(c.root / "boto.cfg"),
-        }
-        if c.ohif_dist is not None:
-            env["OHIF_URL"] = c.url("ohif")
-        return env
+        return stack_env(self.config)
 
     def process_env(self, name: str) -> dict[str, str]:
         """The environment a child of this stack was started with (e.g. to run the Django
@@ -388,25 +342,7 @@ class Stack:
 
     def _relay_env(self) -> dict[str, str]:
         c = self.config
-        sub, topic = f"projects/{c.project}/subscriptions/", f"projects/{c.project}/topics/"
-        routes = [
-            {
-                "subscription": sub + INFERENCE_SUBSCRIPTION,
-                "endpoint": c.url("service") + "/",
-                "min_backoff_s": INFERENCE_BACKOFF_S[0],
-                "max_backoff_s": INFERENCE_BACKOFF_S[1],
-                "max_attempts": INFERENCE_MAX_DELIVERY_ATTEMPTS,
-                "dead_letter_topic": topic + DEAD_LETTER_TOPIC,
-            },
-            {
-                "subscription": sub + DELIVERY_SUBSCRIPTION,
-                "endpoint": c.url("service") + "/deliver",
-                "min_backoff_s": DELIVERY_BACKOFF_S[0],
-                "max_backoff_s": DELIVERY_BACKOFF_S[1],
-            },
-            {"subscription": sub + DEAD_LETTER_RECORDER, "endpoint": c.url("service") + "/dead-letter"},
-            review.relay_route(c.project, c.url("review")),
-        ]
+        routes = relay_routes(c.project, c.url("service"), c.url("review"))
         return self._child_env({"RELAY_PORT": str(c.ports.relay), "RELAY_ROUTES": json.dumps(routes)})
 
     def _orthanc_command(self) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 from highdicom.spatial import get_image_coordinate_system
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from gpu_service.dicom.common import (
     HEATMAP,
@@ -47,6 +48,11 @@ NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
 # overlay draws it; the heat map orange (viewers warn when a segment has no colour).
 DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
+# Each SEG's transfer syntax (docs/contracts.md). The heat map's 8-bit fractions are one value per
+# superpixel: RLE Lossless stores a 2048² map in ~70 KB instead of 4.2 MB, and it is the one
+# compressed syntax OHIF's SEG loader reads. highdicom allows no RLE for a BINARY SEG (1 bit a
+# pixel already).
+TRANSFER_SYNTAX = {SEG: ExplicitVRLittleEndian, HEATMAP: RLELossless}
 
 
 def _spacing(source: Dataset) -> list[float] | None:
@@ -136,6 +142,7 @@ def _segmentation(
         content_description=f"{label} for {finding.label}"[:64],
         omit_empty_frames=False,
         pixel_measures=pixel_measures(source),
+        transfer_syntax_uid=TRANSFER_SYNTAX[role],
         **kind,
     )
     shared = seg.SharedFunctionalGroupsSequence[0]

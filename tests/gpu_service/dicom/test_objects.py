@@ -194,6 +194,34 @@ def test_weight_map_becomes_a_fractional_segment_of_its_positive_part() -> None:
     assert seg.SOPInstanceUID not in {objects.objects[SEG].SOPInstanceUID, objects.objects[SR].SOPInstanceUID}
 
 
+def test_heatmap_seg_is_rle_lossless_and_decodes_to_the_uncompressed_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RLE Lossless (docs/contracts.md): the stored fractions equal, value for value, those of the
+    same SEG written uncompressed, in a small share of the bytes; the binary SEG is uncompressed."""
+    from gpu_service.dicom import seg as seg_module
+    from gpu_service.inference.explain import weight_map
+
+    source = radiograph(size=512)
+    segments = (np.arange(32)[:, None] // 4) * 8 + np.arange(32)[None, :] // 4  # 64 superpixels
+    rng = np.random.default_rng(5)
+    weights = weight_map(segments, {int(s): float(rng.normal()) for s in np.unique(segments)}, (512, 512))
+    compressed = build(source, some_mask((512, 512)), weights=weights)
+    monkeypatch.setitem(seg_module.TRANSFER_SYNTAX, HEATMAP, pydicom.uid.ExplicitVRLittleEndian)
+    plain = build(source, some_mask((512, 512)), weights=weights)
+
+    rle = reread(compressed.encoded(HEATMAP))
+    assert rle.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert reread(compressed.encoded(SEG)).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    expected = reread(plain.encoded(HEATMAP)).pixel_array
+    assert np.array_equal(rle.pixel_array, expected)
+    assert np.array_equal(expected, np.round(np.clip(weights, 0, 1) * 255).astype(np.uint8))
+    assert len(compressed.encoded(HEATMAP)) * 10 < len(plain.encoded(HEATMAP))
+    decoded = hd.seg.segread(io.BytesIO(compressed.encoded(HEATMAP)))
+    pixels = decoded.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    assert np.allclose(pixels, np.clip(weights, 0, 1), atol=0.5 / 255)
+
+
 def test_multi_frame_source_without_frame_positions_gets_the_sr_and_a_reason() -> None:
     """A legacy multi-frame source has no per-frame positions, which highdicom needs to keep a
     SEG's frames apart: no SEG, the SR references the source, and the record will say why."""

@@ -43,6 +43,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,12 +51,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian
 from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
-from gpu_service.inference import pixels
+from gpu_service.dicom import seg
+from gpu_service.inference import pixels, render
 from gpu_service.inference.model import load_model
-from gpu_service.pipeline import processing
+from gpu_service.pipeline import processing, renderings
 from gpu_service.request import InferenceRequest
 from gpu_service.settings import Settings
 from gpu_service.wiring import build_processor
@@ -64,6 +67,7 @@ from pipeline_common import naming
 
 PROJECT = "bench-pipeline"
 STAGES = ("download", "decode", "predict", "explain", "render", "write", "dicom", "write_record")
+PROCESSORS: list[processing.Processor] = []  # the benchmark's, whose output pool a variant swaps
 
 
 class LegacyRender:
@@ -134,21 +138,79 @@ class LegacyRender:
     def heatmap_png(cls, image_u8: np.ndarray, weights: np.ndarray, max_side: int | None = None) -> bytes:
         return cls._png(cls.heatmap_rgb(image_u8, weights))
 
+    @classmethod
+    def display_arrays(
+        cls, image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """The four renderings as bbd50c9 drew them (its *_png functions, without the encoding)."""
+        return {
+            "preview": np.ascontiguousarray(image_u8),
+            "mask": np.where(mask.astype(bool), 255, 0).astype(np.uint8),
+            "overlay": cls.overlay_rgb(image_u8, mask),
+            "heatmap": cls.heatmap_rgb(image_u8, weights),
+        }
 
-VARIANTS = ("before", "after")
+    png = _png
+
+
+class MainRender:
+    """The renderings as main drew them before the outputs were overlapped (commit 947e0eb): one
+    ``*_png`` call each, every one shrinking the full-resolution image again."""
+
+    @staticmethod
+    def display_arrays(
+        image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None
+    ) -> dict[str, np.ndarray]:
+        return {
+            "preview": np.ascontiguousarray(
+                render._shrink_image(image_u8, render.display_shape(image_u8.shape, max_side))
+            ),
+            "mask": mask.astype(bool).view(np.uint8) * np.uint8(255),
+            "overlay": render.overlay_rgb(image_u8, mask, max_side),
+            "heatmap": render.heatmap_rgb(image_u8, weights, max_side),
+        }
+
+    png = staticmethod(render.png)
+
+
+class InlinePool:
+    """Runs a submitted task at once on the caller's thread: the outputs one after the other."""
+
+    @staticmethod
+    def submit(fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+VARIANTS = ("before", "main", "after")
 
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Sets up one of :data:`VARIANTS` for the requests run inside."""
-    shipped, lut_min = processing.render, pixels.LUT_MIN_PIXELS
+    shipped, lut_min = renderings.render, pixels.LUT_MIN_PIXELS
+    heatmap_syntax = seg.TRANSFER_SYNTAX[seg.HEATMAP]
+    pools = {p: p._pool for p in PROCESSORS}
     if name == "before":
-        processing.render = LegacyRender  # type: ignore[assignment]
+        renderings.render = LegacyRender  # type: ignore[assignment]
         pixels.LUT_MIN_PIXELS = 1 << 62
+    if name == "main":
+        renderings.render = MainRender  # type: ignore[assignment]
+    if name in ("before", "main"):
+        seg.TRANSFER_SYNTAX[seg.HEATMAP] = ExplicitVRLittleEndian
+        for p in PROCESSORS:
+            p._pool = InlinePool()  # type: ignore[assignment]
     try:
         yield
     finally:
-        processing.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
+        renderings.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
+        seg.TRANSFER_SYNTAX[seg.HEATMAP] = heatmap_syntax
+        for p, pool in pools.items():
+            p._pool = pool
 
 
 class ModelClock:
@@ -284,6 +346,7 @@ def main() -> int:
         clock = ModelClock(model.predict)
         clock.accepts_tensors = getattr(model.predict, "accepts_tensors", False)  # type: ignore[attr-defined]
         wired.processor.predict_fn = clock
+        PROCESSORS.append(wired.processor)
         bench = Bench(bucket, wired.processor, clock)
         if args.profile:
             return profile(bench, dicom_of(*parse_size(args.profile)))

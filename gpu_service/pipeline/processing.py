@@ -10,9 +10,11 @@ becomes a ``failed`` record; memory and I/O errors propagate as transient (see
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,6 @@ import numpy as np
 
 from gpu_service.dicom import result_objects
 from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected, StoreUnavailable
-from gpu_service.inference import render
 from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.explain import Explanation, LimeParams, explain
 from gpu_service.inference.model import LoadedModel
@@ -32,6 +33,7 @@ from gpu_service.inference.pixels import (
     to_uint8,
 )
 from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up
+from gpu_service.pipeline import renderings
 from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
 from gpu_service.pipeline.staged_result import StagedResults
 from gpu_service.request import InferenceRequest
@@ -45,7 +47,6 @@ from gpu_service.settings import Settings, lime_params
 from gpu_service.timing import StageTimer
 from pipeline_common import naming
 from pipeline_common.jsonlog import log
-from pipeline_common.write_outcome import WriteOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,11 @@ class Processor:
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
+        # One PNG task per request in flight, and no task waits on another: never queues or deadlocks.
+        self._pool = ThreadPoolExecutor(max(1, settings.concurrency), thread_name_prefix="renderings")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     @property
     def model_sha(self) -> str:
@@ -237,36 +243,33 @@ class Processor:
 
         inference = self._infer(decoded, timer)
 
-        with timer.stage("render"), permanent_unless_transient("render_failed", ds):
-            mask, side = inference.explanation.mask, self.settings.render_max_side  # mask: source size
-            artifacts = [
-                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview, side)),
-                (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
-                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask, side)),
-                (
-                    naming.HEATMAP_SUFFIX,
-                    "heatmap",
-                    render.heatmap_png(decoded.preview, inference.explanation.pixel_weights, side),
-                ),
-            ]
-        with timer.stage("write"):
-            for suffix, role, png in artifacts:
-                try:
-                    written = self.outputs.write(request, suffix, role, png, "image/png")
-                except OutputConflict as exc:
-                    raise PermanentFailure(OutputConflict.code, str(exc), ds) from exc
-                if written.outcome is WriteOutcome.SUPERSEDED:
-                    log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
-                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+        # The PNGs (zlib and numpy: they release the GIL) are rendered and written on a worker
+        # thread while this one builds and writes the DICOM objects (highdicom: Python, holds it).
+        pngs = self._pool.submit(
+            contextvars.copy_context().run,
+            renderings.write_renderings,
+            self.outputs,
+            request,
+            ds,
+            decoded.preview,
+            inference.explanation,
+            self.settings.render_max_side,
+            timer,
+        )
         dicom = None
-        if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
-            with timer.stage("dicom"):
-                try:
-                    dicom = self._write_dicom(request, ds, inference, decoded.image)
-                except result_objects.Superseded:
-                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
-                except OutputConflict as exc:
-                    raise PermanentFailure(exc.code, str(exc), ds) from exc
+        try:
+            if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
+                with timer.stage("dicom"):
+                    try:
+                        dicom = self._write_dicom(request, ds, inference, decoded.image)
+                    except result_objects.Superseded:
+                        return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+                    except OutputConflict as exc:
+                        raise PermanentFailure(exc.code, str(exc), ds) from exc
+        finally:
+            superseded = pngs.result()  # the PNGs' own failure first, as when they came first
+        if superseded is not None:
+            return superseded
 
         with permanent_unless_transient("record_failed", ds):
             record = self._completed_record(

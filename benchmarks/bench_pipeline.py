@@ -186,7 +186,7 @@ class InlinePool:
         return future
 
 
-VARIANTS = ("before", "main", "after")
+VARIANTS = ("before", "main", "serial", "after")
 
 
 @contextmanager
@@ -202,6 +202,7 @@ def variant(name: str) -> Iterator[None]:
         renderings.render = MainRender  # type: ignore[assignment]
     if name in ("before", "main"):
         seg.TRANSFER_SYNTAX[seg.HEATMAP] = ExplicitVRLittleEndian
+    if name in ("before", "main", "serial"):
         for p in PROCESSORS:
             p._pool = InlinePool()  # type: ignore[assignment]
     try:

@@ -10,7 +10,6 @@ becomes a ``failed`` record; memory and I/O errors propagate as transient (see
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import enum
 import logging
 from collections.abc import Callable
@@ -126,8 +125,10 @@ class Processor:
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
-        # One PNG task per request in flight, and no task waits on another: never queues or deadlocks.
-        self._pool = ThreadPoolExecutor(max(1, settings.concurrency), thread_name_prefix="renderings")
+        # The PNG writes (renderings.RENDERINGS) of every request in flight; no task waits on another.
+        self._pool = ThreadPoolExecutor(
+            len(renderings.RENDERINGS) * max(1, settings.concurrency), thread_name_prefix="png-writes"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -243,21 +244,12 @@ class Processor:
 
         inference = self._infer(decoded, timer)
 
-        # The PNGs (zlib and numpy: they release the GIL) are rendered and written on a worker
-        # thread while this one builds and writes the DICOM objects (highdicom: Python, holds it).
-        pngs = self._pool.submit(
-            contextvars.copy_context().run,
-            renderings.write_renderings,
-            self.outputs,
-            request,
-            ds,
-            decoded.preview,
-            inference.explanation,
-            self.settings.render_max_side,
-            timer,
+        pngs = renderings.render_pngs(
+            ds, decoded.preview, inference.explanation, self.settings.render_max_side, timer
         )
+        writes = renderings.start_writes(self._pool, self.outputs, request, ds, pngs, timer)
         dicom = None
-        try:
+        try:  # the PNGs are written while the DICOM objects are built
             if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
                 with timer.stage("dicom"):
                     try:
@@ -267,7 +259,7 @@ class Processor:
                     except OutputConflict as exc:
                         raise PermanentFailure(exc.code, str(exc), ds) from exc
         finally:
-            superseded = pngs.result()  # the PNGs' own failure first, as when they came first
+            superseded = writes.wait()  # a PNG's failure first, as when the PNGs came first
         if superseded is not None:
             return superseded
 

@@ -1,13 +1,20 @@
-"""The four PNG renderings of one result, rendered and written beside the upload.
+"""The four PNG renderings of one result: rendered on the request's thread, written beside the
+upload by a small pool of I/O threads while the request's thread goes on to the DICOM objects.
 
-Run on a worker thread by :mod:`gpu_service.pipeline.processing` while the request's own thread
-builds the DICOM objects: PNG encoding (zlib) and the numpy steps release the GIL, highdicom's
-build holds it, so the two overlap on separate cores.
+Only the writes are overlapped. Rendering on a worker thread beside the DICOM build was measured
+slower (benchmarks/bench_pipeline.py, docs/benchmarks.md): highdicom's build is Python and holds
+the GIL, and every numpy step and zlib chunk of the renderings then waits for it (render stage
+111 -> 317 ms at 512², 519 -> 1,072 ms at 2048² on the 2-core machine), so the request got slower.
+A thread blocked on a socket needs the GIL only between reads.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +29,11 @@ from gpu_service.results.outputs import RequestOutputs
 from gpu_service.timing import StageTimer
 from pipeline_common import naming
 from pipeline_common.jsonlog import log
-from pipeline_common.write_outcome import WriteOutcome
+from pipeline_common.write_outcome import WriteOutcome, WriteResult
 
 logger = logging.getLogger(__name__)
 
-# (suffix, role), in the order they are written: docs/contracts.md, "Outputs".
+# (suffix, role): docs/contracts.md, "Outputs".
 RENDERINGS = (
     (naming.PREVIEW_SUFFIX, "preview"),
     (naming.MASK_SUFFIX, "mask"),
@@ -35,28 +42,63 @@ RENDERINGS = (
 )
 
 
-def write_renderings(
+def render_pngs(
+    dataset: Any, preview: np.ndarray, explanation: Explanation, max_side: int, timer: StageTimer
+) -> list[tuple[str, str, bytes]]:
+    """(suffix, role, PNG) of the four renderings (stage ``render``): the mask at the source's
+    resolution, the other three at display resolution."""
+    with timer.stage("render"), permanent_unless_transient("render_failed", dataset):
+        arrays = render.display_arrays(preview, explanation.mask, explanation.pixel_weights, max_side)
+        return [(suffix, role, render.png(arrays[role])) for suffix, role in RENDERINGS]
+
+
+@dataclass
+class PendingWrites:
+    """The PNG writes of one request, under way; :meth:`wait` before anything claims them."""
+
+    dataset: Any
+    started: float
+    writes: list[tuple[str, Future[WriteResult]]]
+    timer: StageTimer
+
+    def wait(self) -> ProcessResult | None:
+        """Stage ``write``: from the first write's start to the last one's end (it overlaps
+        ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
+        do for this one), a PermanentFailure on a foreign object, else None."""
+        superseded = None
+        try:
+            for role, future in self.writes:
+                try:
+                    written = future.result()
+                except OutputConflict as exc:
+                    raise PermanentFailure(OutputConflict.code, str(exc), self.dataset) from exc
+                if written.outcome is WriteOutcome.SUPERSEDED and superseded is None:
+                    log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
+                    superseded = ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=self.timer.ms)
+        finally:
+            for _, future in self.writes:  # every write settled before the caller goes on
+                future.exception()
+            self.timer.record("write", time.perf_counter() - self.started)
+        return superseded
+
+
+def start_writes(
+    pool: ThreadPoolExecutor,
     outputs: RequestOutputs,
     request: InferenceRequest,
     dataset: Any,
-    preview: np.ndarray,
-    explanation: Explanation,
-    max_side: int,
+    pngs: list[tuple[str, str, bytes]],
     timer: StageTimer,
-) -> ProcessResult | None:
-    """Render and write the PNGs (stages ``render`` and ``write``). A SUPERSEDED result when a
-    newer upload's output holds a name (nothing more to do for this one), else None."""
-    with timer.stage("render"), permanent_unless_transient("render_failed", dataset):
-        # The mask at the source's resolution; the other three at display resolution.
-        arrays = render.display_arrays(preview, explanation.mask, explanation.pixel_weights, max_side)
-        artifacts = [(suffix, role, render.png(arrays[role])) for suffix, role in RENDERINGS]
-    with timer.stage("write"):
-        for suffix, role, png in artifacts:
-            try:
-                written = outputs.write(request, suffix, role, png, "image/png")
-            except OutputConflict as exc:
-                raise PermanentFailure(OutputConflict.code, str(exc), dataset) from exc
-            if written.outcome is WriteOutcome.SUPERSEDED:
-                log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
-                return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
-    return None
+) -> PendingWrites:
+    """Each PNG's write on the pool (I/O: it waits on the socket, not on the GIL)."""
+    started = time.perf_counter()
+    writes = [
+        (
+            role,
+            pool.submit(
+                contextvars.copy_context().run, outputs.write, request, suffix, role, png, "image/png"
+            ),
+        )
+        for suffix, role, png in pngs
+    ]
+    return PendingWrites(dataset, started, writes, timer)

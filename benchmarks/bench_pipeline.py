@@ -10,15 +10,20 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-Two variants, interleaved, `--repeat` times each per size (a busy neighbour slows both alike),
+Four variants, interleaved, `--repeat` times each per size (a busy neighbour slows all alike),
 every request on a fresh upload:
-- before: what commit bbd50c9 did in the stages this work changed: render.py as of bbd50c9,
-  copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
+- before: what commit bbd50c9 did in the stages the rendering rework changed: render.py as of
+  bbd50c9, copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
   overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
-  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). Today's code
-  otherwise (the same processing.py, storage, LIME and DICOM code);
-- after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), decoding through
-  a lookup table.
+  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). The outputs one
+  after the other, the heat-map SEG uncompressed. Today's code otherwise;
+- main: as main was at commit 947e0eb (`MainRender`): renderings at display resolution, each
+  `*_png` call shrinking the image again, the outputs one after the other, the heat-map SEG
+  uncompressed (Explicit VR Little Endian);
+- serial: as shipped, but the PNG writes one after the other (no overlap);
+- after: as shipped: the image shrunk once for the three display renderings, the PNG writes on
+  I/O threads while the DICOM objects are built, the heat-map SEG in RLE Lossless, decoding and
+  the 8-bit preview in fewer passes.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the

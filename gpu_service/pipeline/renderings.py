@@ -58,18 +58,19 @@ class PendingWrites:
 
     dataset: Any
     started: float
-    writes: list[tuple[str, Future[WriteResult]]]
+    writes: list[tuple[str, Future[tuple[WriteResult, float]]]]
     timer: StageTimer
 
     def wait(self) -> ProcessResult | None:
         """Stage ``write``: from the first write's start to the last one's end (it overlaps
         ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
         do for this one), a PermanentFailure on a foreign object, else None."""
-        superseded = None
+        superseded, finished = None, self.started
         try:
             for role, future in self.writes:
                 try:
-                    written = future.result()
+                    written, done_at = future.result()
+                    finished = max(finished, done_at)
                 except OutputConflict as exc:
                     raise PermanentFailure(OutputConflict.code, str(exc), self.dataset) from exc
                 if written.outcome is WriteOutcome.SUPERSEDED and superseded is None:
@@ -77,8 +78,9 @@ class PendingWrites:
                     superseded = ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=self.timer.ms)
         finally:
             for _, future in self.writes:  # every write settled before the caller goes on
-                future.exception()
-            self.timer.record("write", time.perf_counter() - self.started)
+                if future.exception() is None:
+                    finished = max(finished, future.result()[1])
+            self.timer.record("write", finished - self.started)
         return superseded
 
 
@@ -91,14 +93,12 @@ def start_writes(
     timer: StageTimer,
 ) -> PendingWrites:
     """Each PNG's write on the pool (I/O: it waits on the socket, not on the GIL)."""
+
+    def write(suffix: str, role: str, png: bytes) -> tuple[WriteResult, float]:
+        """The write's result and when it ended: stage ``write`` ends with the last one."""
+        return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
+
     started = time.perf_counter()
-    writes = [
-        (
-            role,
-            pool.submit(
-                contextvars.copy_context().run, outputs.write, request, suffix, role, png, "image/png"
-            ),
-        )
-        for suffix, role, png in pngs
-    ]
+    context = contextvars.copy_context  # each task in a copy of the request's context (logs, spans)
+    writes = [(role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in pngs]
     return PendingWrites(dataset, started, writes, timer)

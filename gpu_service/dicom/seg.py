@@ -49,7 +49,7 @@ NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # overlay draws it; the heat map orange (viewers warn when a segment has no colour).
 DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0)}
 # Each SEG's transfer syntax (docs/contracts.md). The heat map's 8-bit fractions are one value per
-# superpixel: RLE Lossless stores a 2048² map in ~70 KB instead of 4.2 MB, and it is the one
+# superpixel: RLE Lossless stores a 2048² map in ~120 KB instead of 4.2 MB, and it is the one
 # compressed syntax OHIF's SEG loader reads. highdicom allows no RLE for a BINARY SEG (1 bit a
 # pixel already).
 TRANSFER_SYNTAX = {SEG: ExplicitVRLittleEndian, HEATMAP: RLELossless}

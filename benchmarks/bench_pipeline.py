@@ -10,15 +10,18 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-Two variants, interleaved, `--repeat` times each per size (a busy neighbour slows both alike),
+Four variants, interleaved, `--repeat` times each per size (a busy neighbour slows all alike),
 every request on a fresh upload:
-- before: what commit bbd50c9 did in the stages this work changed: render.py as of bbd50c9,
-  copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
+- before: what commit bbd50c9 did in the stages the rendering rework changed: render.py as of
+  bbd50c9, copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
   overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
-  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). Today's code
-  otherwise (the same processing.py, storage, LIME and DICOM code);
-- after: as shipped: today's render.py with `RENDER_MAX_SIDE` (default 1024), decoding through
-  a lookup table.
+  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). The outputs one
+  after the other. Today's code otherwise (the heat-map SEG as today: four BINARY bands);
+- main: as main was at commit 947e0eb (`MainRender`): renderings at display resolution, each
+  `*_png` call shrinking the image again, the outputs one after the other;
+- serial: as shipped, but the PNG writes one after the other (no overlap);
+- after: as shipped: the image shrunk once for the three display renderings, the PNG writes on
+  I/O threads while the DICOM objects are built, decoding and the 8-bit preview in fewer passes.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -43,6 +46,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,9 +57,9 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
-from gpu_service.inference import pixels
+from gpu_service.inference import pixels, render
 from gpu_service.inference.model import load_model
-from gpu_service.pipeline import processing
+from gpu_service.pipeline import processing, renderings
 from gpu_service.request import InferenceRequest
 from gpu_service.settings import Settings
 from gpu_service.wiring import build_processor
@@ -64,6 +68,7 @@ from pipeline_common import naming
 
 PROJECT = "bench-pipeline"
 STAGES = ("download", "decode", "predict", "explain", "render", "write", "dicom", "write_record")
+PROCESSORS: list[processing.Processor] = []  # the benchmark's, whose output pool a variant swaps
 
 
 class LegacyRender:
@@ -134,21 +139,76 @@ class LegacyRender:
     def heatmap_png(cls, image_u8: np.ndarray, weights: np.ndarray, max_side: int | None = None) -> bytes:
         return cls._png(cls.heatmap_rgb(image_u8, weights))
 
+    @classmethod
+    def display_arrays(
+        cls, image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """The four renderings as bbd50c9 drew them (its *_png functions, without the encoding)."""
+        return {
+            "preview": np.ascontiguousarray(image_u8),
+            "mask": np.where(mask.astype(bool), 255, 0).astype(np.uint8),
+            "overlay": cls.overlay_rgb(image_u8, mask),
+            "heatmap": cls.heatmap_rgb(image_u8, weights),
+        }
 
-VARIANTS = ("before", "after")
+    png = _png
+
+
+class MainRender:
+    """The renderings as main drew them before the outputs were overlapped (commit 947e0eb): one
+    ``*_png`` call each, every one shrinking the full-resolution image again."""
+
+    @staticmethod
+    def display_arrays(
+        image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None
+    ) -> dict[str, np.ndarray]:
+        return {
+            "preview": np.ascontiguousarray(
+                render._shrink_image(image_u8, render.display_shape(image_u8.shape, max_side))
+            ),
+            "mask": mask.astype(bool).view(np.uint8) * np.uint8(255),
+            "overlay": render.overlay_rgb(image_u8, mask, max_side),
+            "heatmap": render.heatmap_rgb(image_u8, weights, max_side),
+        }
+
+    png = staticmethod(render.png)
+
+
+class InlinePool:
+    """Runs a submitted task at once on the caller's thread: the outputs one after the other."""
+
+    @staticmethod
+    def submit(fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+VARIANTS = ("before", "main", "serial", "after")
 
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Sets up one of :data:`VARIANTS` for the requests run inside."""
-    shipped, lut_min = processing.render, pixels.LUT_MIN_PIXELS
+    shipped, lut_min = renderings.render, pixels.LUT_MIN_PIXELS
+    pools = {p: p._pool for p in PROCESSORS}
     if name == "before":
-        processing.render = LegacyRender  # type: ignore[assignment]
+        renderings.render = LegacyRender  # type: ignore[assignment]
         pixels.LUT_MIN_PIXELS = 1 << 62
+    if name == "main":
+        renderings.render = MainRender  # type: ignore[assignment]
+    if name in ("before", "main", "serial"):
+        for p in PROCESSORS:
+            p._pool = InlinePool()  # type: ignore[assignment]
     try:
         yield
     finally:
-        processing.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
+        renderings.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
+        for p, pool in pools.items():
+            p._pool = pool
 
 
 class ModelClock:
@@ -284,6 +344,7 @@ def main() -> int:
         clock = ModelClock(model.predict)
         clock.accepts_tensors = getattr(model.predict, "accepts_tensors", False)  # type: ignore[attr-defined]
         wired.processor.predict_fn = clock
+        PROCESSORS.append(wired.processor)
         bench = Bench(bucket, wired.processor, clock)
         if args.profile:
             return profile(bench, dicom_of(*parse_size(args.profile)))

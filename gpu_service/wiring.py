@@ -55,6 +55,7 @@ class Wired:
     batcher: Batcher | None  # shared by every thread that calls the processor; close it last
 
     def close(self) -> None:
+        self.processor.close()
         if self.batcher is not None:
             self.batcher.close()
 

@@ -232,8 +232,10 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
             "decode_failed",
             f"the LUT/colour step failed (photometric {_safe_photometric(pi)}, {type(exc).__name__})",
         ) from exc
-    pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
-    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    # In [0, 1], NaN as 0 (clip sends +inf to 1, -inf to 0): what nan_to_num then clip gave, in
+    # two passes over the image instead of five.
+    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
+    pixels[np.isnan(pixels)] = 0.0
     return DecodedImage(
         pixels=pixels,
         frame_index=frame_index,
@@ -364,7 +366,10 @@ def _num(value: Any) -> float | None:
 
 def to_uint8(image: DecodedImage) -> np.ndarray:
     """The decoded image as 8-bit, for STEM.png."""
-    return np.rint(np.clip(image.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.multiply(image.pixels, np.float32(255.0), dtype=np.float32)  # rint(clip(p) x 255), in place
+    np.clip(out, 0.0, 255.0, out=out)
+    np.rint(out, out=out)
+    return out.astype(np.uint8)
 
 
 def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

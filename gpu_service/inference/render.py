@@ -135,8 +135,12 @@ def overlay_rgb(image_u8: np.ndarray, mask: np.ndarray, max_side: int | None = N
     _check_image(image_u8)
     if image_u8.shape[:2] != mask.shape:
         raise ValueError(f"mask {mask.shape} does not match image {image_u8.shape[:2]}")
-    shape = display_shape(image_u8.shape, max_side)
-    small = _shrink_image(image_u8, shape)
+    return _overlay_on(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)), mask)
+
+
+def _overlay_on(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`overlay_rgb` on the image already at display resolution (``mask`` at the source's)."""
+    shape = small.shape[:2]
     inside = _sample(mask if mask.dtype == bool else mask.astype(bool), shape)
     out = _rgb(small)
     if small.ndim == 2:
@@ -160,8 +164,12 @@ def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int |
     _check_image(image_u8)
     if image_u8.shape[:2] != pixel_weights.shape:
         raise ValueError(f"weights {pixel_weights.shape} do not match image {image_u8.shape[:2]}")
-    shape = display_shape(image_u8.shape, max_side)
-    small = _shrink_image(image_u8, shape)
+    return _heatmap_on(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)), pixel_weights)
+
+
+def _heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
+    """:func:`heatmap_rgb` on the image already at display resolution (weights at the source's)."""
+    shape = small.shape[:2]
     w = np.clip(np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0)
     alpha = np.float32(HEATMAP_MAX_ALPHA) * np.abs(w)
     keep = 1.0 - alpha
@@ -180,3 +188,43 @@ def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int |
 
 def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> bytes:
     return _png(heatmap_rgb(image_u8, pixel_weights, max_side))
+
+
+def display_arrays(
+    image_u8: np.ndarray, mask: np.ndarray, pixel_weights: np.ndarray | None, max_side: int | None
+) -> dict[str, np.ndarray]:
+    """The four renderings as arrays, ready for :func:`png`: "preview", "mask", "overlay" and,
+    with weights, "heatmap"; equal to what the ``*_png`` functions draw, but the image is shrunk
+    to display resolution once for all three (each ``*_png`` call shrinks it again)."""
+    _check_image(image_u8)
+    if image_u8.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {image_u8.shape[:2]}")
+    if mask.ndim != 2:
+        raise ValueError("mask must be HxW")
+    small = np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)))
+    inside = mask if mask.dtype == bool else mask.astype(bool)
+    arrays = {
+        "preview": small,
+        "mask": inside.view(np.uint8) * np.uint8(255),
+        "overlay": _overlay_on(small, inside),
+    }
+    if pixel_weights is not None:
+        if image_u8.shape[:2] != pixel_weights.shape:
+            raise ValueError(f"weights {pixel_weights.shape} do not match image {image_u8.shape[:2]}")
+        arrays["heatmap"] = _heatmap_on(small, pixel_weights)
+    return arrays
+
+
+def heatmap_on_display(
+    small: np.ndarray, source_shape: tuple[int, ...], pixel_weights: np.ndarray
+) -> np.ndarray:
+    """The heat map over an image :func:`display_arrays` already shrank (its "preview"), the
+    weights at the source's resolution: one more method's map without shrinking again."""
+    if tuple(source_shape[:2]) != pixel_weights.shape:
+        raise ValueError(f"weights {pixel_weights.shape} do not match image {tuple(source_shape[:2])}")
+    return _heatmap_on(small, pixel_weights)
+
+
+def png(array: np.ndarray) -> bytes:
+    """One rendering's PNG (zlib releases the GIL while it compresses: threads overlap it)."""
+    return _png(array)

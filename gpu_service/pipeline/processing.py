@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ import numpy as np
 
 from gpu_service.dicom import result_objects
 from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected, StoreUnavailable
-from gpu_service.inference import render
 from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.explain import Explanation
 from gpu_service.inference.model import LoadedModel
@@ -31,7 +31,7 @@ from gpu_service.inference.pixels import (
     to_uint8,
 )
 from gpu_service.outcome import DOWNSTREAM_UNAVAILABLE, ProcessResult, RequestOutcome, gives_up
-from gpu_service.pipeline import explanations
+from gpu_service.pipeline import explanations, renderings
 from gpu_service.pipeline.explanations import Inference, infer
 from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
 from gpu_service.pipeline.staged_result import StagedResults
@@ -46,7 +46,6 @@ from gpu_service.settings import Settings, lime_params
 from gpu_service.timing import StageTimer
 from pipeline_common import naming
 from pipeline_common.jsonlog import log
-from pipeline_common.write_outcome import WriteOutcome
 
 logger = logging.getLogger(__name__)
 __all__ = ["NOT_READ", "Explanation", "Inference", "Processor", "infer", "pixel_count"]
@@ -104,6 +103,13 @@ class Processor:
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
+        # The PNG writes (renderings.RENDERINGS) of every request in flight; no task waits on another.
+        self._pool = ThreadPoolExecutor(
+            len(renderings.RENDERINGS) * max(1, settings.concurrency), thread_name_prefix="png-writes"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     @property
     def model_sha(self) -> str:
@@ -216,38 +222,27 @@ class Processor:
 
         inference = self._infer(decoded, timer)
 
-        with timer.stage("render"), permanent_unless_transient("render_failed", ds):
-            mask, side = inference.explanation.mask, self.settings.render_max_side  # mask: source size
-            artifacts = [
-                (naming.PREVIEW_SUFFIX, "preview", render.preview_png(decoded.preview, side)),
-                (naming.MASK_SUFFIX, "mask", render.mask_png(mask)),
-                (naming.OVERLAY_SUFFIX, "overlay", render.overlay_png(decoded.preview, mask, side)),
-            ] + [  # each method's heat map
-                (
-                    explanations.HEATMAP_SUFFIXES[method],
-                    "heatmap",
-                    render.heatmap_png(decoded.preview, inference.weights(method), side),
-                )
-                for method in inference.methods
-            ]
-        with timer.stage("write"):
-            for suffix, role, png in artifacts:
-                try:
-                    written = self.outputs.write(request, suffix, role, png, "image/png")
-                except OutputConflict as exc:
-                    raise PermanentFailure(OutputConflict.code, str(exc), ds) from exc
-                if written.outcome is WriteOutcome.SUPERSEDED:
-                    log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
-                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+        heatmaps = [
+            (explanations.HEATMAP_SUFFIXES[method], inference.weights(method)) for method in inference.methods
+        ]
+        pngs = renderings.render_pngs(
+            ds, decoded.preview, inference.explanation.mask, heatmaps, self.settings.render_max_side, timer
+        )
+        writes = renderings.start_writes(self._pool, self.outputs, request, ds, pngs, timer)
         dicom = None
-        if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
-            with timer.stage("dicom"):
-                try:
-                    dicom = self._write_dicom(request, ds, inference, decoded.image)
-                except result_objects.Superseded:
-                    return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
-                except OutputConflict as exc:
-                    raise PermanentFailure(exc.code, str(exc), ds) from exc
+        try:  # the PNGs are written while the DICOM objects are built
+            if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
+                with timer.stage("dicom"):
+                    try:
+                        dicom = self._write_dicom(request, ds, inference, decoded.image)
+                    except result_objects.Superseded:
+                        return ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=timer.ms)
+                    except OutputConflict as exc:
+                        raise PermanentFailure(exc.code, str(exc), ds) from exc
+        finally:
+            superseded = writes.wait()  # a PNG's failure first, as when the PNGs came first
+        if superseded is not None:
+            return superseded
 
         with permanent_unless_transient("record_failed", ds):
             record = self._completed_record(

@@ -37,11 +37,14 @@ class UploadOutcome:
 
 
 def read_webhooks(path: Path | str) -> list[dict[str, Any]]:
-    """Accepted webhook calls, oldest first (whole lines only: the receiver writes each at once)."""
+    """Accepted webhook calls, oldest first. Whole lines only: a line the receiver is still
+    appending (no newline yet) is left for the next read (bench_load.py read one half-written
+    under load)."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    complete = p.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def _parse_time(value: str | None) -> float | None:

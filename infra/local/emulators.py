@@ -174,6 +174,9 @@ class FakeGcsServer:
     notify_topic: str | None = None
     pubsub_host: str | None = None
     workdir: Path | None = None
+    # "memory" keeps every object in RAM (about 24 GiB for 1,000 uploads of 2048² with their
+    # outputs); "filesystem" keeps them under workdir/objects, RAM flat (docs/local-stack.md).
+    backend: str = field(default_factory=lambda: os.environ.get("LOCAL_GCS_BACKEND", "memory"))
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -193,9 +196,10 @@ class FakeGcsServer:
         cmd = [
             str(fake_gcs_binary()), "-scheme", "both", "-host", LOOPBACK,
             "-port", str(self.https_port), "-port-http", str(self.http_port),
-            "-backend", "memory", "-log-level", "warn",
+            "-log-level", "warn",
             "-external-url", self.endpoint, "-public-host", self.http_host,
         ]  # fmt: skip
+        cmd += self._backend_args()
         env = dict(os.environ)
         if self.notify_topic:
             if not (self.notify_project and self.pubsub_host):
@@ -213,6 +217,16 @@ class FakeGcsServer:
             )
         wait_http(f"{self.endpoint}/storage/v1/b", timeout, self.proc, log)
         return self
+
+    def _backend_args(self) -> list[str]:
+        if self.backend == "memory":
+            return ["-backend", "memory"]
+        if self.backend == "filesystem":
+            assert self.workdir is not None
+            root = self.workdir / "objects"
+            root.mkdir(parents=True, exist_ok=True)
+            return ["-backend", "filesystem", "-filesystem-root", str(root)]
+        raise EmulatorError(f"unknown fake-gcs-server backend {self.backend!r}: memory or filesystem")
 
     def create_bucket(self, name: str) -> None:
         r = requests.post(f"{self.endpoint}/storage/v1/b", json={"name": name}, timeout=10)

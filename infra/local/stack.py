@@ -218,6 +218,8 @@ class Stack:
             pubsub_host=pubsub.host,
             workdir=c.root / "gcs",
         )
+        if c.gcs_backend:
+            gcs.backend = c.gcs_backend
         try:
             gcs.start()
             assert gcs.proc is not None

@@ -121,6 +121,9 @@ class StackConfig:
     orthanc_refuse_study_prefix: str | None = None
     # OHIF's dist/ (infra/local/ohif.py) served with the store's DICOMweb; None: no OHIF.
     ohif_dist: Path | None = None
+    # fake-gcs-server's backend (infra.local.emulators.FakeGcsServer): None = its default,
+    # LOCAL_GCS_BACKEND or "memory"; "filesystem" for runs whose objects would not fit in RAM.
+    gcs_backend: str | None = None
 
     @classmethod
     def from_env(cls, root: Path | str = ".local") -> StackConfig:

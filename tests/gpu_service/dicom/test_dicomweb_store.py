@@ -26,7 +26,7 @@ from gpu_service.dicom.dicomweb_store import (
     StoreUnavailable,
     _check_failed,
 )
-from gpu_service.dicom.objects import SEG, SR, Algorithm, Finding
+from gpu_service.dicom.objects import HEATMAP, SEG, SR, Algorithm, Finding
 from infra.local import orthanc
 from infra.local.emulators import free_port, stop_process_group, wait_http
 from pipeline_common import naming
@@ -169,6 +169,14 @@ def test_completed_result_is_stored_in_the_source_study_before_its_record(
         assert metadata[naming.MARKER_KEY] == role
     found = qido_instances(orthanc_url, record["study_instance_uid"])
     assert {i["00080018"]["Value"][0] for i in found} == set(dicom["sop_instance_uids"].values())
+    # The heat-map SEG (four BINARY bands, docs/contracts.md): Orthanc keeps it as sent.
+    heat_bytes = read_object(bucket_name, f"pacs/chest{naming.HEATMAP_SEG_SUFFIX}")[0]
+    (hit,) = requests.post(
+        f"{orthanc_url}/tools/lookup", data=dicom["sop_instance_uids"][HEATMAP], timeout=10
+    ).json()
+    assert requests.get(f"{orthanc_url}/instances/{hit['ID']}/file", timeout=30).content == heat_bytes
+    heat = pydicom.dcmread(io.BytesIO(heat_bytes))
+    assert heat.SegmentationType == "BINARY" and len(heat.SegmentSequence) == 4 and heat.pixel_array.any()
     seg = pydicom.dcmread(io.BytesIO(read_object(bucket_name, "pacs/chest.seg.dcm")[0]))
     assert (
         seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID

@@ -145,3 +145,24 @@ def test_heatmap_colours_follow_the_sign_and_size_of_the_weights() -> None:
     assert rgb[0, 25, 2] > rgb[0, 25, 0]  # blue: speaks against it
     with pytest.raises(ValueError):
         render.heatmap_rgb(image, weights[:5])
+
+
+@pytest.mark.parametrize(("shape", "max_side"), [((300, 200), 1024), ((2048, 1536), 1024), ((97, 131), 64)])
+def test_display_arrays_encode_to_the_same_pngs_as_one_call_each(
+    shape: tuple[int, int], max_side: int
+) -> None:
+    """The service renders through display_arrays (the image shrunk once for all three): the same
+    bytes as the documented *_png functions, at the documented sizes."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    mask = np.zeros(shape, dtype=bool)
+    mask[shape[0] // 3 : shape[0] // 2, shape[1] // 4 : shape[1] // 2] = True
+    weights = np.clip(rng.normal(0, 0.5, shape), -1, 1).astype(np.float32)
+    arrays = render.display_arrays(image, mask, weights, max_side)
+    assert render.png(arrays["preview"]) == render.preview_png(image, max_side)
+    assert render.png(arrays["mask"]) == render.mask_png(mask)
+    assert render.png(arrays["overlay"]) == render.overlay_png(image, mask, max_side)
+    assert render.png(arrays["heatmap"]) == render.heatmap_png(image, weights, max_side)
+    display = render.display_shape(shape, max_side)
+    assert arrays["preview"].shape == display and arrays["overlay"].shape == (*display, 3)
+    assert arrays["heatmap"].shape == (*display, 3) and arrays["mask"].shape == shape

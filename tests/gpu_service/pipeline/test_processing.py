@@ -537,10 +537,10 @@ def test_failure_of_a_pure_stage_is_a_recorded_failure(
 ) -> None:
     """Rendering fails the same way on every delivery: record it and tell Django at once."""
 
-    def broken_overlay(image: Any, mask: Any, max_side: Any = None) -> bytes:
+    def broken_overlay(small: Any, mask: Any) -> Any:
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(render, "overlay_png", broken_overlay)
+    monkeypatch.setattr(render, "_overlay_on", broken_overlay)  # on the renderings' worker thread
     blob = upload(bucket_name, "pure/x.dcm", dicom_bytes(seed=16))
     response = make_app().test_client().post("/", json=envelope(request_body(blob)))
     assert response.status_code == 200 and response.get_json()["error_code"] == "render_failed"

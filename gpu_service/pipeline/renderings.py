@@ -1,0 +1,112 @@
+"""The four PNG renderings of one result: rendered on the request's thread, written beside the
+upload by a small pool of I/O threads while the request's thread goes on to the DICOM objects.
+
+Only the writes are overlapped. Rendering on a worker thread beside the DICOM build was measured
+slower (benchmarks/bench_pipeline.py, docs/benchmarks.md): highdicom's build is Python and holds
+the GIL, and every numpy step and zlib chunk of the renderings then waits for it (render stage
+111 -> 317 ms at 512², 519 -> 1,072 ms at 2048² on the 2-core machine), so the request got slower.
+A thread blocked on a socket needs the GIL only between reads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpu_service.inference import render
+from gpu_service.outcome import ProcessResult, RequestOutcome
+from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
+from gpu_service.request import InferenceRequest
+from gpu_service.results.cloud_storage import OutputConflict
+from gpu_service.results.outputs import RequestOutputs
+from gpu_service.timing import StageTimer
+from pipeline_common import naming
+from pipeline_common.jsonlog import log
+from pipeline_common.write_outcome import WriteOutcome, WriteResult
+
+logger = logging.getLogger(__name__)
+
+# (suffix, role): docs/contracts.md, "Outputs"; each explanation method adds its heat map.
+RENDERINGS = (
+    (naming.PREVIEW_SUFFIX, "preview"),
+    (naming.MASK_SUFFIX, "mask"),
+    (naming.OVERLAY_SUFFIX, "overlay"),
+)
+
+
+def render_pngs(
+    dataset: Any,
+    preview: np.ndarray,
+    mask: np.ndarray,
+    heatmaps: list[tuple[str, np.ndarray]],
+    max_side: int,
+    timer: StageTimer,
+) -> list[tuple[str, str, bytes]]:
+    """(suffix, role, PNG) of the renderings (stage ``render``): the mask at the source's
+    resolution, the preview, the overlay and one heat map per (suffix, weights) at display
+    resolution, the image shrunk once for all of them."""
+    with timer.stage("render"), permanent_unless_transient("render_failed", dataset):
+        arrays = render.display_arrays(preview, mask, None, max_side)
+        pngs = [(suffix, role, render.png(arrays[role])) for suffix, role in RENDERINGS]
+        for suffix, weights in heatmaps:
+            heat = render.heatmap_on_display(arrays["preview"], preview.shape[:2], weights)
+            pngs.append((suffix, "heatmap", render.png(heat)))
+        return pngs
+
+
+@dataclass
+class PendingWrites:
+    """The PNG writes of one request, under way; :meth:`wait` before anything claims them."""
+
+    dataset: Any
+    started: float
+    writes: list[tuple[str, Future[tuple[WriteResult, float]]]]
+    timer: StageTimer
+
+    def wait(self) -> ProcessResult | None:
+        """Stage ``write``: from the first write's start to the last one's end (it overlaps
+        ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
+        do for this one), a PermanentFailure on a foreign object, else None."""
+        superseded, finished = None, self.started
+        try:
+            for role, future in self.writes:
+                try:
+                    written, done_at = future.result()
+                    finished = max(finished, done_at)
+                except OutputConflict as exc:
+                    raise PermanentFailure(OutputConflict.code, str(exc), self.dataset) from exc
+                if written.outcome is WriteOutcome.SUPERSEDED and superseded is None:
+                    log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
+                    superseded = ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=self.timer.ms)
+        finally:
+            for _, future in self.writes:  # every write settled before the caller goes on
+                if future.exception() is None:
+                    finished = max(finished, future.result()[1])
+            self.timer.record("write", finished - self.started)
+        return superseded
+
+
+def start_writes(
+    pool: ThreadPoolExecutor,
+    outputs: RequestOutputs,
+    request: InferenceRequest,
+    dataset: Any,
+    pngs: list[tuple[str, str, bytes]],
+    timer: StageTimer,
+) -> PendingWrites:
+    """Each PNG's write on the pool (I/O: it waits on the socket, not on the GIL)."""
+
+    def write(suffix: str, role: str, png: bytes) -> tuple[WriteResult, float]:
+        """The write's result and when it ended: stage ``write`` ends with the last one."""
+        return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
+
+    started = time.perf_counter()
+    context = contextvars.copy_context  # each task in a copy of the request's context (logs, spans)
+    writes = [(role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in pngs]
+    return PendingWrites(dataset, started, writes, timer)

@@ -26,7 +26,7 @@ from gpu_service.request import InferenceRequest
 from gpu_service.results.cloud_storage import OutputConflict
 from gpu_service.results.outputs import RequestOutputs
 from gpu_service.timing import StageTimer
-from pipeline_common import naming
+from pipeline_common import naming, tracing
 from pipeline_common.jsonlog import log
 from pipeline_common.write_outcome import WriteOutcome, WriteResult
 
@@ -103,8 +103,10 @@ def start_writes(
     """Each PNG's write on the pool (I/O: it waits on the socket, not on the GIL)."""
 
     def write(suffix: str, role: str, png: bytes) -> tuple[WriteResult, float]:
-        """The write's result and when it ended: stage ``write`` ends with the last one."""
-        return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
+        """The write's result and when it ended: stage ``write`` ends with the last one. Each
+        write is a ``write`` span of the request's trace (they overlap ``dicom``)."""
+        with tracing.span("write", **{"pipeline.stage": "write", "pipeline.output": suffix}):
+            return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
 
     started = time.perf_counter()
     context = contextvars.copy_context  # each task in a copy of the request's context (logs, spans)

@@ -25,7 +25,7 @@ from gpu_service.request import InferenceRequest
 from gpu_service.results.cloud_storage import GcsStore
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
-from gpu_service.transport.oidc import AuthError, PushAuthenticator
+from gpu_service.transport.oidc import AuthError
 from gpu_service.transport.push import (
     MessageError,
     PubSubMessage,
@@ -33,7 +33,14 @@ from gpu_service.transport.push import (
     parse_envelope,
     parse_request,
 )
-from gpu_service.wiring import Wired, build_processor, load_warm_model, make_cloud_storage, make_webhook
+from gpu_service.wiring import (
+    Wired,
+    build_processor,
+    load_warm_model,
+    make_cloud_storage,
+    make_push_authenticator,
+    make_webhook,
+)
 from pipeline_common import jsonlog, tracing
 from pipeline_common.jsonlog import log
 
@@ -70,11 +77,7 @@ class Service:
         self.error: str | None = None
         self.ready = threading.Event()
         self.project = _project(settings)
-        self.authenticator = (
-            PushAuthenticator(settings.push_audience, settings.push_service_account, settings.push_certs_url)
-            if settings.push_audience
-            else None
-        )
+        self.authenticator = make_push_authenticator(settings)
 
     def start(self, background: bool = True) -> None:
         if background and self.model is None:
@@ -124,14 +127,6 @@ def create_app(
     jsonlog.setup(settings.log_level)
     tracing.setup(settings.tracing, "inference-service", _project(settings))
     service = Service(settings, model, cloud_storage, webhook)
-    if service.authenticator is None:
-        log(logger, logging.WARNING, "push authentication is off (PUSH_AUDIENCE unset)")
-    elif not settings.push_service_account:
-        log(
-            logger,
-            logging.WARNING,
-            "PUSH_SERVICE_ACCOUNT unset: any Google identity with the audience is accepted",
-        )
     if not settings.webhook_url:
         log(logger, logging.WARNING, "webhook disabled (WEBHOOK_URL unset): results are only stored")
     service.start(background=model is None)

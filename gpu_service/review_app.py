@@ -21,9 +21,9 @@ from gpu_service.results.cloud_storage import GcsStore
 from gpu_service.results.review_outputs import ReviewOutputs
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
-from gpu_service.transport.oidc import AuthError, PushAuthenticator
+from gpu_service.transport.oidc import AuthError
 from gpu_service.transport.push import MessageError, parse_envelope
-from gpu_service.wiring import make_cloud_storage, make_dicomweb_store, make_webhook
+from gpu_service.wiring import make_cloud_storage, make_dicomweb_store, make_push_authenticator, make_webhook
 from pipeline_common import jsonlog
 from pipeline_common.jsonlog import log
 
@@ -38,13 +38,7 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     jsonlog.setup(settings.log_level)
-    authenticator = (
-        PushAuthenticator(settings.push_audience, settings.push_service_account, settings.push_certs_url)
-        if settings.push_audience
-        else None
-    )
-    if authenticator is None:
-        log(logger, logging.WARNING, "push authentication is off (PUSH_AUDIENCE unset)")
+    authenticator = make_push_authenticator(settings)
     if not settings.webhook_url:
         log(logger, logging.WARNING, "webhook disabled (WEBHOOK_URL unset): receipts are not sent")
     processor = ReviewProcessor(

@@ -3,6 +3,7 @@ the Flask app and the Cloud Run job share. Nothing below this module builds an a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from gpu_service.dicom import objects as dicom_objects
@@ -15,6 +16,26 @@ from gpu_service.results.delivery_queue import DeliveryQueue
 from gpu_service.results.webhook import WebhookClient
 from gpu_service.settings import Settings
 from gpu_service.transport.model_download import download_model
+from gpu_service.transport.oidc import PushAuthenticator
+from pipeline_common.jsonlog import log
+
+logger = logging.getLogger(__name__)
+
+
+def make_push_authenticator(settings: Settings) -> PushAuthenticator | None:
+    """The push endpoints' OIDC check, or None without ``PUSH_AUDIENCE``; either way one start-up
+    line says when pushes are not (fully) authenticated. Shared by the service and the review
+    component, which take the same pushes."""
+    if not settings.push_audience:
+        log(logger, logging.WARNING, "push authentication is off (PUSH_AUDIENCE unset)")
+        return None
+    if not settings.push_service_account:
+        log(
+            logger,
+            logging.WARNING,
+            "PUSH_SERVICE_ACCOUNT unset: any Google identity with the audience is accepted",
+        )
+    return PushAuthenticator(settings.push_audience, settings.push_service_account, settings.push_certs_url)
 
 
 def make_webhook(settings: Settings) -> WebhookClient:

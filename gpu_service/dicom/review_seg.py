@@ -15,7 +15,7 @@ from skimage.measure import points_in_poly
 
 from gpu_service.dicom.common import MANUFACTURER, n_frames_of
 from gpu_service.dicom.review_codes import REVIEW_SEG, SERIES_DESCRIPTIONS, SERIES_NUMBERS, review_uid
-from gpu_service.dicom.seg import NOMINAL_ORIENTATION, pixel_measures
+from gpu_service.dicom.seg import orient_projection, pixel_measures
 
 MAX_POLYGON_POINTS = 1000
 REGION_RGB = (40, 200, 80)  # green: not the AI's red
@@ -128,8 +128,4 @@ def build_region_segmentation(
         item.DimensionOrganizationUID = dimension_uid
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dimension_uid
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    if "PlaneOrientationSequence" not in shared:  # a projection image: as the AI SEG (seg.py)
-        seg.PatientOrientation = source.get("PatientOrientation") or ""
-        shared.PlaneOrientationSequence = hd.PlaneOrientationSequence("PATIENT", NOMINAL_ORIENTATION)
-    return seg
+    return orient_projection(seg, source)

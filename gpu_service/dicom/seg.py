@@ -149,6 +149,12 @@ def _segmentation(
         pixel_measures=pixel_measures(source),
         **kind,
     )
+    return orient_projection(seg, source)
+
+
+def orient_projection(seg: Dataset, source: Dataset) -> Dataset:
+    """What a SEG of a projection image (no Image Orientation) needs beside highdicom's build;
+    every SEG we write over a source goes through here (the AI's and the reviewer's)."""
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "PlaneOrientationSequence" not in shared:
         # General Image: Patient Orientation is Type 2C, required when the image has no

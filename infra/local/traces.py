@@ -48,15 +48,26 @@ def spans_of(key: str, spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((s for s in spans if s["trace_id"] in ids), key=lambda s: s["start_ns"])
 
 
+ROOT_SPANS = {"ingest-function": "ingest_dicom", "inference-service": "inference"}
+
+
 def wait_for_spans(
     key: str, services: set[str], path: Path = DEFAULT_FILE, timeout_s: float = 20.0
 ) -> list[dict[str, Any]]:
-    """The spans of ``key`` once every one of ``services`` has written one (exports are batched
-    about once a second), or what there is at the deadline."""
+    """The spans of ``key`` once every one of ``services`` has written one, and its root span
+    where it has one (:data:`ROOT_SPANS`: a root ends after its children, so it is exported
+    last; exports are batched about once a second), or what there is at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = spans_of(key, load_spans(path))
-        if services <= {s.get("service") for s in found} or time.monotonic() > deadline:
+        written = {(s.get("service"), s.get("name")) for s in found}
+        complete = all(
+            (service, ROOT_SPANS[service]) in written
+            if service in ROOT_SPANS
+            else any(svc == service for svc, _ in written)
+            for service in services
+        )
+        if complete or time.monotonic() > deadline:
             return found
         time.sleep(0.25)
 

@@ -10,7 +10,9 @@ that were not written or stored. What the record says about them is :func:`dicom
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +96,11 @@ def write_objects(
     uri: UriFn,
     dicomweb_url: str | None,
     gradcam_weights: np.ndarray | None = None,
+    pool: Executor | None = None,
 ) -> WrittenObjects:
-    """Build and write; raises :class:`Superseded` when a newer upload's output holds a name."""
+    """Build and write; raises :class:`Superseded` when a newer upload's output holds a name.
+    ``pool``: the writes run there (I/O: they wait on sockets, not on the GIL), each one beside
+    the next object's encoding; None: one after the other on this thread."""
     objects = dicom_objects.build_objects(
         source,
         mask,
@@ -106,14 +111,30 @@ def write_objects(
         pixel_weights=pixel_weights,
         gradcam_weights=gradcam_weights,
     )
-    uris: dict[str, str] = {}
-    for role, ds in objects.objects.items():
-        suffix = SUFFIXES[role]
-        written = write(suffix, role, dicom_objects.encode(ds), CONTENT_TYPE)
-        if written.outcome is WriteOutcome.SUPERSEDED:
+    pending = []
+    for role, ds in objects.objects.items():  # each write under way while the next one encodes
+        data = dicom_objects.encode(ds)
+        if pool is None:
+            pending.append((role, _done(write, SUFFIXES[role], role, data)))
+        else:
+            run = contextvars.copy_context().run  # the request's logs and trace, on the pool's thread
+            pending.append((role, pool.submit(run, write, SUFFIXES[role], role, data, CONTENT_TYPE)))
+    wait([future for _, future in pending])  # every write settled before anything is raised
+    for role, future in pending:
+        if future.result().outcome is WriteOutcome.SUPERSEDED:
             raise Superseded(role)
-        uris[role] = uri(suffix)
+    uris = {role: uri(SUFFIXES[role]) for role, _ in pending}
     return WrittenObjects(dicom_section(objects, uris, dicomweb_url, None), list(objects.objects.values()))
+
+
+def _done(write: WriteFn, suffix: str, role: str, data: bytes) -> Future[WriteResult]:
+    """The write, done on the caller's thread, as a settled future."""
+    future: Future[WriteResult] = Future()
+    try:
+        future.set_result(write(suffix, role, data, CONTENT_TYPE))
+    except Exception as exc:  # noqa: BLE001 - raised by future.result(), after the other writes
+        future.set_exception(exc)
+    return future
 
 
 def write_result_objects(
@@ -131,6 +152,7 @@ def write_result_objects(
     gradcam: Any = None,
     lime: Any = None,
     methods: Sequence[str] = (),
+    pool: Executor | None = None,
 ) -> WrittenObjects:
     """:func:`write_objects` for one inference: the explained label is the finding.
 
@@ -164,6 +186,7 @@ def write_result_objects(
         uri=uri,
         dicomweb_url=dicomweb_url,
         gradcam_weights=gradcam.pixel_weights if gradcam is not None else None,
+        pool=pool,
     )
 
 

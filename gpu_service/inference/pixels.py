@@ -214,9 +214,10 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
         "frame_rule": "middle",
         "decoded_photometric": pi,
     }
+    clean = False  # float32 in [0, 1] without NaN already
     try:
         if pi in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
-            pixels = _grayscale(arr, _frame_view(ds, frame_index), pi, details)
+            pixels, clean = _grayscale(arr, _frame_view(ds, frame_index), pi, details)
         elif pi == "PALETTE COLOR":
             pixels = _palette(arr, ds, details)
         elif pi == "RGB" or pi in _YBR:
@@ -232,10 +233,11 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
             "decode_failed",
             f"the LUT/colour step failed (photometric {_safe_photometric(pi)}, {type(exc).__name__})",
         ) from exc
-    # In [0, 1], NaN as 0 (clip sends +inf to 1, -inf to 0): what nan_to_num then clip gave, in
-    # two passes over the image instead of five.
-    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
-    pixels[np.isnan(pixels)] = 0.0
+    if not clean:
+        # In [0, 1], NaN as 0 (clip sends +inf to 1, -inf to 0): what nan_to_num then clip gave,
+        # in two passes over the image instead of five.
+        pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
+        pixels[np.isnan(pixels)] = 0.0
     return DecodedImage(
         pixels=pixels,
         frame_index=frame_index,
@@ -253,17 +255,33 @@ LUT_MIN_PIXELS = 65536
 LUT_MAX_SPAN = 65536
 
 
-def _grayscale(arr: np.ndarray, view: pydicom.Dataset, pi: str, details: dict[str, Any]) -> np.ndarray:
+def _offsets(arr: np.ndarray, low: int) -> np.ndarray:
+    """Each stored value minus the image's minimum, as the table's index. In 16 bits where the
+    values are 8 or 16 bits wide (their span fits, and the subtraction wraps back into it):
+    a quarter of the memory traffic of an intp copy."""
+    if arr.dtype.itemsize <= 2:
+        # The same bytes as unsigned, in the array's own byte order (big-endian files stay so).
+        wide = arr.astype(np.uint16) if arr.dtype.itemsize == 1 else arr.view(arr.dtype.str[0] + "u2")
+        return wide - np.uint16(low & 0xFFFF)
+    return np.subtract(arr, low, dtype=np.intp)
+
+
+def _grayscale(
+    arr: np.ndarray, view: pydicom.Dataset, pi: str, details: dict[str, Any]
+) -> tuple[np.ndarray, bool]:
+    """The display values, and whether they are float32 in [0, 1] without NaN already (a lookup
+    table's are: it was cleaned before the gather, so the image needs no pass of its own)."""
     if arr.dtype.kind in "iu" and arr.size >= LUT_MIN_PIXELS:
         low, high = int(arr.min()), int(arr.max())
         if high - low < LUT_MAX_SPAN:
-            offsets = np.subtract(arr, low, dtype=np.intp) if low else arr
-            present = np.bincount(offsets.ravel(), minlength=high - low + 1) > 0
+            offsets = _offsets(arr, low)
+            present = np.zeros(high - low + 1, dtype=bool)
+            present[offsets] = True
             values = np.arange(low, high + 1).astype(arr.dtype)
             table = _grayscale_values(values, view, pi, details, present)
             table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-            return table.astype(np.float32)[offsets]
-    return _grayscale_values(arr, view, pi, details, None)
+            return np.take(table.astype(np.float32), offsets), True
+    return _grayscale_values(arr, view, pi, details, None), False
 
 
 def _grayscale_values(

@@ -12,11 +12,10 @@ proportion to the source's pixels are the image's shrinking (one pass) and the m
 
 from __future__ import annotations
 
-import io
-import zlib
-
 import numpy as np
 from PIL import Image
+
+from gpu_service.inference import png as png_codec
 
 OVERLAY_COLOR = (255, 64, 32)  # warm red: visible on grayscale radiographs
 BOUNDARY_COLOR = (255, 220, 0)
@@ -32,19 +31,9 @@ DEFAULT_MAX_SIDE = 1024
 # The outline is this share of the rendering's long side wide (at least 1 px): 2 px at 1024.
 OUTLINE_PER_SIDE = 512
 
-# zlib level 1, and for one-channel images (preview, mask) the run-length strategy: measured on a
-# 2-core CPU (benchmarks/bench_pipeline.py notes), level 6 spent 3-4x the time for files 10-15 %
-# smaller (RGB) or no smaller at all (grayscale and masks compress best with Z_RLE).
-PNG_COMPRESS_LEVEL = 1
-
 
 def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    options = {"compress_type": zlib.Z_RLE} if array.ndim == 2 else {}
-    Image.fromarray(array).save(
-        buffer, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL, **options
-    )
-    return buffer.getvalue()
+    return png_codec.encode(array)
 
 
 def display_shape(shape: tuple[int, ...], max_side: int | None) -> tuple[int, int]:
@@ -167,22 +156,39 @@ def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int |
     return _heatmap_on(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)), pixel_weights)
 
 
+# The heat map's blend, as a lookup table: the weight in 1/255 steps (511 levels in [-1, 1]) by the
+# pixel value (256), each entry what the float blend gives for that pair. One gather per pixel
+# and channel instead of a float blend; the weight's rounding to 1/255 moves a pixel by at most
+# one level (0.6 x 1/510 of 255 < 0.5 before rounding).
+_WEIGHT_STEPS = 255
+
+
+def _heatmap_lut() -> np.ndarray:
+    w = np.arange(-_WEIGHT_STEPS, _WEIGHT_STEPS + 1, dtype=np.float32) / np.float32(_WEIGHT_STEPS)
+    alpha = (np.float32(HEATMAP_MAX_ALPHA) * np.abs(w))[:, None, None]
+    tint = np.where((w > 0)[:, None], np.float32(SUPPORT_COLOR), np.float32(AGAINST_COLOR))[:, None, :]
+    value = np.arange(256, dtype=np.float32)[None, :, None]
+    blended = (1.0 - alpha) * value + alpha * tint + np.float32(0.5)
+    return np.clip(blended, 0, 255).astype(np.uint8)  # (511, 256, 3)
+
+
+_HEATMAP_LUT = _heatmap_lut()
+
+
 def _heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
     """:func:`heatmap_rgb` on the image already at display resolution (weights at the source's)."""
     shape = small.shape[:2]
-    w = np.clip(np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0)
-    alpha = np.float32(HEATMAP_MAX_ALPHA) * np.abs(w)
-    keep = 1.0 - alpha
-    support = w > 0
+    w = np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0)
+    np.clip(w, -1.0, 1.0, out=w)
+    w *= np.float32(_WEIGHT_STEPS)
+    rows = np.rint(w).astype(np.intp)
+    rows += _WEIGHT_STEPS
+    rows *= 256  # the table's row of each pixel's weight, flattened over (weight, value)
+    if small.ndim == 2:  # grayscale (radiographs): one gather of each pixel's RGB triple
+        return np.take(_HEATMAP_LUT.reshape(-1, 3), rows + small, axis=0)
     out = np.empty((*shape, 3), dtype=np.uint8)
-    for c in range(3):  # per channel, on HxW planes: no HxWx3 float temporaries
-        value = (small if small.ndim == 2 else small[..., c]).astype(np.float32)
-        tint = np.where(support, np.float32(SUPPORT_COLOR[c]), np.float32(AGAINST_COLOR[c]))
-        plane = keep * value
-        plane += alpha * tint
-        plane += 0.5
-        np.clip(plane, 0, 255, out=plane)
-        out[..., c] = plane
+    for c in range(3):
+        out[..., c] = _HEATMAP_LUT[..., c].ravel()[rows + small[..., c]]
     return out
 
 
@@ -226,5 +232,5 @@ def heatmap_on_display(
 
 
 def png(array: np.ndarray) -> bytes:
-    """One rendering's PNG (zlib releases the GIL while it compresses: threads overlap it)."""
+    """One rendering's PNG (libdeflate releases the GIL while it compresses: threads overlap it)."""
     return _png(array)

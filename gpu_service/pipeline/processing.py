@@ -103,9 +103,12 @@ class Processor:
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
-        # The PNG writes (renderings.RENDERINGS) of every request in flight; no task waits on another.
+        # The outputs' tasks of every request in flight: the PNG compressions and writes (the
+        # renderings and up to two heat maps) and the DICOM objects' writes (up to four). No task
+        # waits on another, so a request's tasks can only queue, never block each other.
+        per_request = len(renderings.RENDERINGS) + 2 + len(result_objects.SUFFIXES)
         self._pool = ThreadPoolExecutor(
-            len(renderings.RENDERINGS) * max(1, settings.concurrency), thread_name_prefix="png-writes"
+            per_request * max(1, settings.concurrency), thread_name_prefix="outputs"
         )
 
     def close(self) -> None:
@@ -225,10 +228,10 @@ class Processor:
         heatmaps = [
             (explanations.HEATMAP_SUFFIXES[method], inference.weights(method)) for method in inference.methods
         ]
-        pngs = renderings.render_pngs(
+        drawn = renderings.render_arrays(
             ds, decoded.preview, inference.explanation.mask, heatmaps, self.settings.render_max_side, timer
         )
-        writes = renderings.start_writes(self._pool, self.outputs, request, ds, pngs, timer)
+        writes = renderings.start_writes(self._pool, self.outputs, request, ds, drawn, timer)
         dicom = None
         try:  # the PNGs are written while the DICOM objects are built
             if self.settings.dicom_objects:  # SEG + SR, stored before any record claims them
@@ -359,6 +362,7 @@ class Processor:
             gradcam=inference.gradcam,
             lime=inference.lime,
             methods=inference.methods,
+            pool=self._pool,
         )
 
     def _record(

@@ -1,11 +1,12 @@
-"""The four PNG renderings of one result: rendered on the request's thread, written beside the
-upload by a small pool of I/O threads while the request's thread goes on to the DICOM objects.
+"""The four PNG renderings of one result: drawn as arrays on the request's thread, then each one
+compressed and written beside the upload by a small pool of I/O threads while the request's
+thread goes on to the DICOM objects.
 
-Only the writes are overlapped. Rendering on a worker thread beside the DICOM build was measured
-slower (benchmarks/bench_pipeline.py, docs/benchmarks.md): highdicom's build is Python and holds
-the GIL, and every numpy step and zlib chunk of the renderings then waits for it (render stage
-111 -> 317 ms at 512², 519 -> 1,072 ms at 2048² on the 2-core machine), so the request got slower.
-A thread blocked on a socket needs the GIL only between reads.
+The compression overlaps the DICOM build because libdeflate releases the GIL while it compresses
+(gpu_service/inference/png.py); so does a thread blocked on a socket, between reads. Drawing the
+arrays stays on the request's thread: it is many short numpy steps, each of which would wait for
+the GIL that highdicom's Python build holds (measured: render stage 519 -> 1,072 ms at 2048² when
+Pillow drew and compressed on a worker thread, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -40,29 +41,30 @@ RENDERINGS = (
 )
 
 
-def render_pngs(
+def render_arrays(
     dataset: Any,
     preview: np.ndarray,
     mask: np.ndarray,
     heatmaps: list[tuple[str, np.ndarray]],
     max_side: int,
     timer: StageTimer,
-) -> list[tuple[str, str, bytes]]:
-    """(suffix, role, PNG) of the renderings (stage ``render``): the mask at the source's
+) -> list[tuple[str, str, np.ndarray]]:
+    """(suffix, role, pixels) of the renderings (stage ``render``): the mask at the source's
     resolution, the preview, the overlay and one heat map per (suffix, weights) at display
     resolution, the image shrunk once for all of them."""
     with timer.stage("render"), permanent_unless_transient("render_failed", dataset):
         arrays = render.display_arrays(preview, mask, None, max_side)
-        pngs = [(suffix, role, render.png(arrays[role])) for suffix, role in RENDERINGS]
+        drawn = [(suffix, role, arrays[role]) for suffix, role in RENDERINGS]
         for suffix, weights in heatmaps:
             heat = render.heatmap_on_display(arrays["preview"], preview.shape[:2], weights)
-            pngs.append((suffix, "heatmap", render.png(heat)))
-        return pngs
+            drawn.append((suffix, "heatmap", heat))
+        return drawn
 
 
 @dataclass
 class PendingWrites:
-    """The PNG writes of one request, under way; :meth:`wait` before anything claims them."""
+    """The PNG compressions and writes of one request, under way; :meth:`wait` before anything
+    claims them."""
 
     dataset: Any
     started: float
@@ -70,8 +72,8 @@ class PendingWrites:
     timer: StageTimer
 
     def wait(self) -> ProcessResult | None:
-        """Stage ``write``: from the first write's start to the last one's end (it overlaps
-        ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
+        """Stage ``write``: from the first compression's start to the last write's end (it
+        overlaps ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
         do for this one), a PermanentFailure on a foreign object, else None."""
         superseded, finished = None, self.started
         try:
@@ -97,18 +99,24 @@ def start_writes(
     outputs: RequestOutputs,
     request: InferenceRequest,
     dataset: Any,
-    pngs: list[tuple[str, str, bytes]],
+    drawn: list[tuple[str, str, np.ndarray]],
     timer: StageTimer,
 ) -> PendingWrites:
-    """Each PNG's write on the pool (I/O: it waits on the socket, not on the GIL)."""
+    """Each rendering compressed and written on the pool: neither holds the GIL for long (libdeflate
+    releases it; a write waits on its socket). A rendering that cannot be encoded is a
+    ``render_failed`` record, as when it cannot be drawn."""
 
-    def write(suffix: str, role: str, png: bytes) -> tuple[WriteResult, float]:
+    def write(suffix: str, role: str, pixels: np.ndarray) -> tuple[WriteResult, float]:
         """The write's result and when it ended: stage ``write`` ends with the last one. Each
-        write is a ``write`` span of the request's trace (they overlap ``dicom``)."""
+        rendering is a ``write`` span of the request's trace (they overlap ``dicom``)."""
         with tracing.span("write", **{"pipeline.stage": "write", "pipeline.output": suffix}):
+            with permanent_unless_transient("render_failed", dataset):
+                png = render.png(pixels)
             return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
 
     started = time.perf_counter()
     context = contextvars.copy_context  # each task in a copy of the request's context (logs, spans)
-    writes = [(role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in pngs]
+    writes = [
+        (role, pool.submit(context().run, write, suffix, role, pixels)) for suffix, role, pixels in drawn
+    ]
     return PendingWrites(dataset, started, writes, timer)

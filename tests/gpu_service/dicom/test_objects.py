@@ -199,6 +199,19 @@ def test_weight_map_becomes_four_binary_bands_of_its_positive_part() -> None:
     assert seg.SOPInstanceUID not in {objects.objects[SEG].SOPInstanceUID, objects.objects[SR].SOPInstanceUID}
 
 
+def test_bands_are_ceil_of_four_times_the_clipped_weight_nan_in_none() -> None:
+    from gpu_service.dicom.seg import heatmap_bands
+
+    edges = [0.0, 1e-7, 0.25, np.nextafter(np.float32(0.25), np.float32(1)), 0.5, 0.75, 0.7500001, 1.0]
+    specials = [np.nan, np.inf, -np.inf, -0.0, -1e-30, 3.5, -2.0]
+    rng = np.random.default_rng(7)
+    weights = np.concatenate([edges, specials, rng.uniform(-1.5, 1.5, 5000)]).astype(np.float32)
+    expected = np.ceil(np.clip(np.nan_to_num(weights), 0, 1) * 4).astype(np.uint8)  # the definition
+    got = heatmap_bands(weights.reshape(-1, 5))
+    assert got.dtype == np.uint8
+    assert np.array_equal(got.ravel(), expected)
+
+
 def test_multi_frame_source_without_frame_positions_gets_the_sr_and_a_reason() -> None:
     """A legacy multi-frame source has no per-frame positions, which highdicom needs to keep a
     SEG's frames apart: no SEG, the SR references the source, and the record will say why."""

@@ -376,3 +376,13 @@ def test_lookup_table_matches_on_every_pydicom_test_file(path: Path, monkeypatch
     monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 0)
     table = decode(ds)
     assert np.array_equal(direct.pixels, table.pixels) and direct.details == table.details
+
+
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", "<u2", ">u2", "i1", "u1", "<i4", ">u4"])
+def test_lookup_offsets_are_value_minus_minimum_in_any_width_sign_and_byte_order(dtype: str) -> None:
+    info = np.iinfo(np.dtype(dtype))
+    low = max(int(info.min), -40000)
+    high = min(int(info.max), low + 65535)
+    values = np.array([low, high, low + 1, (low + high) // 2, high - 1] * 3, dtype=dtype).reshape(3, 5)
+    offsets = pixels._offsets(values, int(values.min()))
+    assert np.array_equal(offsets.astype(np.int64), values.astype(np.int64) - low)

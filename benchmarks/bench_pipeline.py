@@ -10,18 +10,21 @@ render, write (the four PNGs), dicom (SEG, heat-map SEG, SR built, encoded and w
 write_record. No DICOMweb store and no webhook are configured (no STOW-RS, no webhook stage).
 Batching is off: one caller, the model called directly.
 
-Four variants, interleaved, `--repeat` times each per size (a busy neighbour slows all alike),
+Three variants, interleaved, `--repeat` times each per size (a busy neighbour slows all alike),
 every request on a fresh upload:
 - before: what commit bbd50c9 did in the stages the rendering rework changed: render.py as of
   bbd50c9, copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
   overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
   level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). The outputs one
-  after the other. Today's code otherwise (the heat-map SEG as today: four BINARY bands);
-- main: as main was at commit 947e0eb (`MainRender`): renderings at display resolution, each
-  `*_png` call shrinking the image again, the outputs one after the other;
-- serial: as shipped, but the PNG writes one after the other (no overlap);
-- after: as shipped: the image shrunk once for the three display renderings, the PNG writes on
-  I/O threads while the DICOM objects are built, decoding and the 8-bit preview in fewer passes.
+  after the other. Today's code otherwise;
+- previous: main as it was at commit dab686a (`Previous`, its code copied below): Pillow's PNG
+  encoder (zlib level 1, run-length for one channel) on the request's thread, only the PNG writes
+  on I/O threads; the heat map as a float blend; the heat-map SEG's bands by clip, ceil and cast;
+  decoding's lookup table indexed by an intp copy, then cleaned in two more passes; the DICOM
+  objects' writes one after the other;
+- after: as shipped: libdeflate PNGs compressed and written on the output threads beside the DICOM
+  build, the heat map by lookup table, the bands by four comparisons, decoding's offsets in
+  16 bits, the DICOM writes each beside the next object's encoding.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -35,6 +38,7 @@ Sizes are `N` (N x N) or `WxH` (W columns, H rows).
 from __future__ import annotations
 
 import argparse
+import contextvars
 import cProfile
 import io
 import os
@@ -45,6 +49,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -57,6 +62,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
+from gpu_service.dicom import seg
 from gpu_service.inference import pixels, render
 from gpu_service.inference.model import load_model
 from gpu_service.pipeline import processing, renderings
@@ -141,37 +147,25 @@ class LegacyRender:
 
     @classmethod
     def display_arrays(
-        cls, image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None = None
+        cls, image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray | None, max_side: int | None = None
     ) -> dict[str, np.ndarray]:
-        """The four renderings as bbd50c9 drew them (its *_png functions, without the encoding)."""
-        return {
+        """The renderings as bbd50c9 drew them (its *_png functions, without the encoding)."""
+        arrays = {
             "preview": np.ascontiguousarray(image_u8),
             "mask": np.where(mask.astype(bool), 255, 0).astype(np.uint8),
             "overlay": cls.overlay_rgb(image_u8, mask),
-            "heatmap": cls.heatmap_rgb(image_u8, weights),
         }
+        if weights is not None:
+            arrays["heatmap"] = cls.heatmap_rgb(image_u8, weights)
+        return arrays
+
+    @classmethod
+    def heatmap_on_display(
+        cls, image_u8: np.ndarray, shape: tuple[int, ...], weights: np.ndarray
+    ) -> np.ndarray:
+        return cls.heatmap_rgb(image_u8, weights)  # bbd50c9's "display" is the source's resolution
 
     png = _png
-
-
-class MainRender:
-    """The renderings as main drew them before the outputs were overlapped (commit 947e0eb): one
-    ``*_png`` call each, every one shrinking the full-resolution image again."""
-
-    @staticmethod
-    def display_arrays(
-        image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray, max_side: int | None
-    ) -> dict[str, np.ndarray]:
-        return {
-            "preview": np.ascontiguousarray(
-                render._shrink_image(image_u8, render.display_shape(image_u8.shape, max_side))
-            ),
-            "mask": mask.astype(bool).view(np.uint8) * np.uint8(255),
-            "overlay": render.overlay_rgb(image_u8, mask, max_side),
-            "heatmap": render.heatmap_rgb(image_u8, weights, max_side),
-        }
-
-    png = staticmethod(render.png)
 
 
 class InlinePool:
@@ -187,26 +181,120 @@ class InlinePool:
         return future
 
 
-VARIANTS = ("before", "main", "serial", "after")
+class Previous:
+    """The code paths of commit dab686a that "after" changed, copied from it."""
+
+    @staticmethod
+    def png(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        options = {"compress_type": zlib.Z_RLE} if array.ndim == 2 else {}
+        Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=1, **options)
+        return buffer.getvalue()
+
+    @staticmethod
+    def heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
+        shape = small.shape[:2]
+        w = np.clip(
+            np.nan_to_num(render._sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0
+        )
+        alpha = np.float32(render.HEATMAP_MAX_ALPHA) * np.abs(w)
+        keep = 1.0 - alpha
+        support = w > 0
+        out = np.empty((*shape, 3), dtype=np.uint8)
+        for c in range(3):
+            value = (small if small.ndim == 2 else small[..., c]).astype(np.float32)
+            tint = np.where(support, np.float32(render.SUPPORT_COLOR[c]), np.float32(render.AGAINST_COLOR[c]))
+            plane = keep * value
+            plane += alpha * tint
+            plane += 0.5
+            np.clip(plane, 0, 255, out=plane)
+            out[..., c] = plane
+        return out
+
+    @staticmethod
+    def heatmap_bands(weights: np.ndarray) -> np.ndarray:
+        positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
+        return np.ceil(positive * seg.HEATMAP_BANDS).astype(np.uint8)
+
+    @staticmethod
+    def grayscale(arr: np.ndarray, view: Any, pi: str, details: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        if arr.dtype.kind in "iu" and arr.size >= pixels.LUT_MIN_PIXELS:
+            low, high = int(arr.min()), int(arr.max())
+            if high - low < pixels.LUT_MAX_SPAN:
+                offsets = np.subtract(arr, low, dtype=np.intp) if low else arr
+                present = np.bincount(offsets.ravel(), minlength=high - low + 1) > 0
+                values = np.arange(low, high + 1).astype(arr.dtype)
+                table = pixels._grayscale_values(values, view, pi, details, present)
+                table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+                return table.astype(np.float32)[offsets], False  # False: cleaned again, as it was
+        return pixels._grayscale_values(arr, view, pi, details, None), False
+
+    @staticmethod
+    def start_writes(pool: Any, outputs: Any, request: Any, dataset: Any, drawn: list, timer: Any) -> Any:
+        """The renderings encoded by Pillow on the request's thread (stage ``render``), only the
+        writes on the pool: what dab686a's render_pngs and start_writes did."""
+        start = time.perf_counter()
+        encoded = [(suffix, role, Previous.png(array)) for suffix, role, array in drawn]
+        timer.record("render", time.perf_counter() - start)
+        pending = SHIPPED["start_writes"](pool, outputs, request, dataset, [], timer)
+        context = contextvars.copy_context
+
+        def write(suffix: str, role: str, png: bytes) -> tuple[Any, float]:
+            return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
+
+        pending.started = time.perf_counter()
+        pending.writes = [
+            (role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in encoded
+        ]
+        return pending
+
+    @staticmethod
+    def write_result_objects(**kwargs: Any) -> Any:
+        kwargs.pop("pool", None)  # the writes one after the other
+        return SHIPPED["write_result_objects"](**kwargs)
+
+
+VARIANTS = ("before", "previous", "after")
+SHIPPED: dict[str, Any] = {
+    "render": renderings.render,
+    "start_writes": renderings.start_writes,
+    "heatmap_on": render._heatmap_on,
+    "heatmap_bands": seg.heatmap_bands,
+    "grayscale": pixels._grayscale,
+    "write_result_objects": processing.result_objects.write_result_objects,
+}
+
+
+def _ship() -> None:
+    renderings.render = SHIPPED["render"]
+    renderings.start_writes = SHIPPED["start_writes"]
+    render._heatmap_on = SHIPPED["heatmap_on"]
+    seg.heatmap_bands = SHIPPED["heatmap_bands"]
+    pixels._grayscale = SHIPPED["grayscale"]
+    processing.result_objects.write_result_objects = SHIPPED["write_result_objects"]
 
 
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Sets up one of :data:`VARIANTS` for the requests run inside."""
-    shipped, lut_min = renderings.render, pixels.LUT_MIN_PIXELS
+    lut_min = pixels.LUT_MIN_PIXELS
     pools = {p: p._pool for p in PROCESSORS}
     if name == "before":
         renderings.render = LegacyRender  # type: ignore[assignment]
         pixels.LUT_MIN_PIXELS = 1 << 62
-    if name == "main":
-        renderings.render = MainRender  # type: ignore[assignment]
-    if name in ("before", "main", "serial"):
         for p in PROCESSORS:
             p._pool = InlinePool()  # type: ignore[assignment]
+    if name == "previous":
+        renderings.start_writes = Previous.start_writes  # type: ignore[assignment]
+        render._heatmap_on = Previous.heatmap_on  # type: ignore[assignment]
+        seg.heatmap_bands = Previous.heatmap_bands  # type: ignore[assignment]
+        pixels._grayscale = Previous.grayscale  # type: ignore[assignment]
+        processing.result_objects.write_result_objects = Previous.write_result_objects  # type: ignore[assignment]
     try:
         yield
     finally:
-        renderings.render, pixels.LUT_MIN_PIXELS = shipped, lut_min
+        _ship()
+        pixels.LUT_MIN_PIXELS = lut_min
         for p, pool in pools.items():
             p._pool = pool
 

@@ -2,11 +2,11 @@
 compressed and written beside the upload by a small pool of I/O threads while the request's
 thread goes on to the DICOM objects.
 
-The compression overlaps the DICOM build because libdeflate releases the GIL while it compresses
-(gpu_service/inference/png.py); so does a thread blocked on a socket, between reads. Drawing the
-arrays stays on the request's thread: it is many short numpy steps, each of which would wait for
-the GIL that highdicom's Python build holds (measured: render stage 519 -> 1,072 ms at 2048² when
-Pillow drew and compressed on a worker thread, docs/benchmarks.md).
+The compression overlaps the DICOM build because libdeflate compresses each image in one call
+without the GIL (gpu_service/inference/png.py); a thread blocked on a socket holds it only between
+reads. Drawing the arrays stays on the request's thread: it is many short numpy steps, each of
+which would wait for the GIL that highdicom's Python build holds (measured: render stage 519 ->
+1,072 ms at 2048² when Pillow drew and compressed on a worker thread, docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ class Previous:
                 offsets = np.subtract(arr, low, dtype=np.intp) if low else arr
                 present = np.bincount(offsets.ravel(), minlength=high - low + 1) > 0
                 values = np.arange(low, high + 1).astype(arr.dtype)
-                table = pixels._grayscale_values(values, view, pi, details, present)
+                table = pixels._grayscale_values(values, view, pi, details, lambda: present)
                 table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
                 return table.astype(np.float32)[offsets], False  # False: cleaned again, as it was
         return pixels._grayscale_values(arr, view, pi, details, None), False

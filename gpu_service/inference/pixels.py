@@ -18,6 +18,7 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,8 +276,12 @@ def _grayscale(
         low, high = int(arr.min()), int(arr.max())
         if high - low < LUT_MAX_SPAN:
             offsets = _offsets(arr, low)
-            present = np.zeros(high - low + 1, dtype=bool)
-            present[offsets] = True
+
+            def present() -> np.ndarray:
+                held = np.zeros(high - low + 1, dtype=bool)
+                held[offsets] = True
+                return held
+
             values = np.arange(low, high + 1).astype(arr.dtype)
             table = _grayscale_values(values, view, pi, details, present)
             table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
@@ -285,10 +290,15 @@ def _grayscale(
 
 
 def _grayscale_values(
-    arr: np.ndarray, view: pydicom.Dataset, pi: str, details: dict[str, Any], present: np.ndarray | None
+    arr: np.ndarray,
+    view: pydicom.Dataset,
+    pi: str,
+    details: dict[str, Any],
+    present: Callable[[], np.ndarray] | None,
 ) -> np.ndarray:
     """``present``: which of ``arr``'s values the image holds (a lookup table's input), so a
-    min..max stretch spans the image's values only."""
+    min..max stretch spans the image's values only; asked only by that stretch (an image with a
+    window or a VOI LUT skips a pass over its pixels)."""
     is_float = arr.dtype.kind == "f"
     if not is_float:
         arr = apply_modality_lut(arr, view)
@@ -319,7 +329,7 @@ def _grayscale_values(
             details["voi_error"] = f"invalid window, ignored ({type(exc).__name__})"
     if out is None:
         out = np.asarray(arr, dtype=np.float64)
-        finite = out[np.isfinite(out) & (True if present is None else present)]
+        finite = out[np.isfinite(out) & (True if present is None else present())]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         details["voi"] = "minmax"
     scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)

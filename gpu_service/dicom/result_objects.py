@@ -111,15 +111,19 @@ def write_objects(
         pixel_weights=pixel_weights,
         gradcam_weights=gradcam_weights,
     )
-    pending = []
-    for role, ds in objects.objects.items():  # each write under way while the next one encodes
-        data = dicom_objects.encode(ds)
-        if pool is None:
-            pending.append((role, _done(write, SUFFIXES[role], role, data)))
-        else:
-            run = contextvars.copy_context().run  # the request's logs and trace, on the pool's thread
-            pending.append((role, pool.submit(run, write, SUFFIXES[role], role, data, CONTENT_TYPE)))
-    wait([future for _, future in pending])  # every write settled before anything is raised
+    pending: list[tuple[str, Future[WriteResult]]] = []
+    try:
+        for role, ds in objects.objects.items():  # each write under way while the next one encodes
+            data = dicom_objects.encode(ds)
+            if pool is None:
+                pending.append((role, _done(write, SUFFIXES[role], role, data)))
+                if pending[-1][1].exception() is not None:
+                    break  # one after the other: nothing more is written after a failed write
+            else:
+                run = contextvars.copy_context().run  # the request's logs and trace, on the pool's thread
+                pending.append((role, pool.submit(run, write, SUFFIXES[role], role, data, CONTENT_TYPE)))
+    finally:
+        wait([future for _, future in pending])  # every write settled before anything is raised
     for role, future in pending:
         if future.result().outcome is WriteOutcome.SUPERSEDED:
             raise Superseded(role)

@@ -340,3 +340,47 @@ def test_startup_warmup_builds_both_objects(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(dicom_objects, "build_objects", recording)
     dicom_objects.warmup()
     assert [sorted(b.objects) for b in built] == [[SEG, SR]] and built[0].absent == {}
+
+
+@pytest.mark.parametrize("on_pool", [True, False])
+def test_a_failed_write_is_raised_after_every_other_write_settled(on_pool: bool) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_service.dicom.result_objects import write_objects
+    from pipeline_common.write_outcome import WriteOutcome, WriteResult
+
+    source = radiograph(size=64)
+    weights = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    started, finished, lock = [], [], threading.Lock()
+
+    def write(suffix: str, role: str, data: bytes, content_type: str) -> WriteResult:
+        with lock:
+            started.append(role)
+        if role == SEG:
+            raise OSError("the bucket refused the SEG")
+        time.sleep(0.2)  # the other writes are still under way when the SEG's fails
+        with lock:
+            finished.append(role)
+        return WriteResult(WriteOutcome.CREATED, generation=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        with pytest.raises(OSError, match="refused the SEG"):
+            write_objects(
+                source=source,
+                mask=some_mask((64, 64)),
+                finding=Finding(LABELS, list(PROBS), 1),
+                algorithm=ALGORITHM,
+                dedup_key=KEY,
+                frame_index=0,
+                pixel_weights=weights,
+                write=write,
+                uri=lambda suffix: f"gs://b/x{suffix}",
+                dicomweb_url=None,
+                pool=pool if on_pool else None,
+            )
+        if on_pool:  # every write was started, and none was still running when the error came
+            assert sorted(started) == sorted([SEG, HEATMAP, SR]) and sorted(finished) == sorted([HEATMAP, SR])
+        else:  # one after the other: nothing is written after the failed one (the SEG is first)
+            assert started == [SEG] and finished == []

@@ -242,7 +242,6 @@ class Previous:
         def write(suffix: str, role: str, png: bytes) -> tuple[Any, float]:
             return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
 
-        pending.started = time.perf_counter()
         pending.writes = [
             (role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in encoded
         ]

@@ -111,9 +111,13 @@ def summarise(rows: list[Reviewed], bucket: str = "week") -> list[ModelQuality]:
 
 def latest_reviews(since: datetime | None = None):
     """The decisions in force, with their results (completed ones: a failed result has none)."""
-    rows = ReviewDecision.objects.filter(
-        superseded_by__isnull=True, result__status=InferenceResult.Status.COMPLETED
-    ).select_related("result")
+    rows = (
+        ReviewDecision.objects.filter(
+            superseded_by__isnull=True, result__status=InferenceResult.Status.COMPLETED
+        )
+        .select_related("result")
+        .defer("result__body")
+    )  # the record's fields suffice: no JSON body
     if since is not None:
         rows = rows.filter(decided_at__gte=since)
     return rows.order_by("decided_at", "id")

@@ -17,9 +17,9 @@ def review_context(request: HttpRequest, row: InferenceResult) -> dict[str, Any]
     """What the detail page needs for the decisions: history (with receipts), and the form with
     the tokens of this rendering (a fresh ``review_id``, the opening time, the latest decision
     seen) when the user may decide."""
-    history = list(ReviewDecision.objects.filter(result=row).select_related("receipt", "supersedes"))
-    latest_pk = _latest_pk(history)
-    latest = next((d for d in history if d.pk == latest_pk), None)
+    history = list(ReviewDecision.objects.filter(result=row).select_related("receipt"))
+    superseded = {d.supersedes_id for d in history}
+    latest = next((d for d in history if d.pk not in superseded), None)
     may_review = request.user.has_perm(reviews.PERMISSION)
     size = reviews.image_size(row)
     return {
@@ -36,9 +36,3 @@ def review_context(request: HttpRequest, row: InferenceResult) -> dict[str, Any]
         "reasons": ReviewDecision.Reason.choices,
         "image_size": {"rows": size[0], "columns": size[1]} if size else None,
     }
-
-
-def _latest_pk(history: list[ReviewDecision]) -> int | None:
-    superseded = {d.supersedes_id for d in history if d.supersedes_id}
-    heads = [d.pk for d in history if d.pk not in superseded]
-    return heads[0] if heads else None

@@ -77,11 +77,12 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("dicom_results:detail", args=[row.pk]) + "#history", status=303)
 
 
-def worklist_counts() -> dict[str, int]:
+def worklist_counts(unreviewed: int) -> dict[str, int]:
+    """``unreviewed``: the worklist's own count (its paginator has made it already)."""
     completed = InferenceResult.objects.filter(status=InferenceResult.Status.COMPLETED)
     start = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
     return {
-        "unreviewed": completed.filter(reviews__isnull=True).count(),
+        "unreviewed": unreviewed,
         "reviewed_today": completed.filter(reviews__decided_at__gte=start).distinct().count(),
         "total": completed.count(),
     }
@@ -95,9 +96,5 @@ def worklist(request: HttpRequest) -> HttpResponse:
         status=InferenceResult.Status.COMPLETED, reviews__isnull=True
     ).order_by("received_at", "id")
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "page": page,
-        "counts": worklist_counts(),
-        "may_review": request.user.has_perm(reviews.PERMISSION),
-    }
+    context = {"page": page, "counts": worklist_counts(page.paginator.count)}
     return render(request, "dicom_results/worklist.html", context)

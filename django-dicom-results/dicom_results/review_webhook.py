@@ -6,7 +6,6 @@ docs/contracts.md, "Webhook event: dicom-review-receipt/1".
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -16,9 +15,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from dicom_results.conf import app_settings
 from dicom_results.models import ReviewDecision, ReviewReceipt
-from dicom_results.webhook import ID_HEADER, verify_delivery
+from dicom_results.webhook import ID_HEADER, load_json, read_signed
 
 logger = logging.getLogger(__name__)
 
@@ -73,31 +71,21 @@ def parse_receipt(body: Any) -> dict[str, Any]:
 @csrf_exempt
 @require_POST
 def receive_review_receipt(request: HttpRequest) -> JsonResponse:
-    conf = app_settings()
     webhook_id = request.headers.get(ID_HEADER, "")
     trace = {
         "webhook_id": webhook_id[:MAX_ID_LENGTH],
         "correlation_id": request.headers.get("X-Correlation-Id"),
     }
+    body = read_signed(request, MAX_ID_LENGTH, lambda *refusal: _refuse(*refusal, **trace))
+    if isinstance(body, JsonResponse):
+        return body
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _refuse(400, "bad_request", "Content-Length is not a number", **trace)
-    body = request.read(conf.max_body_bytes + 1)
-    if declared > conf.max_body_bytes or len(body) > conf.max_body_bytes:
-        return _refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes", **trace)
-    reason = verify_delivery(conf.webhook_secret, conf.tolerance_s, body, request.headers)
-    if reason is not None:
-        return _refuse(401, "bad_signature", reason, **trace)
-    if not webhook_id or len(webhook_id) > MAX_ID_LENGTH:
-        return _refuse(400, "bad_webhook_id", f"webhook-id of 1 to {MAX_ID_LENGTH} characters", **trace)
-    try:
-        receipt = json.loads(body)
+        receipt = load_json(body)
         fields = parse_receipt(receipt)
     except ReceiptError as exc:
         return _refuse(400, "bad_schema", str(exc), **trace)
-    except ValueError:
-        return _refuse(400, "not_json", "the body is not JSON", **trace)
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        return _refuse(400, "not_json", "the body is not JSON (NaN and Infinity are not JSON)", **trace)
     existing = ReviewReceipt.objects.filter(webhook_id=webhook_id).values_list("pk", flat=True).first()
     if existing is not None:
         return JsonResponse({"id": existing, "duplicate": True}, status=200)

@@ -203,7 +203,8 @@ def record_decision(
     """Store one decision (or return the one already stored under ``review_id``)."""
     if not (reviewer.is_active and reviewer.has_perm(PERMISSION)):
         raise ReviewError("forbidden", "you may see decisions but not make them", 403)
-    region = _check_fields(result, decision, reason_code, reason_text.strip(), corrected_label, region)
+    reason_text = reason_text.strip()
+    region = _check_fields(result, decision, reason_code, reason_text, corrected_label, region)
     review_id = review_id or uuid.uuid4()
     decided_at = timezone.now()
     decision_ms = _decision_ms(opened_at, decided_at)
@@ -224,7 +225,7 @@ def record_decision(
                 supersedes=latest,
                 decision=decision,
                 reason_code=reason_code,
-                reason_text=reason_text.strip(),
+                reason_text=reason_text,
                 corrected_label=corrected_label,
                 region=region,
                 reviewer=reviewer,

@@ -106,8 +106,7 @@ def render_detail(
 @staff_required
 def artifact(request: HttpRequest, pk: int, role: str) -> HttpResponse:
     row = get_object_or_404(InferenceResult, pk=pk)
-    known = role in IMAGE_ROLES + DICOM_ROLES or role.startswith("heatmap-")
-    uri = row.artifact_uri(role) if known else ""
+    uri = row.artifact_uri(role)  # "" for a role the result does not have
     if not uri.startswith("gs://"):
         raise Http404("no such artifact")
     conf = app_settings()

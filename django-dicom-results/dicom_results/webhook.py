@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
@@ -52,6 +53,35 @@ def verify_delivery(secret: str, tolerance_s: int, body: bytes, headers: Mapping
     return None
 
 
+def read_signed(
+    request: HttpRequest, max_id_length: int, refuse: Callable[[int, str, str], JsonResponse]
+) -> bytes | JsonResponse:
+    """The body of an authentic delivery, or ``refuse``'s answer, for every signed endpoint of
+    this app: the declared and the actual size checked before and while the body is read, the
+    signature before anything looks at the body, then the webhook-id's length."""
+    conf = app_settings()
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return refuse(400, "bad_request", "Content-Length is not a number")
+    if declared > conf.max_body_bytes:
+        return refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes")
+    body = request.read(conf.max_body_bytes + 1)
+    if len(body) > conf.max_body_bytes:
+        return refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes")
+    reason = verify_delivery(conf.webhook_secret, conf.tolerance_s, body, request.headers)
+    if reason is not None:
+        return refuse(401, "bad_signature", reason)
+    if len(request.headers.get(ID_HEADER, "")) > max_id_length:
+        return refuse(400, "bad_webhook_id", f"webhook-id longer than {max_id_length} characters")
+    return body
+
+
+def load_json(body: bytes) -> Any:
+    """The body as JSON; ValueError for what is not JSON, NaN and Infinity included."""
+    return json.loads(body, parse_constant=_no_constants)
+
+
 @csrf_exempt
 @require_POST
 def receive_result(request: HttpRequest) -> JsonResponse:
@@ -61,30 +91,17 @@ def receive_result(request: HttpRequest) -> JsonResponse:
 
 
 def _receive(request: HttpRequest, trace_fields: dict[str, object]) -> JsonResponse:
-    conf = app_settings()
     webhook_id = request.headers.get(ID_HEADER, "")
     trace = {
         "webhook_id": webhook_id[:MAX_ID_LENGTH],
         "correlation_id": request.headers.get("X-Correlation-Id"),
         **trace_fields,
     }
+    body = read_signed(request, MAX_ID_LENGTH, lambda *refusal: _refuse(*refusal, **trace))
+    if isinstance(body, JsonResponse):
+        return body
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _refuse(400, "bad_request", "Content-Length is not a number", **trace)
-    if declared > conf.max_body_bytes:
-        return _refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes", **trace)
-    body = request.read(conf.max_body_bytes + 1)
-    if len(body) > conf.max_body_bytes:
-        return _refuse(413, "too_large", f"body over {conf.max_body_bytes} bytes", **trace)
-
-    reason = verify_delivery(conf.webhook_secret, conf.tolerance_s, body, request.headers)
-    if reason is not None:
-        return _refuse(401, "bad_signature", reason, **trace)
-    if len(webhook_id) > MAX_ID_LENGTH:
-        return _refuse(400, "bad_webhook_id", f"webhook-id longer than {MAX_ID_LENGTH} characters", **trace)
-    try:
-        record = json.loads(body, parse_constant=_no_constants)
+        record = load_json(body)
         fields = parse_result(record)
     except SchemaError as exc:
         return _refuse(400, "bad_schema", str(exc), **trace)

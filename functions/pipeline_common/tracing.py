@@ -235,6 +235,11 @@ def span(
         yield current
 
 
+def start_span(name: str, **attributes: Any) -> trace.Span:
+    """A child of the current span that the caller ends (work that other threads do)."""
+    return tracer().start_span(name, attributes={k: v for k, v in attributes.items() if v is not None})
+
+
 def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)

@@ -38,8 +38,6 @@ from gpu_service.dicom.review_seg import RegionError, build_region_segmentation,
 from gpu_service.dicom.seg import why_no_segmentation
 from gpu_service.dicom.sr import IMAGING_PROCEDURE, drop_frame_beside_segment
 
-TRACKING_IDENTIFIER = hd.sr.CodedConcept("112039", "DCM", "Tracking Identifier")
-FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 AI_PREFIXES = ("AI finding: ", "AI label: ")  # the AI SR's tracking identifiers (sr.py)
 UNKNOWN_ORGANISATION = "unknown"  # Verifying Organization is Type 1
 
@@ -54,10 +52,10 @@ def ai_label_codes(ai_sr: Dataset) -> dict[str, hd.sr.CodedConcept]:
         label, code = None, None
         for child in item.get("ContentSequence", []):
             name = _concept(child)
-            if name == TRACKING_IDENTIFIER and child.get("ValueType") == "TEXT":
+            if name == codes.DCM.TrackingIdentifier and child.get("ValueType") == "TEXT":
                 text = str(child.TextValue)
                 label = next((text[len(p) :] for p in AI_PREFIXES if text.startswith(p)), None)
-            elif name == FINDING and child.get("ConceptCodeSequence"):
+            elif name == codes.DCM.Finding and child.get("ConceptCodeSequence"):
                 code = hd.sr.CodedConcept.from_dataset(child.ConceptCodeSequence[0])
         if label is not None and code is not None:
             found[label] = code

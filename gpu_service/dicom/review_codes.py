@@ -13,6 +13,7 @@ from typing import Any
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
 SCHEME = "99DPREVIEW"
@@ -39,7 +40,7 @@ def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
 
 ASSESSMENT = _code("RV001", "Assessment of AI result")
 REASON = _code("RV002", "Reason for assessment")
-COMMENT = hd.sr.CodedConcept(value="121106", scheme_designator="DCM", meaning="Comment")  # standard
+COMMENT = codes.DCM.Comment  # standard
 ASSESSED_REPORT = _code("RV004", "Assessed AI report")
 ASSESSED_SEGMENTATION = _code("RV005", "Assessed AI segmentation")
 DECISION_CODES = {

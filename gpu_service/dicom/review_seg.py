@@ -15,7 +15,7 @@ from skimage.measure import points_in_poly
 
 from gpu_service.dicom.common import MANUFACTURER, n_frames_of
 from gpu_service.dicom.review_codes import REVIEW_SEG, SERIES_DESCRIPTIONS, SERIES_NUMBERS, review_uid
-from gpu_service.dicom.seg import orient_projection, pixel_measures
+from gpu_service.dicom.seg import on_frame, orient_projection, pixel_measures
 
 MAX_POLYGON_POINTS = 1000
 REGION_RGB = (40, 200, 80)  # green: not the AI's red
@@ -90,12 +90,7 @@ def build_region_segmentation(
 ) -> Dataset:
     """Segment 1 = the drawn region (BINARY, MANUAL), on the decoded frame of the source."""
     rows, columns = int(source.Rows), int(source.Columns)
-    mask = rasterise(region, rows, columns)
-    n_frames = n_frames_of(source)
-    if n_frames > 1:
-        frames = np.zeros((n_frames, rows, columns), dtype=bool)
-        frames[frame_index] = mask
-        mask = frames
+    mask = on_frame(rasterise(region, rows, columns), n_frames_of(source), frame_index)
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="Radiologist region",

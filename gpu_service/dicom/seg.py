@@ -46,9 +46,9 @@ FALLBACK_SPACING_MM = 1.0
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Recommended Display CIELab Value of each SEG's segment, as RGB: the mask red, as the PNG
-# overlay draws it; the heat maps' bands from pale yellow (weakest) to deep orange (strongest)
-# (viewers warn when a segment has no colour).
-DISPLAY_RGB = {SEG: (230, 40, 40), HEATMAP: (255, 160, 0), GRADCAM_HEATMAP: (255, 160, 0)}
+# overlay draws it; the heat maps' bands (BAND_RGB) from pale yellow (weakest) to deep orange
+# (strongest) (viewers warn when a segment has no colour).
+DISPLAY_RGB = {SEG: (230, 40, 40)}
 HEATMAP_BANDS = 4
 BAND_RGB = ((255, 235, 120), (255, 200, 40), (255, 150, 0), (255, 90, 0))
 CONTENT_LABELS = {SEG: "LIME", HEATMAP: "LIMEWEIGHTS", GRADCAM_HEATMAP: "GRADCAM"}
@@ -81,7 +81,7 @@ def pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | None:
     return hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness)
 
 
-def _frames(mask: np.ndarray, n_frames: int, frame_index: int) -> np.ndarray:
+def on_frame(mask: np.ndarray, n_frames: int, frame_index: int) -> np.ndarray:
     """The mask on the decoded frame of a multi-frame source, the other frames empty."""
     if n_frames <= 1:
         return mask
@@ -133,7 +133,7 @@ def _segmentation(
     ]
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=_frames(pixels, n_frames_of(source), frame_index),
+        pixel_array=on_frame(pixels, n_frames_of(source), frame_index),
         segment_descriptions=descriptions,
         series_instance_uid=object_uid(dedup_key, algorithm.sha256, f"{role}-series"),
         series_number=SERIES_NUMBERS[role],

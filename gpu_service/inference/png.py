@@ -47,7 +47,12 @@ def encode(array: np.ndarray) -> bytes:
     samples = 1 if array.ndim == 2 else array.shape[2]
     if samples not in _COLOUR_TYPES:
         raise ValueError(f"a PNG rendering has 1 or 3 samples per pixel, not {samples}")
+    return container(array, bytes(deflate.zlib_compress(filtered_rows(np.ascontiguousarray(array)), LEVEL)))
+
+
+def container(array: np.ndarray, idat: bytes) -> bytes:
+    """The PNG file of ``array`` (as :func:`encode` checked it) around its compressed scanlines."""
     height, width = array.shape[:2]
-    header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[samples], 0, 0, 0)
-    idat = bytes(deflate.zlib_compress(filtered_rows(np.ascontiguousarray(array)), LEVEL))
+    colour = _COLOUR_TYPES[1 if array.ndim == 2 else array.shape[2]]
+    header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")

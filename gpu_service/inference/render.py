@@ -32,7 +32,8 @@ DEFAULT_MAX_SIDE = 1024
 OUTLINE_PER_SIDE = 512
 
 
-def _png(array: np.ndarray) -> bytes:
+def png(array: np.ndarray) -> bytes:
+    """One rendering's PNG (libdeflate releases the GIL while it compresses: threads overlap it)."""
     return png_codec.encode(array)
 
 
@@ -79,7 +80,7 @@ def _check_image(image_u8: np.ndarray) -> None:
 def preview_png(image_u8: np.ndarray, max_side: int | None = None) -> bytes:
     """The 8-bit windowed image (HxW grayscale or HxWx3 RGB), long side at most ``max_side``."""
     _check_image(image_u8)
-    return _png(np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side))))
+    return png(np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side))))
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -88,7 +89,7 @@ def mask_png(mask: np.ndarray) -> bytes:
     if mask.ndim != 2:
         raise ValueError("mask must be HxW")
     inside = mask if mask.dtype == bool else mask.astype(bool)
-    return _png(inside.view(np.uint8) * np.uint8(255))
+    return png(inside.view(np.uint8) * np.uint8(255))
 
 
 def outer_outline(inside: np.ndarray, thickness: int) -> np.ndarray:
@@ -144,7 +145,7 @@ def _overlay_on(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_png(image_u8: np.ndarray, mask: np.ndarray, max_side: int | None = None) -> bytes:
-    return _png(overlay_rgb(image_u8, mask, max_side))
+    return png(overlay_rgb(image_u8, mask, max_side))
 
 
 def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> np.ndarray:
@@ -193,7 +194,7 @@ def _heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
 
 
 def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> bytes:
-    return _png(heatmap_rgb(image_u8, pixel_weights, max_side))
+    return png(heatmap_rgb(image_u8, pixel_weights, max_side))
 
 
 def display_arrays(
@@ -229,8 +230,3 @@ def heatmap_on_display(
     if tuple(source_shape[:2]) != pixel_weights.shape:
         raise ValueError(f"weights {pixel_weights.shape} do not match image {tuple(source_shape[:2])}")
     return _heatmap_on(small, pixel_weights)
-
-
-def png(array: np.ndarray) -> bytes:
-    """One rendering's PNG (libdeflate releases the GIL while it compresses: threads overlap it)."""
-    return _png(array)

@@ -104,9 +104,11 @@ class Processor:
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
         # The outputs' tasks of every request in flight: the PNG compressions and writes (the
-        # renderings and up to two heat maps) and the DICOM objects' writes (up to four). No task
+        # renderings and one heat map per method) and the DICOM objects' writes (up to four). No task
         # waits on another, so a request's tasks can only queue, never block each other.
-        per_request = len(renderings.RENDERINGS) + 2 + len(result_objects.SUFFIXES)
+        per_request = (
+            len(renderings.RENDERINGS) + len(explanations.HEATMAP_SUFFIXES) + len(result_objects.SUFFIXES)
+        )
         self._pool = ThreadPoolExecutor(
             per_request * max(1, settings.concurrency), thread_name_prefix="outputs"
         )

@@ -26,7 +26,7 @@ from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_tra
 from gpu_service.request import InferenceRequest
 from gpu_service.results.cloud_storage import OutputConflict
 from gpu_service.results.outputs import RequestOutputs
-from gpu_service.timing import StageTimer
+from gpu_service.timing import RunningStage, StageTimer
 from pipeline_common import naming, tracing
 from pipeline_common.jsonlog import log
 from pipeline_common.write_outcome import WriteOutcome, WriteResult
@@ -67,15 +67,14 @@ class PendingWrites:
     claims them."""
 
     dataset: Any
-    started: float
     writes: list[tuple[str, Future[tuple[WriteResult, float]]]]
-    timer: StageTimer
+    stage: RunningStage
 
     def wait(self) -> ProcessResult | None:
         """Stage ``write``: from the first compression's start to the last write's end (it
         overlaps ``dicom``). A SUPERSEDED result when a newer upload's output holds a name (nothing more to
         do for this one), a PermanentFailure on a foreign object, else None."""
-        superseded, finished = None, self.started
+        superseded, finished = None, self.stage.started
         try:
             for role, future in self.writes:
                 try:
@@ -85,12 +84,12 @@ class PendingWrites:
                     raise PermanentFailure(OutputConflict.code, str(exc), self.dataset) from exc
                 if written.outcome is WriteOutcome.SUPERSEDED and superseded is None:
                     log(logger, logging.INFO, "a newer generation's output is stored; skipping", role=role)
-                    superseded = ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=self.timer.ms)
+                    superseded = ProcessResult(RequestOutcome.SUPERSEDED, timings_ms=self.stage.timer.ms)
         finally:
             for _, future in self.writes:  # every write settled before the caller goes on
                 if future.exception() is None:
                     finished = max(finished, future.result()[1])
-            self.timer.record("write", finished - self.started)
+            self.stage.end(finished)
         return superseded
 
 
@@ -108,15 +107,16 @@ def start_writes(
 
     def write(suffix: str, role: str, pixels: np.ndarray) -> tuple[WriteResult, float]:
         """The write's result and when it ended: stage ``write`` ends with the last one. Each
-        rendering is a ``write`` span of the request's trace (they overlap ``dicom``)."""
-        with tracing.span("write", **{"pipeline.stage": "write", "pipeline.output": suffix}):
+        rendering is a ``write_output`` span under the stage's ``write`` span (they overlap ``dicom``)."""
+        with tracing.span("write_output", **{"pipeline.output": suffix}):
             with permanent_unless_transient("render_failed", dataset):
                 png = render.png(pixels)
             return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
 
-    started = time.perf_counter()
-    context = contextvars.copy_context  # each task in a copy of the request's context (logs, spans)
-    writes = [
-        (role, pool.submit(context().run, write, suffix, role, pixels)) for suffix, role, pixels in drawn
-    ]
-    return PendingWrites(dataset, started, writes, timer)
+    stage = timer.begin("write")
+    with stage.current():  # each task in a copy of the request's context (logs), under the stage's span
+        writes = [
+            (role, pool.submit(contextvars.copy_context().run, write, suffix, role, pixels))
+            for suffix, role, pixels in drawn
+        ]
+    return PendingWrites(dataset, writes, stage)

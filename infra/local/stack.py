@@ -66,8 +66,6 @@ __all__ = ["DEAD_LETTER_SUBSCRIPTION", "Ports", "Stack", "StackConfig", "StackEr
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-WEBHOOK_PATH = viewer.WEBHOOK_PATH
-
 
 class Stack:
     """``up`` starts, each in its own process group, logging under ``ROOT/logs/``: the Pub/Sub

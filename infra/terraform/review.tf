@@ -97,6 +97,7 @@ resource "google_pubsub_subscription" "review_push" {
 }
 
 locals {
+  review_concurrency   = 8 # gunicorn's threads (CONCURRENCY) and Cloud Run's requests per instance
   review_service_name  = "${local.prefix}-review"
   review_push_audience = "${local.prefix}-review-push"
   review_env = {
@@ -110,7 +111,7 @@ locals {
       DICOMWEB_AUTH        = local.dicomweb_url == null ? "" : "google"
       PUSH_AUDIENCE        = local.review_push_audience
       PUSH_SERVICE_ACCOUNT = google_service_account.review_push_invoker.email
-      CONCURRENCY          = "8"
+      CONCURRENCY          = tostring(local.review_concurrency)
     } : k => v if v != null && v != ""
   }
 }
@@ -127,7 +128,7 @@ resource "google_cloud_run_v2_service" "review" {
 
   template {
     service_account                  = google_service_account.review.email
-    max_instance_request_concurrency = 8
+    max_instance_request_concurrency = local.review_concurrency
     timeout                          = "${var.review_ack_deadline_seconds}s"
     encryption_key                   = var.kms_key_name
 

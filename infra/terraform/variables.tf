@@ -135,7 +135,7 @@ variable "image_keep_count" {
 # Pub/Sub
 # ---------------------------------------------------------------------------------------------
 variable "enable_message_schema" {
-  description = "Attach a Protocol Buffer schema (JSON encoding) of dicom-inference-request/1 to the inference topic, so Pub/Sub rejects malformed publishes. Off by default: it also rejects any field the contract does not list, so the schema must change before the function adds one."
+  description = "Attach the Protocol Buffer schemas (JSON encoding) of dicom-inference-request/1 to the inference topic and of dicom-delivery/1 to the delivery topic, so Pub/Sub rejects malformed publishes. Off by default: it also rejects any field the contract does not list, so the schema must change before the function adds one."
   type        = bool
   default     = false
 }

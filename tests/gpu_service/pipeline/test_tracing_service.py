@@ -73,6 +73,10 @@ def test_push_continues_the_message_trace_with_a_span_per_stage_and_tells_the_we
         stages
     )
     assert all(s["attributes"]["pipeline.stage"] == s["name"] for s in stages.values())
+    # Each PNG's compression and write is one span under the write stage (not a stage of its own).
+    outputs = [s for s in spans if s["name"] == "write_output"]
+    assert len(outputs) >= 4 and {s["parent_span_id"] for s in outputs} == {stages["write"]["span_id"]}
+    assert all("pipeline.stage" not in s["attributes"] for s in outputs)
     # The webhook request names the webhook span of this trace.
     (call,) = webhook.calls
     assert call.headers["traceparent"] == f"00-{trace_id}-{stages['webhook']['span_id']}-01"

@@ -150,11 +150,16 @@ def flush(timeout_ms: int = 2000) -> bool:
     return provider.force_flush(timeout_ms) if provider is not None else True
 
 
-def valid_traceparent(value: str | None) -> bool:
+def _extracted(value: str | None) -> otel_context.Context | None:
+    """The context ``value`` names, or None when it is absent or malformed."""
     if not value:
-        return False
+        return None
     ctx = _propagator.extract({TRACEPARENT: value})
-    return trace.get_current_span(ctx).get_span_context().is_valid
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def valid_traceparent(value: str | None) -> bool:
+    return _extracted(value) is not None
 
 
 @dataclass(frozen=True)
@@ -170,11 +175,11 @@ class Incoming:
 def incoming_context(candidates: Sequence[tuple[str, str | None]]) -> Incoming:
     """The first well-formed ``traceparent`` of ``(source, value)`` pairs, in order of trust;
     otherwise a new trace, with a WARNING when one was malformed and an INFO when none came."""
-    malformed = [source for source, value in candidates if value and not valid_traceparent(value)]
-    for _source, value in candidates:
-        if value and valid_traceparent(value):
+    parsed = [(source, value, _extracted(value)) for source, value in candidates]  # each parsed once
+    malformed = [source for source, value, ctx in parsed if value and ctx is None]
+    for _source, _value, parent in parsed:
+        if parent is not None:
             note = "malformed traceparent ignored" if malformed else None
-            parent = _propagator.extract({TRACEPARENT: value})
             return Incoming(parent, note, logging.WARNING, ",".join(malformed))
     if malformed:
         return Incoming(None, "malformed traceparent ignored; starting a new trace", logging.WARNING,

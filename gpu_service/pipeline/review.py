@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import pydicom
@@ -24,7 +23,7 @@ from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected
 from gpu_service.dicom.review import build_review_objects
 from gpu_service.dicom.review_codes import REVIEW_SEG, REVIEW_SR
 from gpu_service.inference.pixels import read_dicom
-from gpu_service.outcome import RequestOutcome, ack_status
+from gpu_service.outcome import ProcessResult, RequestOutcome
 from gpu_service.pipeline.review_check import ReviewRefused, check_review
 from gpu_service.pipeline.review_message import ReviewMessage
 from gpu_service.results.cloud_storage import OutputConflict, SourceUnavailable
@@ -45,17 +44,6 @@ def receipt_webhook_id(review_id: str, status: str) -> str:
     return hashlib.sha256(f"{contract.REVIEW}|{review_id}|{status}".encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class ReviewResult:
-    outcome: RequestOutcome  # COMPLETED (stored), FAILED (refused or rejected), RETRY
-    receipt: dict[str, Any] | None = None
-    error_code: str | None = None
-
-    @property
-    def http_status(self) -> int:
-        return ack_status(self.outcome)
-
-
 def _decided_at(message: ReviewMessage) -> str:
     """The decision time in one fixed RFC 3339 form, so STEM.review.json's order is a string order."""
     return message.assessment.decided_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -74,7 +62,7 @@ class ReviewProcessor:
         self.store = store
         self.max_object_bytes = max_object_bytes
 
-    def process(self, message: ReviewMessage) -> ReviewResult:
+    def process(self, message: ReviewMessage) -> ProcessResult:
         """Storage and store outages raise ``OSError`` (the caller answers 503, Pub/Sub redelivers)."""
         result = message.result
         target = ReviewTarget(
@@ -203,7 +191,7 @@ class ReviewProcessor:
             "stored_at": stored["at"],
         }
 
-    def _send(self, message: ReviewMessage, receipt: dict[str, Any]) -> ReviewResult:
+    def _send(self, message: ReviewMessage, receipt: dict[str, Any]) -> ProcessResult:
         """The receipt to Django; acknowledged unless another attempt could get it through."""
         body = json.dumps(receipt, ensure_ascii=False).encode()
         delivery = self.webhook.deliver(
@@ -217,7 +205,7 @@ class ReviewProcessor:
             if delivery.status is None or delivery.status in RETRYABLE_STATUS:
                 log(logger, logging.WARNING, "review receipt not delivered; asking for redelivery",
                     review_id=message.assessment.review_id, status=delivery.status)  # fmt: skip
-                return ReviewResult(RequestOutcome.RETRY, receipt, "webhook_failed")
+                return ProcessResult(RequestOutcome.RETRY, receipt, "webhook_failed")
             log(logger, logging.ERROR, "review receipt refused by Django; not retried",
                 review_id=message.assessment.review_id, status=delivery.status)  # fmt: skip
-        return ReviewResult(outcome, receipt, error)
+        return ProcessResult(outcome, receipt, error)

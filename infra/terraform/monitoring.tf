@@ -651,11 +651,11 @@ resource "google_monitoring_alert_policy" "review_backlog_age" {
   depends_on            = [google_project_service.enabled]
 
   conditions {
-    display_name = "Oldest unacknowledged review decision older than ${var.alert_push_oldest_unacked_age_seconds}s"
+    display_name = "Oldest unacknowledged review decision older than ${var.alert_review_oldest_unacked_age_seconds}s"
     condition_threshold {
       filter          = "resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${google_pubsub_subscription.review_push.name}\" AND metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
       comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_push_oldest_unacked_age_seconds
+      threshold_value = var.alert_review_oldest_unacked_age_seconds
       duration        = "300s"
       aggregations {
         alignment_period   = "60s"

@@ -437,6 +437,12 @@ variable "alert_push_oldest_unacked_age_seconds" {
   default     = 1800
 }
 
+variable "alert_review_oldest_unacked_age_seconds" {
+  description = "Alert when the review subscription's oldest unacknowledged decision is older than this, for 5 minutes. The review component is CPU only (no cold GPU); a failing decision is retried with backoff."
+  type        = number
+  default     = 1800
+}
+
 variable "alert_service_5xx_ratio" {
   description = "Alert when more than this share (0-1) of the inference service's answers are 5xx over 5 minutes, for 5 minutes. 503 is how the service asks Pub/Sub to retry, so a little is normal."
   type        = number

@@ -36,7 +36,7 @@ from gpu_service.dicom.review_codes import (
 )
 from gpu_service.dicom.review_seg import RegionError, build_region_segmentation, check_region
 from gpu_service.dicom.seg import why_no_segmentation
-from gpu_service.dicom.sr import IMAGING_PROCEDURE, drop_frame_beside_segment
+from gpu_service.dicom.sr import IMAGING_PROCEDURE, drop_frame_beside_segment, finding_group
 
 AI_PREFIXES = ("AI finding: ", "AI label: ")  # the AI SR's tracking identifiers (sr.py)
 UNKNOWN_ORGANISATION = "unknown"  # Verifying Organization is Type 1
@@ -104,24 +104,7 @@ def build_assessment(
         "finding_type": finding,
         "qualitative_evaluations": evaluations,
     }
-    if region_seg is not None:
-        frames = [frame_index + 1] if int(source.get("NumberOfFrames") or 1) > 1 else None
-        group: Any = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_segment=hd.sr.ReferencedSegmentationFrame(
-                sop_class_uid=region_seg.SOPClassUID,
-                sop_instance_uid=region_seg.SOPInstanceUID,
-                frame_number=1,  # removed below: the reference is by segment (as in sr.py)
-                segment_number=1,
-                source_image=hd.sr.SourceImageForSegmentation(
-                    source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames
-                ),
-            ),
-            **common,
-        )
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)], **common
-        )
+    group = finding_group(source, region_seg, frame_index, **common)
     container = group[0]
     if assessment.reason_text:
         container.ContentSequence.append(

@@ -34,6 +34,26 @@ def _source_image(source: Dataset, frame_index: int) -> hd.sr.SourceImageForSegm
     )
 
 
+def finding_group(source: Dataset, segmentation: Dataset | None, frame_index: int, **common: Any) -> Any:
+    """A finding's measurement group: located by segment 1 of ``segmentation`` when there is one
+    (its frame reference is dropped by :func:`drop_frame_beside_segment`), else on the source
+    image. Both the AI's report and the radiologist's assessment use it."""
+    if segmentation is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)], **common
+        )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            frame_number=1,  # removed by drop_frame_beside_segment: the reference is by segment
+            segment_number=1,
+            source_image=_source_image(source, frame_index),
+        ),
+        **common,
+    )
+
+
 def build_report(
     source: Dataset,
     finding: Finding,
@@ -90,22 +110,7 @@ def build_report(
             continue
         # The predicted finding: coded, and located by the SEG when there is one.
         common["qualitative_evaluations"] = [hd.sr.QualitativeEvaluation(name=code, value=codes.DCM.Present)]
-        if segmentation is not None:
-            group: Any = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=hd.sr.ReferencedSegmentationFrame(
-                    sop_class_uid=segmentation.SOPClassUID,
-                    sop_instance_uid=segmentation.SOPInstanceUID,
-                    frame_number=1,  # removed below: the reference is by segment
-                    segment_number=1,
-                    source_image=_source_image(source, frame_index),
-                ),
-                **common,
-            )
-        else:
-            group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)], **common
-            )
-        groups.insert(0, group)
+        groups.insert(0, finding_group(source, segmentation, frame_index, **common))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=IMAGING_PROCEDURE,

@@ -360,17 +360,18 @@ class Stack:
         proc, log = self._spawn(name, cmd, env, url, health)
         wait_http(url + health, timeout_s, proc, log)
 
-    def dead_letters(self) -> list[dict[str, Any]]:
-        """The inference messages held on the dead-letter hold subscription, left there."""
+    def held(self, subscription: str) -> list[dict[str, Any]]:
+        """The messages on a hold subscription (up to 1,000), left there."""
         c = self.config
-        return pull(f"{LOOPBACK}:{c.ports.pubsub}", c.project, DEAD_LETTER_SUBSCRIPTION, 1000, ack=False)
+        return pull(f"{LOOPBACK}:{c.ports.pubsub}", c.project, subscription, 1000, ack=False)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The inference messages held on the dead-letter hold subscription."""
+        return self.held(DEAD_LETTER_SUBSCRIPTION)
 
     def review_dead_letters(self) -> list[dict[str, Any]]:
-        """The review decisions held on the review dead-letter hold subscription, left there."""
-        c = self.config
-        return pull(
-            f"{LOOPBACK}:{c.ports.pubsub}", c.project, review.DEAD_LETTER_SUBSCRIPTION, 1000, ack=False
-        )
+        """The review decisions held on the review dead-letter hold subscription."""
+        return self.held(review.DEAD_LETTER_SUBSCRIPTION)
 
     def _link_log(self, target: Path, name: str) -> None:
         link = self.config.log_dir / f"{name}.log"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from gpu_service.pipeline.dead_letters import replay_command
 from infra.local import eventarc_bridge
@@ -40,36 +42,45 @@ def status_report(stack: Stack) -> int:
     return 1
 
 
+def _print_held(
+    title: str,
+    fetch: Callable[[], list[dict[str, Any]]],
+    describe: Callable[[dict[str, str]], str],
+    hint: str,
+) -> bool:
+    """One hold subscription's messages, each described by its attributes, and what to do with them."""
+    try:
+        held = fetch()
+    except Exception as exc:  # noqa: BLE001 - the emulator is down: the rows above say so
+        print(f"{title}: unknown ({type(exc).__name__})")
+        return False
+    print(f"{title}: {len(held)} held")
+    for message in held:
+        print(f"  {describe(message.get('attributes') or {})}")
+    if held:
+        print(f"  {hint}")
+    return not held
+
+
 def _print_dead_letters(stack: Stack) -> bool:
     """Inference messages held on the dead-letter hold subscription: each names its upload."""
-    try:
-        held = stack.dead_letters()
-    except Exception as exc:  # noqa: BLE001 - the emulator is down: the rows above say so
-        print(f"dead letters: unknown ({type(exc).__name__})")
-        return False
-    print(f"dead letters: {len(held)} held")
-    for message in held:
-        attributes = message.get("attributes") or {}
-        print(f"  gs://{attributes.get('bucket', '?')}/{attributes.get('object', '?')}")
-    if held:
-        replay = replay_command(DEAD_LETTER_SUBSCRIPTION)
-        print(f"  replay them: source {stack.config.env_file} && .venv/bin/{replay}")
-    return not held
+    replay = replay_command(DEAD_LETTER_SUBSCRIPTION)
+    return _print_held(
+        "dead letters",
+        stack.dead_letters,
+        lambda a: f"gs://{a.get('bucket', '?')}/{a.get('object', '?')}",
+        f"replay them: source {stack.config.env_file} && .venv/bin/{replay}",
+    )
 
 
 def _print_review_dead_letters(stack: Stack) -> bool:
     """Radiologist decisions dead-lettered by the review route: each names its decision."""
-    try:
-        held = stack.review_dead_letters()
-    except Exception as exc:  # noqa: BLE001 - the emulator is down: the rows above say so
-        print(f"review dead letters: unknown ({type(exc).__name__})")
-        return False
-    print(f"review dead letters: {len(held)} held")
-    for message in held:
-        print(f"  review {(message.get('attributes') or {}).get('review_id', '?')}")
-    if held:
-        print("  republish them once fixed: manage.py publish_reviews --unreceipted (one SR per decision)")
-    return not held
+    return _print_held(
+        "review dead letters",
+        stack.review_dead_letters,
+        lambda a: f"review {a.get('review_id', '?')}",
+        "republish them once fixed: manage.py publish_reviews --unreceipted (one SR per decision)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

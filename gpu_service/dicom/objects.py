@@ -36,6 +36,7 @@ from gpu_service.dicom.seg import (
     why_no_segmentation,
 )
 from gpu_service.dicom.sr import build_report
+from gpu_service.inference.upsampled import WeightMap
 
 __all__ = [
     "GRADCAM_HEATMAP", "HEATMAP", "ROLES", "SEG", "SR", "Algorithm", "DicomObjects", "Finding",
@@ -61,8 +62,8 @@ def build_objects(
     algorithm: Algorithm,
     dedup_key: str,
     frame_index: int = 0,
-    pixel_weights: np.ndarray | None = None,
-    gradcam_weights: np.ndarray | None = None,
+    pixel_weights: WeightMap | None = None,
+    gradcam_weights: WeightMap | None = None,
 ) -> DicomObjects:
     """The SEG (and the heat-map SEG when weights exist, the Grad-CAM one when Grad-CAM ran) and
     the SR; never raises for a bad source."""

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from gpu_service.dicom import objects as dicom_objects
 from gpu_service.dicom.objects import GRADCAM_HEATMAP, HEATMAP, SEG, SR, Algorithm, DicomObjects, Finding
 from gpu_service.inference.model import label_names
+from gpu_service.inference.upsampled import WeightMap
 from pipeline_common import naming
 from pipeline_common.write_outcome import WriteOutcome, WriteResult
 
@@ -91,11 +92,11 @@ def write_objects(
     algorithm: Algorithm,
     dedup_key: str,
     frame_index: int,
-    pixel_weights: np.ndarray | None,
+    pixel_weights: WeightMap | None,
     write: WriteFn,
     uri: UriFn,
     dicomweb_url: str | None,
-    gradcam_weights: np.ndarray | None = None,
+    gradcam_weights: WeightMap | None = None,
     pool: Executor | None = None,
 ) -> WrittenObjects:
     """Build and write; raises :class:`Superseded` when a newer upload's output holds a name.

@@ -25,6 +25,7 @@ from gpu_service.dicom.common import (
     n_frames_of,
     object_uid,
 )
+from gpu_service.inference.upsampled import Upsampled, WeightMap
 
 
 def _segment_algorithm(algorithm: Algorithm) -> hd.AlgorithmIdentificationSequence:
@@ -194,10 +195,14 @@ def build_segmentation(
     return seg
 
 
-def heatmap_bands(weights: np.ndarray) -> np.ndarray:
+def heatmap_bands(weights: WeightMap) -> np.ndarray:
     """Each pixel's band of positive weight: 0 (none: weight <= 0 or NaN), else ceil(4 w) capped
     at 4. Counted as how many of the bands' lower edges the weight exceeds: four comparisons,
-    where clipping, NaN-cleaning and ceiling took six passes over the map (NaN exceeds none)."""
+    where clipping, NaN-cleaning and ceiling took six passes over the map (NaN exceeds none).
+    An :class:`Upsampled` map (LIME's) is banded at its own resolution, then upsampled: the
+    same pixels, as a band is a function of the weight alone."""
+    if isinstance(weights, Upsampled):
+        return weights.map(heatmap_bands).full()
     w = np.asarray(weights, dtype=np.float32)
     bands = np.zeros(w.shape, dtype=np.uint8)
     for k in range(HEATMAP_BANDS):
@@ -207,7 +212,7 @@ def heatmap_bands(weights: np.ndarray) -> np.ndarray:
 
 def build_heatmap(
     source: Dataset,
-    weights: np.ndarray,
+    weights: WeightMap,
     finding: Finding,
     algorithm: Algorithm,
     dedup_key: str,
@@ -228,7 +233,7 @@ def build_heatmap(
 
 def build_gradcam_heatmap(
     source: Dataset,
-    weights: np.ndarray,
+    weights: WeightMap,
     finding: Finding,
     algorithm: Algorithm,
     dedup_key: str,
@@ -240,7 +245,7 @@ def build_gradcam_heatmap(
 
 def _banded(
     source: Dataset,
-    weights: np.ndarray,
+    weights: WeightMap,
     role: str,
     label: str,
     finding: Finding,

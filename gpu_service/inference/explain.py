@@ -27,6 +27,7 @@ from threadpoolctl import ThreadpoolController
 from gpu_service.inference import lime_stability
 from gpu_service.inference.lime_perturb import Perturber, predict_all
 from gpu_service.inference.pixels import resize
+from gpu_service.inference.upsampled import Upsampled, upsample
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
@@ -112,9 +113,10 @@ class Explanation:
     local_score: float  # R^2 of the local linear model
     params: dict[str, Any]  # JSON-safe
     timings_ms: dict[str, float] = field(default_factory=dict)
-    # float32 at output_shape: each pixel's superpixel weight / max |weight|, in [-1, 1]
-    # (positive supports label_index); None only if the explanation has no weights at all.
-    pixel_weights: np.ndarray | None = None
+    # float32 over output_shape: each pixel's superpixel weight / max |weight|, in [-1, 1]
+    # (positive supports label_index), held at the model input's resolution (np.asarray(...)
+    # gives the full array); None only if the explanation has no weights at all.
+    pixel_weights: Upsampled | None = None
     stability: float = 1.0  # mean bootstrap Jaccard of the top superpixels, in [0, 1]
     samples_used: int = 0  # perturbations evaluated by the model
     reason: lime_stability.Degenerate | None = None  # why there is nothing to localise, if so
@@ -218,23 +220,20 @@ def selected_mask(segments: np.ndarray, top: list[int], output_shape: tuple[int,
     """Boolean mask of the `top` superpixels at `output_shape`.
 
     Built at the label map's (model input) resolution and only the 1-byte mask is resized
-    (nearest, the same sampling as `upsample_segments`), so a 10k x 10k original costs a
-    100 MB bool, not a 400 MB int32 label map.
+    (nearest, as the weight map), so a 10k x 10k original costs a 100 MB bool, not a 400 MB
+    int32 label map.
     """
-    selected = np.zeros(int(segments.max()) + 1, dtype=np.uint8)
-    selected[top] = 1
-    small = selected[segments]
-    if small.shape == tuple(output_shape):
-        return small.astype(bool)
-    img = Image.fromarray(small)
-    return np.asarray(img.resize((output_shape[1], output_shape[0]), Image.Resampling.NEAREST)).astype(bool)
+    selected = np.zeros(int(segments.max()) + 1, dtype=bool)
+    selected[top] = True
+    return upsample(selected[segments], output_shape)
 
 
-def weight_map(segments: np.ndarray, weights: dict[int, float], output_shape: tuple[int, int]) -> np.ndarray:
-    """Signed per-pixel weights at `output_shape`, divided by the largest |weight| (all 0 if none).
+def weight_map(segments: np.ndarray, weights: dict[int, float], output_shape: tuple[int, int]) -> Upsampled:
+    """Signed per-pixel weights over `output_shape`, divided by the largest |weight| (all 0 if none).
 
-    Resized like `selected_mask` (nearest, from the label map's resolution), so the heat map
-    and the binary mask share their superpixel edges.
+    Kept at the label map's resolution and laid over the source like `selected_mask` (nearest),
+    so the heat map and the binary mask share their superpixel edges; the renderings and the
+    heat-map SEG read it from there (upsampled.py), not from a full-resolution copy.
     """
     per_segment = np.zeros(int(segments.max()) + 1, dtype=np.float32)
     for f, w in weights.items():
@@ -242,11 +241,7 @@ def weight_map(segments: np.ndarray, weights: dict[int, float], output_shape: tu
     largest = float(np.max(np.abs(per_segment)))
     if largest > 0 and math.isfinite(largest):
         per_segment = (per_segment / largest).astype(np.float32)
-    small = per_segment[segments]
-    if small.shape == tuple(output_shape):
-        return small
-    img = Image.fromarray(small, mode="F")
-    return np.asarray(img.resize((output_shape[1], output_shape[0]), Image.Resampling.NEAREST))
+    return Upsampled(per_segment[segments], output_shape)
 
 
 def explain(

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from gpu_service.inference import png as png_codec
+from gpu_service.inference.upsampled import Upsampled, WeightMap, sample_indices
 
 OVERLAY_COLOR = (255, 64, 32)  # warm red: visible on grayscale radiographs
 BOUNDARY_COLOR = (255, 220, 0)
@@ -56,13 +57,15 @@ def _shrink_image(image_u8: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BOX))
 
 
-def _sample(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour sampling at pixel centres (Pillow's NEAREST): only values of ``array``."""
+def _sample(array: WeightMap, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour sampling at pixel centres: only values of ``array``. An :class:`Upsampled`
+    map is sampled from its small map, to the same pixels."""
+    if isinstance(array, Upsampled):
+        return array.sampled(shape)
     if array.shape[:2] == shape:
         return array
-    rows = ((np.arange(shape[0]) + 0.5) * (array.shape[0] / shape[0])).astype(np.intp)
-    cols = ((np.arange(shape[1]) + 0.5) * (array.shape[1] / shape[1])).astype(np.intp)
-    return array[np.ix_(np.minimum(rows, array.shape[0] - 1), np.minimum(cols, array.shape[1] - 1))]
+    rows, cols = sample_indices(array.shape[0], shape[0]), sample_indices(array.shape[1], shape[1])
+    return array[np.ix_(rows, cols)]
 
 
 def _rgb(image_u8: np.ndarray) -> np.ndarray:
@@ -148,7 +151,7 @@ def overlay_png(image_u8: np.ndarray, mask: np.ndarray, max_side: int | None = N
     return png(overlay_rgb(image_u8, mask, max_side))
 
 
-def heatmap_rgb(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> np.ndarray:
+def heatmap_rgb(image_u8: np.ndarray, pixel_weights: WeightMap, max_side: int | None = None) -> np.ndarray:
     """The image tinted by signed weights in [-1, 1] (red > 0, blue < 0), at :func:`display_shape`;
     ``pixel_weights`` is at the image's resolution and sampled down (nearest)."""
     _check_image(image_u8)
@@ -176,7 +179,7 @@ def _heatmap_lut() -> np.ndarray:
 _HEATMAP_LUT = _heatmap_lut()
 
 
-def _heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
+def _heatmap_on(small: np.ndarray, pixel_weights: WeightMap) -> np.ndarray:
     """:func:`heatmap_rgb` on the image already at display resolution (weights at the source's)."""
     shape = small.shape[:2]
     w = np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0)
@@ -193,12 +196,12 @@ def _heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def heatmap_png(image_u8: np.ndarray, pixel_weights: np.ndarray, max_side: int | None = None) -> bytes:
+def heatmap_png(image_u8: np.ndarray, pixel_weights: WeightMap, max_side: int | None = None) -> bytes:
     return png(heatmap_rgb(image_u8, pixel_weights, max_side))
 
 
 def display_arrays(
-    image_u8: np.ndarray, mask: np.ndarray, pixel_weights: np.ndarray | None, max_side: int | None
+    image_u8: np.ndarray, mask: np.ndarray, pixel_weights: WeightMap | None, max_side: int | None
 ) -> dict[str, np.ndarray]:
     """The four renderings as arrays, ready for :func:`png`: "preview", "mask", "overlay" and,
     with weights, "heatmap"; equal to what the ``*_png`` functions draw, but the image is shrunk
@@ -223,7 +226,7 @@ def display_arrays(
 
 
 def heatmap_on_display(
-    small: np.ndarray, source_shape: tuple[int, ...], pixel_weights: np.ndarray
+    small: np.ndarray, source_shape: tuple[int, ...], pixel_weights: WeightMap
 ) -> np.ndarray:
     """The heat map over an image :func:`display_arrays` already shrank (its "preview"), the
     weights at the source's resolution: one more method's map without shrinking again."""

@@ -15,6 +15,7 @@ import numpy as np
 from gpu_service.inference import gradcam as gradcam_method
 from gpu_service.inference.explain import Explanation, LimeParams, explain
 from gpu_service.inference.gradcam import GradcamExplainer, GradcamResult
+from gpu_service.inference.upsampled import WeightMap
 from gpu_service.timing import StageTimer
 from pipeline_common import naming
 
@@ -43,7 +44,7 @@ class Inference:
         ]
         return [first, *rest]
 
-    def weights(self, method: str) -> np.ndarray | None:
+    def weights(self, method: str) -> WeightMap | None:
         """The method's heat map at the source's resolution (LIME signed in [-1, 1], Grad-CAM in [0, 1])."""
         result = self.lime if method == "lime" else self.gradcam
         return getattr(result, "pixel_weights", None)

@@ -58,8 +58,9 @@ def test_heat_map_has_the_output_size_and_the_weights_sign() -> None:
     params = LimeParams(num_samples=300, seed=1)
     model = OneRegionModel(image, params)
     expl = explain(image, model, 1, params, (300, 200))
-    weights = expl.pixel_weights
-    assert weights is not None and weights.shape == (300, 200) == expl.mask.shape
+    assert expl.pixel_weights is not None and expl.pixel_weights.shape == (300, 200) == expl.mask.shape
+    weights = np.asarray(expl.pixel_weights)
+    assert weights.shape == (300, 200)
     assert weights.dtype == np.float32 and np.isfinite(weights).all()
     assert np.isclose(np.abs(weights).max(), 1.0) and weights.min() >= -1.0
     full = upsample_segments(expl.segments, (300, 200))
@@ -114,7 +115,7 @@ def test_the_demo_model_stops_early_and_is_bit_identical_for_the_same_seed() -> 
     assert first.samples_used < params.num_samples and first.stability >= 0.9
     assert first.samples_used == second.samples_used and first.stability == second.stability
     assert first.weights == second.weights and first.top_segments == second.top_segments
-    assert first.pixel_weights.tobytes() == second.pixel_weights.tobytes()
+    assert np.asarray(first.pixel_weights).tobytes() == np.asarray(second.pixel_weights).tobytes()
     np.testing.assert_array_equal(first.mask, second.mask)
     other = explain(image, model.predict, 1, LimeParams(target_stability=0.9, seed=4), (200, 200))
     assert other.weights != first.weights
@@ -140,7 +141,7 @@ def test_a_blank_image_gets_a_reason_not_a_nan(target: float | None) -> None:
     )
     assert expl.reason is lime_stability.BLANK_IMAGE
     assert expl.top_segments == [] and not expl.mask.any()
-    assert expl.stability == 1.0 and expl.pixel_weights is not None and not expl.pixel_weights.any()
+    assert expl.stability == 1.0 and expl.pixel_weights is not None and not np.asarray(expl.pixel_weights).any()
     assert expl.samples_used == (100 if target else 300)
     assert np.isfinite([expl.intercept, expl.local_score, *expl.weights.values()]).all()
     fields = result.explanation_quality(expl, "gs://b/x.heatmap.png")

@@ -141,7 +141,8 @@ def test_a_blank_image_gets_a_reason_not_a_nan(target: float | None) -> None:
     )
     assert expl.reason is lime_stability.BLANK_IMAGE
     assert expl.top_segments == [] and not expl.mask.any()
-    assert expl.stability == 1.0 and expl.pixel_weights is not None and not np.asarray(expl.pixel_weights).any()
+    assert expl.stability == 1.0 and expl.pixel_weights is not None
+    assert not np.asarray(expl.pixel_weights).any()
     assert expl.samples_used == (100 if target else 300)
     assert np.isfinite([expl.intercept, expl.local_score, *expl.weights.values()]).all()
     fields = result.explanation_quality(expl, "gs://b/x.heatmap.png")

@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from devkit.synthetic import make_radiograph, nodule_mask, to_dicom_dataset
-from gpu_service.inference import pixels
+from gpu_service.inference import lut, pixels
 from gpu_service.inference.pixels import (
     PIXEL_KEYWORDS,
     DecodedImage,
@@ -363,6 +363,8 @@ def test_lookup_table_decodes_bit_for_bit_as_pixel_by_pixel(
     direct, table = _decode_both(ds, monkeypatch)
     assert table.pixels.dtype == np.float32 and np.array_equal(direct.pixels, table.pixels)
     assert direct.details == table.details
+    assert direct.u8 is None and table.u8 is not None  # the table's 8-bit image, to_uint8's
+    assert np.array_equal(to_uint8(direct), to_uint8(table)) and to_uint8(table).dtype == np.uint8
 
 
 @pytest.mark.parametrize("path", [p for p in TEST_FILES if p.suffix.lower() == ".dcm"], ids=lambda p: p.name)
@@ -376,6 +378,7 @@ def test_lookup_table_matches_on_every_pydicom_test_file(path: Path, monkeypatch
     monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 0)
     table = decode(ds)
     assert np.array_equal(direct.pixels, table.pixels) and direct.details == table.details
+    assert np.array_equal(to_uint8(direct), to_uint8(table))
 
 
 @pytest.mark.parametrize("dtype", ["<i2", ">i2", "<u2", ">u2", "i1", "u1", "<i4", ">u4"])
@@ -384,5 +387,17 @@ def test_lookup_offsets_are_value_minus_minimum_in_any_width_sign_and_byte_order
     low = max(int(info.min), -40000)
     high = min(int(info.max), low + 65535)
     values = np.array([low, high, low + 1, (low + high) // 2, high - 1] * 3, dtype=dtype).reshape(3, 5)
-    offsets = pixels._offsets(values, int(values.min()))
+    offsets = lut.offsets(values, int(values.min()))
     assert np.array_equal(offsets.astype(np.int64), values.astype(np.int64) - low)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (lut.GATHER_CHUNK,), (517, 389), (3, lut.GATHER_CHUNK + 1)])
+def test_the_chunked_gather_is_numpys_take(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(len(shape) * 31 + shape[-1])
+    table = rng.random(4096).astype(np.float32)
+    offsets = rng.integers(0, table.size, shape).astype(np.uint16)
+    gathered = lut.gather(table, offsets)
+    assert gathered.shape == offsets.shape and gathered.dtype == np.float32
+    assert np.array_equal(gathered, np.take(table, offsets))
+    strided = offsets[..., ::2]  # a view that is not contiguous
+    assert np.array_equal(lut.gather(table, strided), np.take(table, strided))

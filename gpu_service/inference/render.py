@@ -87,12 +87,11 @@ def preview_png(image_u8: np.ndarray, max_side: int | None = None) -> bytes:
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-    """Binary mask as 8-bit grayscale: 255 inside the explanation, 0 elsewhere. Always at the
-    mask's own (the source's) resolution: it is the pixel-exact result, like the SEG."""
+    """Binary mask as 1-bit grayscale: white (1) inside the explanation, black (0) elsewhere.
+    Always at the mask's own (the source's) resolution: it is the pixel-exact result, like the SEG."""
     if mask.ndim != 2:
         raise ValueError("mask must be HxW")
-    inside = mask if mask.dtype == bool else mask.astype(bool)
-    return png(inside.view(np.uint8) * np.uint8(255))
+    return png(np.ascontiguousarray(mask, dtype=bool))
 
 
 def outer_outline(inside: np.ndarray, thickness: int) -> np.ndarray:
@@ -215,7 +214,7 @@ def display_arrays(
     inside = mask if mask.dtype == bool else mask.astype(bool)
     arrays = {
         "preview": small,
-        "mask": inside.view(np.uint8) * np.uint8(255),
+        "mask": np.ascontiguousarray(inside),
         "overlay": _overlay_on(small, inside),
     }
     if pixel_weights is not None:

@@ -34,6 +34,20 @@ def test_round_trip_is_exact(shape: tuple[int, ...]) -> None:
         assert img.mode == ("L" if array.ndim == 2 else "RGB")
 
 
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (1, 7), (7, 1), (3, 8), (5, 9), (64, 33), (513, 257), (2500, 3000)]
+)
+def test_a_bool_mask_round_trips_as_one_bit_grayscale(shape: tuple[int, int]) -> None:
+    mask = np.random.default_rng(sum(shape)).random(shape) < 0.3  # widths that fill and leave bits
+    data = png.encode(mask)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "1" and img.size == (shape[1], shape[0])
+    assert data[24] == 1 and data[25] == 0  # IHDR: bit depth 1, colour type 0 (grayscale)
+    decoded = _decode(data)
+    assert decoded.dtype == bool and np.array_equal(decoded, mask)
+    assert np.array_equal(_decode(png.encode(mask[::2, ::3])), mask[::2, ::3])  # a view
+
+
 def test_a_mask_and_a_smooth_image_compress_well() -> None:
     mask = np.zeros((2048, 2048), dtype=np.uint8)
     mask[500:900, 600:1100] = 255
@@ -41,6 +55,7 @@ def test_a_mask_and_a_smooth_image_compress_well() -> None:
     assert len(png.encode(mask)) < 32 * 1024  # 4 MiB of pixels
     assert len(png.encode(ramp)) < 64 * 1024  # 1 MiB of pixels
     assert np.array_equal(_decode(png.encode(mask)), mask)
+    assert len(png.encode(mask > 0)) < len(png.encode(mask)) // 2  # 1 bit a pixel
 
 
 def test_scanlines_are_up_filtered_and_every_chunk_checks() -> None:
@@ -69,6 +84,8 @@ def test_scanlines_are_up_filtered_and_every_chunk_checks() -> None:
         np.zeros((0, 4), dtype=np.uint8),
         np.zeros((4, 4, 4), dtype=np.uint8),
         np.zeros((4, 4, 3, 1), dtype=np.uint8),
+        np.zeros((4, 4, 3), dtype=bool),  # a mask has one channel
+        np.zeros((0, 4), dtype=bool),
     ],
 )
 def test_refuses_what_is_not_a_rendering(bad: np.ndarray) -> None:

@@ -32,8 +32,8 @@ def test_mask_and_overlay_png() -> None:
     mask = np.zeros((60, 80), bool)
     mask[10:30, 20:50] = True
     mask_img = _png(render.mask_png(mask))
-    assert mask_img.size == (80, 60) and mask_img.mode == "L"
-    values = np.asarray(mask_img)
+    assert mask_img.size == (80, 60) and mask_img.mode == "1"  # 1-bit grayscale
+    values = np.asarray(mask_img.convert("L"))
     assert set(np.unique(values)) == {0, 255} and np.array_equal(values == 255, mask)
     overlay = np.asarray(_png(render.overlay_png(image, mask)))
     assert overlay.shape == (60, 80, 3)
@@ -82,8 +82,10 @@ def test_renderings_have_the_display_size_and_the_mask_the_sources(shape: tuple[
     ]:
         img = _png(data)
         assert (img.size, img.mode) == ((width, height), mode), name
-    mask_img = np.asarray(_png(render.mask_png(mask)))
-    assert mask_img.shape == shape and np.array_equal(mask_img == 255, mask)  # pixel-exact
+    mask_png = _png(render.mask_png(mask))
+    mask_img = np.asarray(mask_png.convert("L"))
+    assert mask_png.mode == "1" and mask_img.shape == shape
+    assert np.array_equal(mask_img == 255, mask)  # pixel-exact
     assert set(np.unique(mask_img)) == {0, 255}
 
 

@@ -143,7 +143,8 @@ def test_push_writes_artifacts_and_calls_signed_webhook(
     expected = to_uint8(decode(read_dicom(data)))
     preview = np.asarray(_png(outputs["preview"]))
     assert preview.shape == (200, 200) and np.array_equal(preview, expected)
-    mask = np.asarray(_png(outputs["mask"]))
+    assert _png(outputs["mask"]).mode == "1"  # 1-bit grayscale (docs/contracts.md)
+    mask = np.asarray(_png(outputs["mask"]).convert("L"))
     assert mask.shape == (200, 200) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
     overlay = _png(outputs["overlay"])
     assert overlay.size == (200, 200) and overlay.mode == "RGB"
@@ -206,7 +207,7 @@ def test_renderings_have_the_display_size_the_mask_and_seg_the_sources(
     for suffix in (".overlay.png", ".heatmap.png"):
         rendering = _png(read_object(bucket_name, "display/x" + suffix)[0])
         assert rendering.size == (48, 64) and rendering.mode == "RGB", suffix
-    mask = np.asarray(_png(read_object(bucket_name, "display/x.lime.png")[0]))
+    mask = np.asarray(_png(read_object(bucket_name, "display/x.lime.png")[0]).convert("L"))
     assert mask.shape == (200, 150) and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
     record = json.loads(read_object(bucket_name, "display/x.result.json")[0])
     assert (record["image"]["rows"], record["image"]["columns"]) == (200, 150)
@@ -855,7 +856,7 @@ def test_each_explanation_method_writes_its_heat_map_seg_and_record_entry(
     seg = pydicom.dcmread(io.BytesIO(read_object(bucket_name, stem + naming.SEG_SUFFIX)[0]))
     first = {"lime": ("LIME", "LIME evidence"), "gradcam": ("GRADCAM", "Grad-CAM evidence")}[methods[0]]
     assert (seg.ContentLabel, seg.SegmentSequence[0].SegmentLabel.split(" for ")[0]) == first
-    mask = np.asarray(_png(read_object(bucket_name, stem + naming.MASK_SUFFIX)[0]))
+    mask = np.asarray(_png(read_object(bucket_name, stem + naming.MASK_SUFFIX)[0]).convert("L"))
     assert mask.max() == 255  # the first method's mask
     sr = pydicom.dcmread(io.BytesIO(read_object(bucket_name, stem + naming.SR_SUFFIX)[0]))
     texts = {str(element.value) for element in sr.iterall() if element.VR in ("LO", "UT", "ST", "SH")}

@@ -9,6 +9,7 @@ nothing here raises for a bad source (the record says why instead).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,9 +65,12 @@ def build_objects(
     frame_index: int = 0,
     pixel_weights: WeightMap | None = None,
     gradcam_weights: WeightMap | None = None,
+    on_built: Callable[[str, Dataset], None] | None = None,
 ) -> DicomObjects:
     """The SEG (and the heat-map SEG when weights exist, the Grad-CAM one when Grad-CAM ran) and
-    the SR; never raises for a bad source."""
+    the SR; never raises for a bad source. ``on_built(role, dataset)``: called with each object
+    as soon as it is complete, in that order, so a caller can encode and write one while the
+    next is built; what it raises propagates."""
     objects: dict[str, Dataset] = {}
     absent: dict[str, str] = {}
     try:
@@ -79,45 +83,50 @@ def build_objects(
         reason = why_no_segmentation(header)
     except Exception as exc:  # noqa: BLE001 - an unconvertible value in the header
         reason = f"unreadable source header: {type(exc).__name__}: {exc}"
+
+    def built(role: str, ds: Dataset) -> None:
+        ds.SeriesDescription = SERIES_DESCRIPTIONS[role]
+        copy_deidentification(ds, header)
+        objects[role] = ds
+        if on_built is not None:
+            on_built(role, ds)
+
     if reason is None:
+        segmentation: Dataset | None = None
         try:
-            objects[SEG] = build_segmentation(header, mask, finding, algorithm, dedup_key, frame_index)
+            segmentation = build_segmentation(header, mask, finding, algorithm, dedup_key, frame_index)
         except Exception as exc:  # noqa: BLE001 - highdicom refuses sources it cannot segment
             reason = f"highdicom cannot build a SEG of this source: {type(exc).__name__}: {exc}"
+        if segmentation is not None:
+            built(SEG, segmentation)
     if reason is not None:
         absent[SEG] = reason
-    if pixel_weights is not None:
-        if SEG in objects:
-            try:
-                objects[HEATMAP] = build_heatmap(
-                    header, pixel_weights, finding, algorithm, dedup_key, frame_index
-                )
-            except Exception as exc:  # noqa: BLE001
-                absent[HEATMAP] = f"highdicom cannot build the heat-map SEG: {type(exc).__name__}: {exc}"
-        else:
-            absent[HEATMAP] = absent[SEG]
-    if gradcam_weights is not None:
-        if SEG in objects:
-            try:
-                objects[GRADCAM_HEATMAP] = build_gradcam_heatmap(
-                    header, gradcam_weights, finding, algorithm, dedup_key, frame_index
-                )
-            except Exception as exc:  # noqa: BLE001
-                absent[GRADCAM_HEATMAP] = (
-                    f"highdicom cannot build the Grad-CAM SEG: {type(exc).__name__}: {exc}"
-                )
-        else:
-            absent[GRADCAM_HEATMAP] = absent[SEG]
+    for role, build, weights, what in (
+        (HEATMAP, build_heatmap, pixel_weights, "the heat-map SEG"),
+        (GRADCAM_HEATMAP, build_gradcam_heatmap, gradcam_weights, "the Grad-CAM SEG"),
+    ):
+        if weights is None:
+            continue
+        if SEG not in objects:
+            absent[role] = absent[SEG]
+            continue
+        heatmap: Dataset | None = None
+        try:
+            heatmap = build(header, weights, finding, algorithm, dedup_key, frame_index)
+        except Exception as exc:  # noqa: BLE001
+            absent[role] = f"highdicom cannot build {what}: {type(exc).__name__}: {exc}"
+        if heatmap is not None:
+            built(role, heatmap)
     if study is None:
         absent[SR] = "the source has no Study Instance UID: a derived object could not join its study"
     else:
+        report: Dataset | None = None
         try:
-            objects[SR] = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), frame_index)
+            report = build_report(header, finding, algorithm, dedup_key, objects.get(SEG), frame_index)
         except Exception as exc:  # noqa: BLE001
             absent[SR] = f"highdicom cannot build the SR: {type(exc).__name__}: {exc}"
-    for role, ds in objects.items():
-        ds.SeriesDescription = SERIES_DESCRIPTIONS[role]
-        copy_deidentification(ds, header)
+        if report is not None:
+            built(SR, report)
     return DicomObjects(objects, absent, study)
 
 

@@ -100,29 +100,33 @@ def write_objects(
     pool: Executor | None = None,
 ) -> WrittenObjects:
     """Build and write; raises :class:`Superseded` when a newer upload's output holds a name.
-    ``pool``: the writes run there (I/O: they wait on sockets, not on the GIL), each one beside
-    the next object's encoding; None: one after the other on this thread."""
-    objects = dicom_objects.build_objects(
-        source,
-        mask,
-        finding,
-        algorithm,
-        dedup_key,
-        frame_index,
-        pixel_weights=pixel_weights,
-        gradcam_weights=gradcam_weights,
-    )
+    Each object is encoded as soon as it is built. ``pool``: its write runs there (I/O: it waits
+    on a socket, not on the GIL) while the next object is built and encoded; None: one after the
+    other on this thread, and nothing more is written after a failed write."""
     pending: list[tuple[str, Future[WriteResult]]] = []
+
+    def write_built(role: str, ds: Dataset) -> None:
+        if pending and pool is None and pending[-1][1].exception() is not None:
+            return  # one after the other: nothing more is written after a failed write
+        data = dicom_objects.encode(ds)
+        if pool is None:
+            pending.append((role, _done(write, SUFFIXES[role], role, data)))
+        else:
+            run = contextvars.copy_context().run  # the request's logs and trace, on the pool's thread
+            pending.append((role, pool.submit(run, write, SUFFIXES[role], role, data, CONTENT_TYPE)))
+
     try:
-        for role, ds in objects.objects.items():  # each write under way while the next one encodes
-            data = dicom_objects.encode(ds)
-            if pool is None:
-                pending.append((role, _done(write, SUFFIXES[role], role, data)))
-                if pending[-1][1].exception() is not None:
-                    break  # one after the other: nothing more is written after a failed write
-            else:
-                run = contextvars.copy_context().run  # the request's logs and trace, on the pool's thread
-                pending.append((role, pool.submit(run, write, SUFFIXES[role], role, data, CONTENT_TYPE)))
+        objects = dicom_objects.build_objects(
+            source,
+            mask,
+            finding,
+            algorithm,
+            dedup_key,
+            frame_index,
+            pixel_weights=pixel_weights,
+            gradcam_weights=gradcam_weights,
+            on_built=write_built,
+        )
     finally:
         wait([future for _, future in pending])  # every write settled before anything is raised
     for role, future in pending:

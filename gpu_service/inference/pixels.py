@@ -66,9 +66,6 @@ class DecodedImage:
     n_frames: int
     photometric: str  # photometric interpretation of the source (before conversion)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-safe, no patient data
-    # The same image as 8-bit (to_uint8's), when a lookup table decoded it: gathered from the
-    # table's 8-bit values, a byte a pixel instead of to_uint8's float passes over the image.
-    u8: np.ndarray | None = None
 
 
 def read_dicom(data: bytes | str | os.PathLike) -> pydicom.Dataset:
@@ -220,10 +217,10 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
         "frame_rule": "middle",
         "decoded_photometric": pi,
     }
-    u8 = None  # set by a lookup table, whose values are float32 in [0, 1] without NaN already
+    clean = False  # float32 in [0, 1] without NaN already
     try:
         if pi in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
-            pixels, u8 = _grayscale(arr, _frame_view(ds, frame_index), pi, details)
+            pixels, clean = _grayscale(arr, _frame_view(ds, frame_index), pi, details)
         elif pi == "PALETTE COLOR":
             pixels = _palette(arr, ds, details)
         elif pi == "RGB" or pi in _YBR:
@@ -239,7 +236,7 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
             "decode_failed",
             f"the LUT/colour step failed (photometric {_safe_photometric(pi)}, {type(exc).__name__})",
         ) from exc
-    if u8 is None:
+    if not clean:
         # In [0, 1], NaN as 0 (clip sends +inf to 1, -inf to 0): what nan_to_num then clip gave,
         # in two passes over the image instead of five.
         pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
@@ -250,7 +247,6 @@ def decode(ds: pydicom.Dataset) -> DecodedImage:
         n_frames=n_frames,
         photometric=source_pi or pi,
         details=details,
-        u8=u8,
     )
 
 
@@ -264,10 +260,9 @@ LUT_MAX_SPAN = 65536
 
 def _grayscale(
     arr: np.ndarray, view: pydicom.Dataset, pi: str, details: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The display values, and when a lookup table gave them, the same as 8-bit. A table's values
-    are float32 in [0, 1] without NaN already (it was cleaned before the gather, so the image
-    needs no pass of its own)."""
+) -> tuple[np.ndarray, bool]:
+    """The display values, and whether they are float32 in [0, 1] without NaN already (a lookup
+    table's are: it was cleaned before the gather, so the image needs no pass of its own)."""
     if arr.dtype.kind in "iu" and arr.size >= LUT_MIN_PIXELS:
         low, high = int(arr.min()), int(arr.max())
         if high - low < LUT_MAX_SPAN:
@@ -281,9 +276,8 @@ def _grayscale(
             values = np.arange(low, high + 1).astype(arr.dtype)
             table = _grayscale_values(values, view, pi, details, present)
             table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-            table = table.astype(np.float32)
-            return lut.gather(table, offsets), lut.gather(_uint8(table), offsets)
-    return _grayscale_values(arr, view, pi, details, None), None
+            return lut.gather(table.astype(np.float32), offsets), True
+    return _grayscale_values(arr, view, pi, details, None), False
 
 
 def _grayscale_values(
@@ -390,13 +384,8 @@ def _num(value: Any) -> float | None:
 
 
 def to_uint8(image: DecodedImage) -> np.ndarray:
-    """The decoded image as 8-bit, for STEM.png (the lookup table's, when decoding made it)."""
-    return image.u8 if image.u8 is not None else _uint8(image.pixels)
-
-
-def _uint8(values: np.ndarray) -> np.ndarray:
-    """rint(clip(v) x 255) as uint8: pointwise, so a lookup table's entries give its image's."""
-    out = np.multiply(values, np.float32(255.0), dtype=np.float32)  # in place from here
+    """The decoded image as 8-bit, for STEM.png."""
+    out = np.multiply(image.pixels, np.float32(255.0), dtype=np.float32)  # rint(clip(p) x 255), in place
     np.clip(out, 0.0, 255.0, out=out)
     np.rint(out, out=out)
     return out.astype(np.uint8)

@@ -199,18 +199,32 @@ def heatmap_png(image_u8: np.ndarray, pixel_weights: WeightMap, max_side: int | 
     return png(heatmap_rgb(image_u8, pixel_weights, max_side))
 
 
+def display_image(image_u8: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The image at :func:`display_shape`, as every display rendering draws on it (area-averaged)."""
+    _check_image(image_u8)
+    return np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)))
+
+
 def display_arrays(
-    image_u8: np.ndarray, mask: np.ndarray, pixel_weights: WeightMap | None, max_side: int | None
+    image_u8: np.ndarray,
+    mask: np.ndarray,
+    pixel_weights: WeightMap | None,
+    max_side: int | None,
+    small: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The four renderings as arrays, ready for :func:`png`: "preview", "mask", "overlay" and,
     with weights, "heatmap"; equal to what the ``*_png`` functions draw, but the image is shrunk
-    to display resolution once for all three (each ``*_png`` call shrinks it again)."""
+    to display resolution once for all three (each ``*_png`` call shrinks it again). ``small``:
+    :func:`display_image` of the image, when the caller made it already."""
     _check_image(image_u8)
     if image_u8.shape[:2] != mask.shape:
         raise ValueError(f"mask {mask.shape} does not match image {image_u8.shape[:2]}")
     if mask.ndim != 2:
         raise ValueError("mask must be HxW")
-    small = np.ascontiguousarray(_shrink_image(image_u8, display_shape(image_u8.shape, max_side)))
+    if small is None:
+        small = display_image(image_u8, max_side)
+    elif small.shape[:2] != display_shape(image_u8.shape, max_side) or small.ndim != image_u8.ndim:
+        raise ValueError(f"display image {small.shape} is not the image's display size")
     inside = mask if mask.dtype == bool else mask.astype(bool)
     arrays = {
         "preview": small,

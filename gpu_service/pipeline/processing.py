@@ -20,6 +20,7 @@ import numpy as np
 
 from gpu_service.dicom import result_objects
 from gpu_service.dicom.dicomweb_store import DicomWebStore, StoreRejected, StoreUnavailable
+from gpu_service.inference import render
 from gpu_service.inference.batcher import Batcher
 from gpu_service.inference.explain import Explanation
 from gpu_service.inference.model import LoadedModel
@@ -65,8 +66,14 @@ def pixel_count(ds: Any) -> int | None:
 class _Decoded:
     dataset: Any
     image: DecodedImage
-    preview: np.ndarray
+    preview: np.ndarray  # 8-bit, the source's resolution
+    display: np.ndarray  # the preview at display resolution (render.display_image)
     model_input: np.ndarray
+
+
+def _preview_and_display(image: DecodedImage, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    preview = to_uint8(image)
+    return preview, render.display_image(preview, max_side)
 
 
 class _NotRead(enum.Enum):
@@ -103,11 +110,12 @@ class Processor:
         self.dicomweb = dicomweb if settings.dicom_objects else None
         self.staged = StagedResults(self.outputs, self.delivery, self.dicomweb)
         self.delivery_queue = delivery_queue
-        # The outputs' tasks of every request in flight: the PNG compressions and writes (the
-        # renderings and one heat map per method) and the DICOM objects' writes (up to four). No task
-        # waits on another, so a request's tasks can only queue, never block each other.
+        # The pool's tasks of every request in flight: the preview's conversion (during decode),
+        # the PNG compressions and writes (the renderings and one heat map per method) and the
+        # DICOM objects' writes (up to four). No task waits on another, so a request's tasks can
+        # only queue, never block each other.
         per_request = (
-            len(renderings.RENDERINGS) + len(explanations.HEATMAP_SUFFIXES) + len(result_objects.SUFFIXES)
+            1 + len(renderings.RENDERINGS) + len(explanations.HEATMAP_SUFFIXES) + len(result_objects.SUFFIXES)
         )
         self._pool = ThreadPoolExecutor(
             per_request * max(1, settings.concurrency), thread_name_prefix="outputs"
@@ -231,7 +239,13 @@ class Processor:
             (explanations.HEATMAP_SUFFIXES[method], inference.weights(method)) for method in inference.methods
         ]
         drawn = renderings.render_arrays(
-            ds, decoded.preview, inference.explanation.mask, heatmaps, self.settings.render_max_side, timer
+            ds,
+            decoded.preview,
+            decoded.display,
+            inference.explanation.mask,
+            heatmaps,
+            self.settings.render_max_side,
+            timer,
         )
         writes = renderings.start_writes(self._pool, self.outputs, request, ds, drawn, timer)
         dicom = None
@@ -297,9 +311,15 @@ class Processor:
                 )
             with permanent_unless_transient("decode_failed", ds):
                 image = decode(ds)
+                # The 8-bit image and its display copy on an output thread, beside the model
+                # input's resize: each is a pass in C that releases the GIL (numpy, Pillow).
+                shown = self._pool.submit(_preview_and_display, image, self.settings.render_max_side)
                 info = self.model.info
-                model_input = to_model_input(image, info.input_size, info.channels)
-                return _Decoded(ds, image, to_uint8(image), model_input)
+                try:
+                    model_input = to_model_input(image, info.input_size, info.channels)
+                finally:
+                    preview, display = shown.result()
+                return _Decoded(ds, image, preview, display, model_input)
 
     def _completed_record(
         self,

@@ -44,6 +44,7 @@ RENDERINGS = (
 def render_arrays(
     dataset: Any,
     preview: np.ndarray,
+    display: np.ndarray,
     mask: np.ndarray,
     heatmaps: list[tuple[str, np.ndarray]],
     max_side: int,
@@ -51,9 +52,9 @@ def render_arrays(
 ) -> list[tuple[str, str, np.ndarray]]:
     """(suffix, role, pixels) of the renderings (stage ``render``): the mask at the source's
     resolution, the preview, the overlay and one heat map per (suffix, weights) at display
-    resolution, the image shrunk once for all of them."""
+    resolution, all drawn on ``display`` (``render.display_image`` of ``preview``)."""
     with timer.stage("render"), permanent_unless_transient("render_failed", dataset):
-        arrays = render.display_arrays(preview, mask, None, max_side)
+        arrays = render.display_arrays(preview, mask, None, max_side, small=display)
         drawn = [(suffix, role, arrays[role]) for suffix, role in RENDERINGS]
         for suffix, weights in heatmaps:
             heat = render.heatmap_on_display(arrays["preview"], preview.shape[:2], weights)

@@ -168,3 +168,21 @@ def test_display_arrays_encode_to_the_same_pngs_as_one_call_each(
     display = render.display_shape(shape, max_side)
     assert arrays["preview"].shape == display and arrays["overlay"].shape == (*display, 3)
     assert arrays["heatmap"].shape == (*display, 3) and arrays["mask"].shape == shape
+
+
+@pytest.mark.parametrize(("shape", "max_side"), [((2500, 3000), 1024), ((300, 200), 1024), ((97, 131), 64)])
+def test_display_arrays_drawn_on_a_display_image_made_earlier_are_the_same(
+    shape: tuple[int, int], max_side: int
+) -> None:
+    """The service shrinks the image while the model input is resized, and hands it over."""
+    rng = np.random.default_rng(12)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    mask = _mask(shape)
+    small = render.display_image(image, max_side)
+    given = render.display_arrays(image, mask, None, max_side, small=small)
+    own = render.display_arrays(image, mask, None, max_side)
+    assert given.keys() == own.keys()
+    for name in own:
+        np.testing.assert_array_equal(given[name], own[name], err_msg=name)
+    with pytest.raises(ValueError):
+        render.display_arrays(image, mask, None, max_side, small=small[:-1])

@@ -15,16 +15,19 @@ every request on a fresh upload:
 - before: what commit bbd50c9 did in the stages the rendering rework changed: render.py as of
   bbd50c9, copied verbatim below (`LegacyRender`): every rendering at the source's resolution, the
   overlay's outline by repeated `find_boundaries` at full resolution, float blends, PNG zlib
-  level 6; and decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach). The outputs one
-  after the other. Today's code otherwise;
-- previous: main as it was at commit dab686a (`Previous`, its code copied below): Pillow's PNG
-  encoder (zlib level 1, run-length for one channel) on the request's thread, only the PNG writes
-  on I/O threads; the heat map as a float blend; the heat-map SEG's bands by clip, ceil and cast;
-  decoding's lookup table indexed by an intp copy, then cleaned in two more passes; the DICOM
-  objects' writes one after the other;
-- after: as shipped: libdeflate PNGs compressed and written on the output threads beside the DICOM
-  build, the heat map by lookup table, the bands by four comparisons, decoding's offsets in
-  16 bits, the DICOM writes each beside the next object's encoding.
+  level 6; decoding pixel by pixel (`pixels.LUT_MIN_PIXELS` out of reach); LIME's weight map at
+  full resolution. The outputs one after the other. Today's code otherwise;
+- previous: main as it was at commit 37178d4, the start of issue 17's third pass (`Previous`, its
+  code copied below): LIME's weight map upsampled to a full-resolution float32 array (the heat
+  map sampled from it, the heat-map SEG's bands computed over it); the lookup table gathered by
+  one `np.take`; the 8-bit preview made on the request's thread after the model input, and shrunk
+  to display size in stage `render`; the mask PNG 8-bit (0/255); every DICOM object built before
+  the first is encoded and written;
+- after: as shipped: the weight map kept at the model input's resolution (inference/upsampled.py),
+  the gather a chunk at a time (inference/lut.py), the preview and its display copy made on an
+  output thread beside the model input's resize, a 1-bit mask PNG, each DICOM object encoded and
+  written as soon as it is built.
+Earlier passes' figures (dab686a against bbd50c9) are in docs/benchmarks.md.
 
 Per size it prints each stage's median (ms), the request's wall time, the time in model calls
 (every call of the model's `predict`, the prediction and LIME's perturbations, timed around the
@@ -41,6 +44,7 @@ import argparse
 import contextvars
 import cProfile
 import io
+import math
 import os
 import pstats
 import resource
@@ -49,9 +53,8 @@ import sys
 import time
 import tracemalloc
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,8 +65,9 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from devkit.synthetic import make_radiograph, to_dicom_dataset
-from gpu_service.dicom import seg
-from gpu_service.inference import pixels, render
+from gpu_service.dicom import objects as dicom_objects
+from gpu_service.dicom import result_objects
+from gpu_service.inference import explain, lut, pixels
 from gpu_service.inference.model import load_model
 from gpu_service.pipeline import processing, renderings
 from gpu_service.request import InferenceRequest
@@ -147,7 +151,12 @@ class LegacyRender:
 
     @classmethod
     def display_arrays(
-        cls, image_u8: np.ndarray, mask: np.ndarray, weights: np.ndarray | None, max_side: int | None = None
+        cls,
+        image_u8: np.ndarray,
+        mask: np.ndarray,
+        weights: np.ndarray | None,
+        max_side: int | None = None,
+        small: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The renderings as bbd50c9 drew them (its *_png functions, without the encoding)."""
         arrays = {
@@ -182,95 +191,111 @@ class InlinePool:
 
 
 class Previous:
-    """The code paths of commit dab686a that "after" changed, copied from it."""
+    """The code paths of commit 37178d4 that "after" changed, copied from it."""
 
     @staticmethod
-    def png(array: np.ndarray) -> bytes:
-        buffer = io.BytesIO()
-        options = {"compress_type": zlib.Z_RLE} if array.ndim == 2 else {}
-        Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=1, **options)
-        return buffer.getvalue()
-
-    @staticmethod
-    def heatmap_on(small: np.ndarray, pixel_weights: np.ndarray) -> np.ndarray:
-        shape = small.shape[:2]
-        w = np.clip(
-            np.nan_to_num(render._sample(pixel_weights, shape).astype(np.float32), nan=0.0), -1.0, 1.0
-        )
-        alpha = np.float32(render.HEATMAP_MAX_ALPHA) * np.abs(w)
-        keep = 1.0 - alpha
-        support = w > 0
-        out = np.empty((*shape, 3), dtype=np.uint8)
-        for c in range(3):
-            value = (small if small.ndim == 2 else small[..., c]).astype(np.float32)
-            tint = np.where(support, np.float32(render.SUPPORT_COLOR[c]), np.float32(render.AGAINST_COLOR[c]))
-            plane = keep * value
-            plane += alpha * tint
-            plane += 0.5
-            np.clip(plane, 0, 255, out=plane)
-            out[..., c] = plane
-        return out
-
-    @staticmethod
-    def heatmap_bands(weights: np.ndarray) -> np.ndarray:
-        positive = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float32)), 0.0, 1.0)
-        return np.ceil(positive * seg.HEATMAP_BANDS).astype(np.uint8)
+    def weight_map(segments: np.ndarray, weights: dict[int, float], shape: tuple[int, int]) -> np.ndarray:
+        """LIME's weight map upsampled to the source's resolution, every pixel a float32."""
+        per_segment = np.zeros(int(segments.max()) + 1, dtype=np.float32)
+        for f, w in weights.items():
+            per_segment[f] = w
+        largest = float(np.max(np.abs(per_segment)))
+        if largest > 0 and math.isfinite(largest):
+            per_segment = (per_segment / largest).astype(np.float32)
+        small = per_segment[segments]
+        if small.shape == tuple(shape):
+            return small
+        img = Image.fromarray(small, mode="F")
+        return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST))
 
     @staticmethod
     def grayscale(arr: np.ndarray, view: Any, pi: str, details: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        """The lookup table gathered by one ``np.take`` (the whole index converted to intp first)."""
         if arr.dtype.kind in "iu" and arr.size >= pixels.LUT_MIN_PIXELS:
             low, high = int(arr.min()), int(arr.max())
             if high - low < pixels.LUT_MAX_SPAN:
-                offsets = np.subtract(arr, low, dtype=np.intp) if low else arr
-                present = np.bincount(offsets.ravel(), minlength=high - low + 1) > 0
+                offsets = lut.offsets(arr, low)
+
+                def present() -> np.ndarray:
+                    held = np.zeros(high - low + 1, dtype=bool)
+                    held[offsets] = True
+                    return held
+
                 values = np.arange(low, high + 1).astype(arr.dtype)
-                table = pixels._grayscale_values(values, view, pi, details, lambda: present)
+                table = pixels._grayscale_values(values, view, pi, details, present)
                 table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-                return table.astype(np.float32)[offsets], False  # False: cleaned again, as it was
+                return np.take(table.astype(np.float32), offsets), True
         return pixels._grayscale_values(arr, view, pi, details, None), False
 
     @staticmethod
-    def start_writes(pool: Any, outputs: Any, request: Any, dataset: Any, drawn: list, timer: Any) -> Any:
-        """The renderings encoded by Pillow on the request's thread (stage ``render``), only the
-        writes on the pool: what dab686a's render_pngs and start_writes did."""
-        start = time.perf_counter()
-        encoded = [(suffix, role, Previous.png(array)) for suffix, role, array in drawn]
-        timer.record("render", time.perf_counter() - start)
-        pending = SHIPPED["start_writes"](pool, outputs, request, dataset, [], timer)
-        context = contextvars.copy_context
-
-        def write(suffix: str, role: str, png: bytes) -> tuple[Any, float]:
-            return outputs.write(request, suffix, role, png, "image/png"), time.perf_counter()
-
-        pending.writes = [
-            (role, pool.submit(context().run, write, suffix, role, png)) for suffix, role, png in encoded
-        ]
-        return pending
+    def decode(self: processing.Processor, data: bytes, timer: Any) -> Any:
+        """The 8-bit preview on the request's thread after the model input; no display copy (the
+        renderings shrink the image themselves, in stage ``render``)."""
+        with timer.stage("decode"):
+            ds = pixels.read_dicom(data)
+            image = pixels.decode(ds)
+            info = self.model.info
+            model_input = pixels.to_model_input(image, info.input_size, info.channels)
+            return processing._Decoded(ds, image, pixels.to_uint8(image), None, model_input)
 
     @staticmethod
-    def write_result_objects(**kwargs: Any) -> Any:
-        kwargs.pop("pool", None)  # the writes one after the other
-        return SHIPPED["write_result_objects"](**kwargs)
+    def start_writes(pool: Any, outputs: Any, request: Any, dataset: Any, drawn: list, timer: Any) -> Any:
+        """The mask as an 8-bit PNG (0/255), the other renderings as shipped."""
+        eight_bit = [
+            (suffix, role, array.view(np.uint8) * np.uint8(255) if array.dtype == bool else array)
+            for suffix, role, array in drawn
+        ]
+        return SHIPPED["start_writes"](pool, outputs, request, dataset, eight_bit, timer)
+
+    @staticmethod
+    def write_objects(*, write: Any, pool: Any = None, **kwargs: Any) -> Any:
+        """Every object built first, then each encoded and written (the writes on the pool)."""
+        objects = dicom_objects.build_objects(
+            kwargs["source"],
+            kwargs["mask"],
+            kwargs["finding"],
+            kwargs["algorithm"],
+            kwargs["dedup_key"],
+            kwargs["frame_index"],
+            pixel_weights=kwargs["pixel_weights"],
+            gradcam_weights=kwargs.get("gradcam_weights"),
+        )
+        suffixes = result_objects.SUFFIXES
+        pending = []
+        try:
+            for role, ds in objects.objects.items():
+                data = dicom_objects.encode(ds)
+                run = contextvars.copy_context().run
+                pending.append(
+                    pool.submit(run, write, suffixes[role], role, data, result_objects.CONTENT_TYPE)
+                )
+        finally:
+            wait(pending)
+        for future in pending:
+            future.result()
+        uris = {role: kwargs["uri"](suffixes[role]) for role in objects.objects}
+        section = result_objects.dicom_section(objects, uris, kwargs["dicomweb_url"], None)
+        return result_objects.WrittenObjects(section, list(objects.objects.values()))
 
 
 VARIANTS = ("before", "previous", "after")
 SHIPPED: dict[str, Any] = {
     "render": renderings.render,
     "start_writes": renderings.start_writes,
-    "heatmap_on": render._heatmap_on,
-    "heatmap_bands": seg.heatmap_bands,
+    "weight_map": explain.weight_map,
     "grayscale": pixels._grayscale,
-    "write_result_objects": processing.result_objects.write_result_objects,
+    "decode": processing.Processor._decode,
+    "write_objects": result_objects.write_objects,
 }
 
 
 def _ship() -> None:
     renderings.render = SHIPPED["render"]
     renderings.start_writes = SHIPPED["start_writes"]
-    render._heatmap_on = SHIPPED["heatmap_on"]
-    seg.heatmap_bands = SHIPPED["heatmap_bands"]
+    explain.weight_map = SHIPPED["weight_map"]
     pixels._grayscale = SHIPPED["grayscale"]
-    processing.result_objects.write_result_objects = SHIPPED["write_result_objects"]
+    processing.Processor._decode = SHIPPED["decode"]
+    result_objects.write_objects = SHIPPED["write_objects"]
 
 
 @contextmanager
@@ -278,17 +303,18 @@ def variant(name: str) -> Iterator[None]:
     """Sets up one of :data:`VARIANTS` for the requests run inside."""
     lut_min = pixels.LUT_MIN_PIXELS
     pools = {p: p._pool for p in PROCESSORS}
+    if name in ("before", "previous"):  # the weight map at full resolution; decode as it was
+        explain.weight_map = Previous.weight_map  # type: ignore[assignment]
+        processing.Processor._decode = Previous.decode  # type: ignore[assignment,method-assign]
     if name == "before":
         renderings.render = LegacyRender  # type: ignore[assignment]
         pixels.LUT_MIN_PIXELS = 1 << 62
         for p in PROCESSORS:
             p._pool = InlinePool()  # type: ignore[assignment]
     if name == "previous":
-        renderings.start_writes = Previous.start_writes  # type: ignore[assignment]
-        render._heatmap_on = Previous.heatmap_on  # type: ignore[assignment]
-        seg.heatmap_bands = Previous.heatmap_bands  # type: ignore[assignment]
         pixels._grayscale = Previous.grayscale  # type: ignore[assignment]
-        processing.result_objects.write_result_objects = Previous.write_result_objects  # type: ignore[assignment]
+        renderings.start_writes = Previous.start_writes  # type: ignore[assignment]
+        result_objects.write_objects = Previous.write_objects  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -438,7 +464,7 @@ def main() -> int:
             return profile(bench, dicom_of(*parse_size(args.profile)))
         print(f"demo model {model.info.name} {model.info.version}, production LIME defaults, "
               f"RENDER_MAX_SIDE {settings.render_max_side}, fake-gcs-server on loopback, "
-              f"{os.cpu_count()} CPUs; before = bbd50c9's render and decode")  # fmt: skip
+              f"{os.cpu_count()} CPUs; before = bbd50c9's render and decode, previous = 37178d4")  # fmt: skip
         for text in args.sizes:
             rows, columns = parse_size(text)
             data = dicom_of(rows, columns)

@@ -178,15 +178,25 @@ def _heatmap_lut() -> np.ndarray:
 _HEATMAP_LUT = _heatmap_lut()
 
 
-def _heatmap_on(small: np.ndarray, pixel_weights: WeightMap) -> np.ndarray:
-    """:func:`heatmap_rgb` on the image already at display resolution (weights at the source's)."""
-    shape = small.shape[:2]
-    w = np.nan_to_num(_sample(pixel_weights, shape).astype(np.float32), nan=0.0)
+def _lut_rows(weights: np.ndarray) -> np.ndarray:
+    """The heat-map table's row of each weight, flattened over (weight, value): NaN as 0, clipped
+    to [-1, 1], in 1/255 steps. Pointwise, so an Upsampled map's small map can be converted."""
+    w = np.nan_to_num(weights.astype(np.float32), nan=0.0)
     np.clip(w, -1.0, 1.0, out=w)
     w *= np.float32(_WEIGHT_STEPS)
     rows = np.rint(w).astype(np.intp)
     rows += _WEIGHT_STEPS
-    rows *= 256  # the table's row of each pixel's weight, flattened over (weight, value)
+    rows *= 256
+    return rows
+
+
+def _heatmap_on(small: np.ndarray, pixel_weights: WeightMap) -> np.ndarray:
+    """:func:`heatmap_rgb` on the image already at display resolution (weights at the source's)."""
+    shape = small.shape[:2]
+    if isinstance(pixel_weights, Upsampled):  # converted at the model input's resolution
+        rows = pixel_weights.map(_lut_rows).sampled(shape)
+    else:
+        rows = _lut_rows(_sample(pixel_weights, shape))
     if small.ndim == 2:  # grayscale (radiographs): one gather of each pixel's RGB triple
         return np.take(_HEATMAP_LUT.reshape(-1, 3), rows + small, axis=0)
     out = np.empty((*shape, 3), dtype=np.uint8)

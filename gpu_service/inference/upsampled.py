@@ -34,15 +34,18 @@ def _pillow_indices(n_in: int, n_out: int, axis: int) -> np.ndarray:
 
 
 def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``small`` at ``shape`` by Pillow's NEAREST (one pass in C; float32, uint8 and bool maps; a
-    bool map comes back as a new, writable array)."""
+    """``small`` at ``shape`` by Pillow's NEAREST: float32 and uint8 maps by Pillow itself (one
+    pass in C), a bool map as uint8 (a new, writable array), any other type by gathering the
+    rows and columns Pillow would take."""
     if small.shape == tuple(shape):
         return small
     if small.dtype == bool:
         return upsample(small.view(np.uint8), shape).astype(bool)
-    mode = "F" if small.dtype == np.float32 else None
-    img = Image.fromarray(np.ascontiguousarray(small), mode=mode)
-    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+    if small.dtype in (np.float32, np.uint8):
+        img = Image.fromarray(np.ascontiguousarray(small), mode="F" if small.dtype == np.float32 else "L")
+        return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+    rows, cols = _pillow_indices(small.shape[0], shape[0], 0), _pillow_indices(small.shape[1], shape[1], 1)
+    return small[np.ix_(rows, cols)]
 
 
 @dataclass(frozen=True, eq=False)

@@ -103,3 +103,10 @@ def test_a_map_that_is_not_2d_or_an_empty_shape_is_refused() -> None:
         Upsampled(np.zeros((2, 2, 3), np.float32), (4, 4))
     with pytest.raises(ValueError):
         Upsampled(np.zeros((2, 2), np.float32), (0, 4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.intp, np.float64, np.int16])
+def test_every_dtype_upsamples_as_pillows_nearest(dtype: type) -> None:
+    small = np.random.default_rng(6).integers(0, 200, (13, 7)).astype(dtype)
+    expected = _pillow_nearest(small.astype(np.float32), (101, 50)).astype(dtype)
+    np.testing.assert_array_equal(upsample(small, (101, 50)), expected)

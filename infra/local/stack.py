@@ -273,6 +273,7 @@ class Stack:
                 "DELIVERY_TOPIC": DELIVERY_TOPIC,
                 "MAX_DELIVERY_ATTEMPTS": str(INFERENCE_MAX_DELIVERY_ATTEMPTS),
                 "DEAD_LETTER_SUBSCRIPTION": DEAD_LETTER_SUBSCRIPTION,
+                "MALLOC_ARENA_MAX": "2",  # as the image sets it (gpu_service/Dockerfile)
                 **c.service_env,
             }
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -313,6 +314,8 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     jsonlog.setup(settings.log_level)
     tracing.setup(settings.tracing, "inference-job", settings.project)
     concurrency = max(1, args.concurrency or settings.concurrency)
+    # The processor's output pool is sized from settings.concurrency: the job's own thread count.
+    settings = dataclasses.replace(settings, concurrency=concurrency)
     wired = build_processor(settings, load_warm_model(settings), batching=concurrency > 1)
     processor = wired.processor
     try:

@@ -131,7 +131,8 @@ def lime_map(model: LoadedModel, case: Case, params: LimeParams, target: int, sh
     per_segment = np.zeros(int(result.segments.max()) + 1, np.float32)
     for s, w in result.weights.items():
         per_segment[s] = w
-    full = result.pixel_weights if result.pixel_weights is not None else np.zeros(case.shape, np.float32)
+    weights = result.pixel_weights  # held small (inference/upsampled.py): the full map, once
+    full = np.asarray(weights) if weights is not None else np.zeros(case.shape, np.float32)
     return Map(full, per_segment[result.segments], top, result.samples_used, seconds, result.stability)
 
 

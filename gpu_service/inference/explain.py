@@ -27,7 +27,7 @@ from threadpoolctl import ThreadpoolController
 from gpu_service.inference import lime_stability
 from gpu_service.inference.lime_perturb import Perturber, predict_all
 from gpu_service.inference.pixels import resize
-from gpu_service.inference.upsampled import Upsampled, upsample
+from gpu_service.inference.upsampled import Upsampled, WeightMap, upsample
 
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 FEATURE_SELECTIONS = ("auto", "none", "forward_selection", "highest_weights", "lasso_path")
@@ -116,7 +116,7 @@ class Explanation:
     # float32 over output_shape: each pixel's superpixel weight / max |weight|, in [-1, 1]
     # (positive supports label_index), held at the model input's resolution (np.asarray(...)
     # gives the full array); None only if the explanation has no weights at all.
-    pixel_weights: Upsampled | None = None
+    pixel_weights: WeightMap | None = None
     stability: float = 1.0  # mean bootstrap Jaccard of the top superpixels, in [0, 1]
     samples_used: int = 0  # perturbations evaluated by the model
     reason: lime_stability.Degenerate | None = None  # why there is nothing to localise, if so

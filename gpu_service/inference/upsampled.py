@@ -35,8 +35,9 @@ def _pillow_indices(n_in: int, n_out: int, axis: int) -> np.ndarray:
 
 def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``small`` at ``shape`` by Pillow's NEAREST: float32 and uint8 maps by Pillow itself (one
-    pass in C), a bool map as uint8 (a new, writable array), any other type by gathering the
-    rows and columns Pillow would take."""
+    pass in C; the result is read-only), a bool map through uint8 (a new, writable bool array),
+    any other type by gathering the rows and columns Pillow would take. ``small`` itself when it
+    already has ``shape``."""
     if small.shape == tuple(shape):
         return small
     if small.dtype == bool:
@@ -70,7 +71,9 @@ class Upsampled:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.full()
-        return out if dtype is None else out.astype(dtype, copy=False)
+        if dtype is not None:
+            out = out.astype(dtype, copy=bool(copy))
+        return out.copy() if copy and out is self.small else out
 
     def sampled(self, shape: tuple[int, int]) -> np.ndarray:
         """``sample(self.full(), shape)`` from the small map: each display pixel's index in the

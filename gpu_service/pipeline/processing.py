@@ -10,9 +10,10 @@ becomes a ``failed`` record; memory and I/O errors propagate as transient (see
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,12 +314,14 @@ class Processor:
                 image = decode(ds)
                 # The 8-bit image and its display copy on an output thread, beside the model
                 # input's resize: each is a pass in C that releases the GIL (numpy, Pillow).
-                shown = self._pool.submit(_preview_and_display, image, self.settings.render_max_side)
+                run = contextvars.copy_context().run  # the request's logs and trace, on that thread
+                shown = self._pool.submit(run, _preview_and_display, image, self.settings.render_max_side)
                 info = self.model.info
                 try:
                     model_input = to_model_input(image, info.input_size, info.channels)
                 finally:
-                    preview, display = shown.result()
+                    wait([shown])  # settled before anything is raised; the resize's error first
+                preview, display = shown.result()
                 return _Decoded(ds, image, preview, display, model_input)
 
     def _completed_record(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpu_service.inference import render
+from gpu_service.inference.upsampled import WeightMap
 from gpu_service.outcome import ProcessResult, RequestOutcome
 from gpu_service.pipeline.failures import PermanentFailure, permanent_unless_transient
 from gpu_service.request import InferenceRequest
@@ -46,7 +47,7 @@ def render_arrays(
     preview: np.ndarray,
     display: np.ndarray,
     mask: np.ndarray,
-    heatmaps: list[tuple[str, np.ndarray]],
+    heatmaps: list[tuple[str, WeightMap]],
     max_side: int,
     timer: StageTimer,
 ) -> list[tuple[str, str, np.ndarray]]:

@@ -384,3 +384,79 @@ def test_a_failed_write_is_raised_after_every_other_write_settled(on_pool: bool)
             assert sorted(started) == sorted([SEG, HEATMAP, SR]) and sorted(finished) == sorted([HEATMAP, SR])
         else:  # one after the other: nothing is written after the failed one (the SEG is first)
             assert started == [SEG] and finished == []
+
+
+def _write_inputs(write, pool) -> dict:
+    return {
+        "source": radiograph(size=64),
+        "mask": some_mask((64, 64)),
+        "finding": Finding(LABELS, list(PROBS), 1),
+        "algorithm": ALGORITHM,
+        "dedup_key": KEY,
+        "frame_index": 0,
+        "pixel_weights": np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64),
+        "write": write,
+        "uri": lambda suffix: f"gs://b/x{suffix}",
+        "dicomweb_url": None,
+        "pool": pool,
+    }
+
+
+def test_each_object_is_written_while_the_next_one_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SEG's and the heat-map SEG's writes are under way before the SR is built."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_service.dicom.result_objects import write_objects
+    from pipeline_common.write_outcome import WriteOutcome, WriteResult
+
+    written = {SEG: threading.Event(), HEATMAP: threading.Event()}
+    seen_before_sr: dict[str, bool] = {}
+    real_report = dicom_objects.build_report
+
+    def report(*args, **kwargs):
+        for role, event in written.items():  # waits for them: they never come if writes wait for every build
+            seen_before_sr[role] = event.wait(timeout=5)
+        return real_report(*args, **kwargs)
+
+    def write(suffix: str, role: str, data: bytes, content_type: str) -> WriteResult:
+        if role in written:
+            written[role].set()
+        return WriteResult(WriteOutcome.CREATED, generation=1)
+
+    monkeypatch.setattr(dicom_objects, "build_report", report)
+    with ThreadPoolExecutor(4) as pool:
+        result = write_objects(**_write_inputs(write, pool))
+    assert seen_before_sr == {SEG: True, HEATMAP: True}
+    assert set(result.section["sop_instance_uids"]) == {SEG, HEATMAP, SR}
+
+
+def test_an_encoding_error_is_raised_after_the_writes_under_way_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_service.dicom.result_objects import write_objects
+    from pipeline_common.write_outcome import WriteOutcome, WriteResult
+
+    finished, lock = [], threading.Lock()
+    real_encode = dicom_objects.encode
+
+    def encode(ds: pydicom.Dataset) -> bytes:
+        if ds.Modality == "SR":
+            raise ValueError("the SR cannot be encoded")
+        return real_encode(ds)
+
+    def write(suffix: str, role: str, data: bytes, content_type: str) -> WriteResult:
+        time.sleep(0.2)  # still under way when the SR's encoding fails
+        with lock:
+            finished.append(role)
+        return WriteResult(WriteOutcome.CREATED, generation=1)
+
+    monkeypatch.setattr(dicom_objects, "encode", encode)
+    with ThreadPoolExecutor(4) as pool:
+        with pytest.raises(ValueError, match="cannot be encoded"):
+            write_objects(**_write_inputs(write, pool))
+        assert sorted(finished) == sorted([SEG, HEATMAP])  # both settled before the error was raised

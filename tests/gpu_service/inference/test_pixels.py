@@ -363,7 +363,6 @@ def test_lookup_table_decodes_bit_for_bit_as_pixel_by_pixel(
     direct, table = _decode_both(ds, monkeypatch)
     assert table.pixels.dtype == np.float32 and np.array_equal(direct.pixels, table.pixels)
     assert direct.details == table.details
-    assert np.array_equal(to_uint8(direct), to_uint8(table)) and to_uint8(table).dtype == np.uint8
 
 
 @pytest.mark.parametrize("path", [p for p in TEST_FILES if p.suffix.lower() == ".dcm"], ids=lambda p: p.name)
@@ -377,7 +376,6 @@ def test_lookup_table_matches_on_every_pydicom_test_file(path: Path, monkeypatch
     monkeypatch.setattr(pixels, "LUT_MIN_PIXELS", 0)
     table = decode(ds)
     assert np.array_equal(direct.pixels, table.pixels) and direct.details == table.details
-    assert np.array_equal(to_uint8(direct), to_uint8(table))
 
 
 @pytest.mark.parametrize("dtype", ["<i2", ">i2", "<u2", ">u2", "i1", "u1", "<i4", ">u4"])

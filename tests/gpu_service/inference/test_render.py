@@ -174,15 +174,19 @@ def test_display_arrays_encode_to_the_same_pngs_as_one_call_each(
 def test_display_arrays_drawn_on_a_display_image_made_earlier_are_the_same(
     shape: tuple[int, int], max_side: int
 ) -> None:
-    """The service shrinks the image while the model input is resized, and hands it over."""
+    """The service shrinks the image while the model input is resized, and hands it over: the
+    renderings are drawn on what it hands over, and equal their own shrinking's."""
     rng = np.random.default_rng(12)
     image = rng.integers(0, 256, shape, dtype=np.uint8)
     mask = _mask(shape)
     small = render.display_image(image, max_side)
+    assert small.shape == render.display_shape(shape, max_side)
     given = render.display_arrays(image, mask, None, max_side, small=small)
     own = render.display_arrays(image, mask, None, max_side)
     assert given.keys() == own.keys()
     for name in own:
         np.testing.assert_array_equal(given[name], own[name], err_msg=name)
+    dark = render.display_arrays(image, mask, None, max_side, small=np.zeros_like(small))
+    assert not dark["preview"].any()  # drawn on the image handed over, not shrunk again
     with pytest.raises(ValueError):
         render.display_arrays(image, mask, None, max_side, small=small[:-1])

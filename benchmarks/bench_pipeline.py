@@ -44,7 +44,6 @@ import argparse
 import contextvars
 import cProfile
 import io
-import math
 import os
 import pstats
 import resource
@@ -195,37 +194,9 @@ class Previous:
 
     @staticmethod
     def weight_map(segments: np.ndarray, weights: dict[int, float], shape: tuple[int, int]) -> np.ndarray:
-        """LIME's weight map upsampled to the source's resolution, every pixel a float32."""
-        per_segment = np.zeros(int(segments.max()) + 1, dtype=np.float32)
-        for f, w in weights.items():
-            per_segment[f] = w
-        largest = float(np.max(np.abs(per_segment)))
-        if largest > 0 and math.isfinite(largest):
-            per_segment = (per_segment / largest).astype(np.float32)
-        small = per_segment[segments]
-        if small.shape == tuple(shape):
-            return small
-        img = Image.fromarray(small, mode="F")
-        return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST))
-
-    @staticmethod
-    def grayscale(arr: np.ndarray, view: Any, pi: str, details: dict[str, Any]) -> tuple[np.ndarray, bool]:
-        """The lookup table gathered by one ``np.take`` (the whole index converted to intp first)."""
-        if arr.dtype.kind in "iu" and arr.size >= pixels.LUT_MIN_PIXELS:
-            low, high = int(arr.min()), int(arr.max())
-            if high - low < pixels.LUT_MAX_SPAN:
-                offsets = lut.offsets(arr, low)
-
-                def present() -> np.ndarray:
-                    held = np.zeros(high - low + 1, dtype=bool)
-                    held[offsets] = True
-                    return held
-
-                values = np.arange(low, high + 1).astype(arr.dtype)
-                table = pixels._grayscale_values(values, view, pi, details, present)
-                table = np.clip(np.nan_to_num(table, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-                return np.take(table.astype(np.float32), offsets), True
-        return pixels._grayscale_values(arr, view, pi, details, None), False
+        """LIME's weight map upsampled to the source's resolution, every pixel a float32: what
+        37178d4 returned, and the same Pillow resize that ``Upsampled.full`` does."""
+        return np.asarray(SHIPPED["weight_map"](segments, weights, shape))
 
     @staticmethod
     def decode(self: processing.Processor, data: bytes, timer: Any) -> Any:
@@ -283,7 +254,7 @@ SHIPPED: dict[str, Any] = {
     "render": renderings.render,
     "start_writes": renderings.start_writes,
     "weight_map": explain.weight_map,
-    "grayscale": pixels._grayscale,
+    "gather": lut.gather,
     "decode": processing.Processor._decode,
     "write_objects": result_objects.write_objects,
 }
@@ -293,7 +264,7 @@ def _ship() -> None:
     renderings.render = SHIPPED["render"]
     renderings.start_writes = SHIPPED["start_writes"]
     explain.weight_map = SHIPPED["weight_map"]
-    pixels._grayscale = SHIPPED["grayscale"]
+    lut.gather = SHIPPED["gather"]
     processing.Processor._decode = SHIPPED["decode"]
     result_objects.write_objects = SHIPPED["write_objects"]
 
@@ -312,7 +283,7 @@ def variant(name: str) -> Iterator[None]:
         for p in PROCESSORS:
             p._pool = InlinePool()  # type: ignore[assignment]
     if name == "previous":
-        pixels._grayscale = Previous.grayscale  # type: ignore[assignment]
+        lut.gather = np.take  # one take, the whole 16-bit index converted to intp first
         renderings.start_writes = Previous.start_writes  # type: ignore[assignment]
         result_objects.write_objects = Previous.write_objects  # type: ignore[assignment]
     try:

@@ -18,7 +18,7 @@ from PIL import Image
 
 def sample_indices(n_in: int, n_out: int) -> np.ndarray:
     """Which of ``n_in`` pixels each of ``n_out`` takes when sampled at pixel centres, the
-    display renderings' nearest sampling (render.sample)."""
+    display renderings' nearest sampling (render._sample)."""
     index = ((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp)
     return np.minimum(index, n_in - 1)
 
